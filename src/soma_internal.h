@@ -1,0 +1,33 @@
+/*
+ * soma_internal.h - declarations shared inside libsoma, never installed.
+ * Internal symbols carry the soma__ prefix.
+ */
+#ifndef SOMA_INTERNAL_H
+#define SOMA_INTERNAL_H
+
+#include "soma.h"
+#include <stdarg.h>
+#include <stdio.h>
+
+/* Records a formatted message as this thread's last error and returns code,
+ * so callers write: return soma__fail(SOMA_ERR_ARG, "batch must be > 0, got %d", b); */
+soma_status soma__fail(soma_status code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* All library allocation goes through these, so a test can make the Nth
+ * allocation fail (sqlite's fault simulator). They set the last error on
+ * failure. soma__free accepts NULL. */
+void *soma__malloc(size_t bytes);
+void *soma__calloc(size_t n, size_t size);
+void *soma__realloc(void *p, size_t bytes);
+void  soma__free(void *p);
+/* 64-byte aligned allocation, freed with soma__free_aligned. */
+void *soma__malloc_aligned(size_t bytes);
+void  soma__free_aligned(void *p);
+/* Test hook: make the n-th allocation from now fail (0 = never). Per thread. */
+void  soma__fault_after(long n);
+
+/* strdup through soma__malloc. */
+char *soma__strdup(const char *s);
+
+#endif /* SOMA_INTERNAL_H */
