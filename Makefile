@@ -24,10 +24,11 @@ else
   CFLAGS = $(CFLAGS_BASE) $(OPT) -g
   LDSAN  =
 endif
+GIT    := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDLIBS  = -lopenblas -lz -llzma -lm -fopenmp
 
 LIB_SRC  = $(wildcard src/base/*.c src/ops/*.c src/net/*.c src/optim/*.c \
-                      src/rule/*.c src/data/*.c src/io/*.c)
+                      src/rule/*.c src/data/*.c src/io/*.c src/train/*.c)
 LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB_A    = $(BUILD)/libsoma.a
 LIB_SO   = $(BUILD)/libsoma.so
@@ -53,7 +54,7 @@ $(LIB_SO): $(LIB_OBJ)
 	$(CC) -shared -o $@ $^ $(LDSAN) $(LDLIBS)
 
 $(CLI): tools/soma.c $(LIB_A) $(HDR)
-	$(CC) $(CFLAGS) -Isrc tools/soma.c $(LIB_A) -o $@ $(LDSAN) $(LDLIBS)
+	$(CC) $(CFLAGS) -DSOMA_GIT=\"$(GIT)\" -Isrc tools/soma.c $(LIB_A) -o $@ $(LDSAN) $(LDLIBS)
 
 # ./soma at the top is the release CLI (a copy, so it survives `make clean` of SAN builds)
 soma: $(CLI)

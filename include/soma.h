@@ -304,6 +304,7 @@ int    soma_optim_state_count(const soma_optim *o);
 float *soma_optim_state(soma_optim *o, int i, const char **name);
 int64_t soma_optim_get_step(const soma_optim *o);
 void    soma_optim_set_step(soma_optim *o, int64_t t);
+/* Bytes of per-parameter state (state_count * n * sizeof(float)). */
 size_t  soma_optim_size(const soma_optim *o);
 
 /* --- learning-rate schedules, as a function of progress t in epochs ------ */
@@ -345,6 +346,12 @@ void soma_sha256(const void *data, size_t n, unsigned char out[32]);
 /* Checks a file against a recorded size and SHA-256; the error names the
  * file and says "missing", "size X, expected Y" or "SHA-256 ... expected ...". */
 soma_status soma_verify_file(const char *path, uint64_t size, const char *sha256_hex);
+/* Checks a file against the library's table of recorded files, looked up by
+ * dataset ("mnist", "fashion", "cifar10") and the file's basename; a name
+ * may have several recorded copies (npm, Debian, upstream) and any one
+ * matches.  A name not in the table is not checked and not an error:
+ * *known (may be NULL) is set to 1 if the name is recorded, else 0. */
+soma_status soma_verify_known(const char *dataset, const char *path, int *known);
 
 /* An IDX file (MNIST family), unsigned-byte data only, raw or .gz (zlib). */
 typedef struct soma_idx {
@@ -456,6 +463,211 @@ soma_status soma_st_writer_meta(soma_st_writer *w, const char *key, const char *
 /* Writes path.tmp, fsyncs, renames over path, fsyncs the directory: a crash
  * at any point leaves either the old or the new file, never a torn one. */
 soma_status soma_st_writer_save(soma_st_writer *w, const char *path);
+
+
+/* ======================================================================== */
+/* Networks                                                                  */
+/* ======================================================================== */
+
+/* Spec grammar (tokens joined by '-'; see docs/spec.md):
+ *   N          first token: input features (must match the data);
+ *              later: a dense layer of N units (same as fcN)
+ *   fcN        dense layer of N units
+ *   convKxC[sS][pP]  KxK convolution, C filters, stride S (1), padding P (0)
+ *   poolK / avgpoolK  KxK max / average pooling with stride K
+ *   bn         batch normalisation of the previous conv/dense output
+ *   dropP      dropout with probability P (e.g. drop0.5)
+ * Each dense/conv layer except the last is followed by the hidden activation
+ * (after its bn, if any); a flatten is inserted before the first dense layer
+ * that follows a conv/pool. Examples: "784-512-512-10",
+ * "conv5x32-pool2-conv5x64-pool2-fc512-fc10". */
+typedef struct soma_net soma_net;
+
+typedef struct soma_net_options {
+    int       in_c, in_h, in_w;  /* per-sample input shape, e.g. 1, 28, 28 */
+    soma_act  act;               /* hidden activation (default relu) */
+    soma_init init;              /* weight init (default torch) */
+    uint64_t  seed;              /* init seed */
+} soma_net_options;
+
+void soma_net_options_default(soma_net_options *o);
+/* Parses spec, builds the layers and initialises the parameters.  Errors
+ * (SOMA_ERR_ARG) quote the offending token and its position. */
+soma_status soma_net_new(soma_net **out, const char *spec, const soma_net_options *o);
+void soma_net_free(soma_net *n);
+/* Allocates the per-batch caches for batches of up to max_batch samples.
+ * Called once; forward/backward never allocate. */
+soma_status soma_net_prepare(soma_net *n, int max_batch);
+/* train != 0: dropout active, batchnorm uses (and updates) batch statistics. */
+void soma_net_set_train(soma_net *n, int train);
+/* x is (B, in_c*in_h*in_w) and must stay valid until the matching backward
+ * (the first layer's backward reads it); *logits receives (B, outputs),
+ * owned by the net, valid until the next forward.  rng drives dropout (may
+ * be NULL in eval). */
+soma_status soma_net_forward(soma_net *n, const float *x, int B, soma_rng *rng,
+                             const float **logits);
+void soma_net_zero_grad(soma_net *n);
+/* Backward of the last forward: accumulates parameter gradients; writes
+ * dx(B, inputs) when dx is non-NULL. */
+soma_status soma_net_backward(soma_net *n, const float *dlogits, int B, float *dx);
+int    soma_net_inputs(const soma_net *n);
+int    soma_net_outputs(const soma_net *n);
+const char *soma_net_spec(const soma_net *n);
+/* Parameter store access: flat arrays (for optimizers) and named tensors. */
+size_t soma_net_param_floats(const soma_net *n);
+float *soma_net_param_values(soma_net *n);
+float *soma_net_param_grads(soma_net *n);
+int    soma_net_tensor_count(const soma_net *n);   /* params then buffers */
+/* i-th named tensor: name, shape, data (params first, then buffers).
+ * *is_param is 1 for trainable parameters, 0 for buffers. */
+float *soma_net_tensor(soma_net *n, int i, const char **name, int *ndim,
+                       int64_t shape[SOMA_MAX_DIMS], int *is_param);
+/* Writes a human-readable layer table (kind, shapes, parameters). */
+void   soma_net_describe(const soma_net *n, char *buf, size_t size);
+
+typedef struct soma_mem_plan {
+    size_t params, grads, optim, buffers, activations, workspace, total; /* bytes */
+} soma_mem_plan;
+
+
+/* ======================================================================== */
+/* Learning rules                                                            */
+/* ======================================================================== */
+
+typedef enum soma_loss_kind { SOMA_LOSS_CE = 0, SOMA_LOSS_MSE, SOMA_LOSS_COUNT } soma_loss_kind;
+const char *soma_loss_name(soma_loss_kind k);
+soma_status soma_loss_from_name(soma_loss_kind *out, const char *name);
+
+typedef struct soma_rule_config {
+    soma_optim_config optim;
+    soma_loss_kind    loss;       /* CE on logits, or MSE against one-hot */
+    float             clip_norm;  /* global gradient-norm clip, 0 = off */
+} soma_rule_config;
+void soma_rule_config_default(soma_rule_config *c);
+
+typedef struct soma_rule soma_rule;
+
+/* Number of rules compiled in, and their names/one-line descriptions. */
+int soma_rule_count(void);
+const char *soma_rule_name_at(int i);
+const char *soma_rule_about_at(int i);
+
+/* Creates rule `name` ("bp", ...) over net (not owned; must outlive the
+ * rule), planning every buffer for batches of up to max_batch. */
+soma_status soma_rule_new(soma_rule **out, const char *name, soma_net *net,
+                          const soma_rule_config *cfg, int max_batch);
+void soma_rule_free(soma_rule *r);
+const char *soma_rule_name(const soma_rule *r);
+
+typedef struct soma_step_stats {
+    double loss;      /* sum over the batch's samples of the per-sample loss */
+    int    correct;   /* argmax hits */
+    int    n;         /* samples */
+} soma_step_stats;
+
+/* One training step on batch b at learning rate lr.  Adds to *st.
+ * SOMA_ERR_NUMERIC (parameters untouched) if the loss or a gradient is NaN/Inf. */
+soma_status soma_rule_train_batch(soma_rule *r, const soma_batch *b, float lr,
+                                  soma_rng *rng, soma_step_stats *st);
+/* Inference: class scores (B, classes) owned by the rule; adds loss/hits to *st
+ * when st is non-NULL. */
+soma_status soma_rule_predict(soma_rule *r, const soma_batch *b, const float **scores,
+                              soma_step_stats *st);
+soma_optim *soma_rule_optim(soma_rule *r);
+/* Memory the rule needs, by kind. */
+void soma_rule_plan(const soma_rule *r, soma_mem_plan *plan);
+
+
+/* ======================================================================== */
+/* Checkpoints                                                              */
+/* ======================================================================== */
+
+/* Saves every parameter and buffer of net under its name, the optimizer
+ * state as "optim.<state>" (flat), and metadata: the net spec, input shape,
+ * activation, plus the caller's key/value pairs (meta[2i], meta[2i+1]).
+ * Atomic: written to a temporary file, fsync'd and renamed. */
+soma_status soma_checkpoint_save(const char *path, soma_net *net, soma_optim *opt,
+                                 const char *const *meta, int n_meta);
+/* Builds the network stored in a checkpoint and loads its tensors.  *st
+ * receives the open file (metadata, optimizer state) for the caller to
+ * query and free. */
+soma_status soma_checkpoint_load(soma_net **net, soma_st **st, const char *path);
+/* Copies the tensors of st into net; SOMA_ERR_SHAPE naming the tensor if a
+ * name is missing or a shape differs. */
+soma_status soma_checkpoint_restore_net(soma_net *net, const soma_st *st, const char *path);
+/* Restores optimizer state and step; SOMA_ERR_FORMAT if the checkpoint was
+ * written with another optimizer. */
+soma_status soma_checkpoint_restore_optim(soma_optim *o, const soma_st *st, const char *path);
+
+/* ======================================================================== */
+/* Training and evaluation drivers (what the CLI calls)                     */
+/* ======================================================================== */
+
+#define SOMA_MAX_CLASSES 100
+
+typedef struct soma_train_config {
+    const char *data;         /* "mnist", "fashion", "cifar10", "cifar10-4k" */
+    const char *data_dir;     /* NULL: data/<data> */
+    const char *net;          /* spec; NULL with resume: the checkpoint's */
+    const char *rule;         /* "bp", ... */
+    soma_act    act;
+    soma_init   init;
+    soma_rule_config rule_cfg;
+    soma_schedule    sched;   /* base_lr is the learning rate */
+    int      epochs;          /* total epochs (a resumed run continues to this) */
+    int      batch;
+    uint64_t seed;
+    int      threads;
+    int      train_limit;     /* use the first N training samples (0 = all) */
+    int      test_limit;      /* evaluate on the first N test samples (0 = all) */
+    int      val;             /* hold out the last N training samples as validation */
+    int      augment;         /* crop + flip (CIFAR) */
+    int      verify;          /* verify dataset checksums before loading */
+    const char *save;         /* checkpoint path written after every epoch, NULL = none */
+    const char *resume;       /* checkpoint to continue from, NULL = fresh */
+    const char *metrics;      /* JSONL log path (required) */
+    const char *git;          /* commit recorded in the log, may be NULL */
+    const char *argv_line;    /* command line recorded in the log, may be NULL */
+} soma_train_config;
+
+void soma_train_config_default(soma_train_config *c);
+/* Checks every field; SOMA_ERR_ARG names the option ("--batch must be > 0"). */
+soma_status soma_train_config_check(const soma_train_config *c);
+
+typedef struct soma_progress {
+    int     epoch, epochs;          /* 1-based epoch in progress */
+    int64_t step, steps;            /* batches done in this epoch / per epoch */
+    double  loss, acc;              /* running means over this epoch */
+    double  samples_per_s, eta_s;   /* eta: this epoch */
+    int     epoch_done;             /* 1 once per epoch, with the fields below */
+    double  test_loss, test_acc, val_acc, lr, seconds;
+} soma_progress;
+typedef void (*soma_progress_fn)(void *user, const soma_progress *p);
+
+typedef struct soma_train_result {
+    double test_acc, test_loss, val_acc;
+    int    epochs_done;
+    double seconds;
+    soma_mem_plan plan;
+} soma_train_result;
+
+/* Loads the data, builds or resumes the network, trains, evaluates on the
+ * test set after every epoch, logs, checkpoints.  progress may be NULL. */
+soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, void *user,
+                       soma_train_result *res);
+/* Builds what soma_train would and fills *plan without training (--dry-run). */
+soma_status soma_train_plan(const soma_train_config *c, soma_mem_plan *plan, char *describe,
+                            size_t describe_size);
+
+typedef struct soma_eval_result {
+    double  acc, loss;
+    int     n, classes;
+    int64_t confusion[SOMA_MAX_CLASSES * SOMA_MAX_CLASSES]; /* [true * classes + predicted] */
+} soma_eval_result;
+
+/* Evaluates a checkpoint on a dataset's test split. */
+soma_status soma_evaluate(const char *checkpoint, const char *data, const char *data_dir,
+                          int batch, int limit, int verify, soma_eval_result *res);
 
 #ifdef __cplusplus
 }

@@ -17,7 +17,7 @@
 static int check_passed, check_failed;
 
 /* Records one check; prints the message when it fails. Returns ok. */
-static int check_true(int ok, const char *what, const char *file, int line)
+static inline int check_true(int ok, const char *what, const char *file, int line)
 {
     if (ok) check_passed++;
     else { check_failed++; fprintf(stderr, "FAIL %s:%d: %s\n", file, line, what); }
@@ -26,7 +26,7 @@ static int check_true(int ok, const char *what, const char *file, int line)
 #define CHECK(cond) check_true(!!(cond), #cond, __FILE__, __LINE__)
 
 /* Compares two float arrays: |a-b| <= atol + rtol*|b| element-wise. */
-static int check_close_f(const char *name, const float *got, const float *want,
+static inline int check_close_f(const char *name, const float *got, const float *want,
                          size_t n, double rtol, double atol)
 {
     double max_abs = 0, max_rel = 0;
@@ -49,7 +49,7 @@ static int check_close_f(const char *name, const float *got, const float *want,
     return 1;
 }
 
-static int check_close_d(const char *name, const double *got, const double *want,
+static inline int check_close_d(const char *name, const double *got, const double *want,
                          size_t n, double rtol, double atol)
 {
     size_t bad = 0, first_bad = 0;
@@ -71,7 +71,7 @@ static int check_close_d(const char *name, const double *got, const double *want
 }
 
 /* Prints the closing line and returns the process exit code. */
-static int check_report(const char *suite)
+static inline int check_report(const char *suite)
 {
     printf("%s: %d passed, %d failed\n", suite, check_passed, check_failed);
     return check_failed ? 1 : 0;

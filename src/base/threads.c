@@ -26,4 +26,13 @@ int soma_set_threads(int n)
     return n;
 }
 
-int soma_get_threads(void) { return current_threads; }
+int soma_get_threads(void)
+{
+#ifdef _OPENMP
+    /* what an OpenMP team started now would get: kernels size per-thread
+     * scratch by it */
+    return omp_get_max_threads();
+#else
+    return current_threads;
+#endif
+}

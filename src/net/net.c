@@ -1,0 +1,453 @@
+/*
+ * net.c - network construction, parameter store, forward and backward.
+ *
+ * Layers run in nn.Sequential order, so parameter names equal PyTorch's
+ * state_dict names for the same Sequential ("0.weight", "3.running_mean").
+ * Memory: params, grads and buffers are one block each; per-batch caches
+ * are planned for max_batch in soma_net_prepare and never reallocated.
+ */
+#include "net.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spec,
+                             int in_c, int in_h, int in_w, soma_act act);
+
+static const char *const layer_names[SOMA_LAYER_COUNT] = {
+    [SOMA_LAYER_DENSE] = "dense",     [SOMA_LAYER_CONV] = "conv",
+    [SOMA_LAYER_MAXPOOL] = "maxpool", [SOMA_LAYER_AVGPOOL] = "avgpool",
+    [SOMA_LAYER_FLATTEN] = "flatten", [SOMA_LAYER_ACT] = "act",
+    [SOMA_LAYER_DROPOUT] = "dropout", [SOMA_LAYER_BATCHNORM] = "batchnorm",
+};
+
+void soma_net_options_default(soma_net_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->in_c = 1; o->in_h = 28; o->in_w = 28;
+    o->act = SOMA_ACT_RELU;
+    o->init = SOMA_INIT_TORCH;
+}
+
+/* ---- stores ------------------------------------------------------------ */
+
+static int store_add(soma_store *s, int *cap, const char *name, int ndim, const int64_t *shape)
+{
+    if (s->count == *cap) {
+        int nc = *cap ? 2 * *cap : 16;
+        soma_param *p = soma__realloc(s->p, (size_t)nc * sizeof *p);
+        if (!p) return -1;
+        s->p = p;
+        *cap = nc;
+    }
+    soma_param *p = &s->p[s->count];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->ndim = ndim;
+    p->n = 1;
+    for (int i = 0; i < SOMA_MAX_DIMS; i++) {
+        p->shape[i] = i < ndim ? shape[i] : 1;
+        if (i < ndim) p->n *= (size_t)shape[i];
+    }
+    p->offset = s->total;
+    s->total += p->n;
+    return s->count++;
+}
+
+static soma_status store_alloc(soma_store *s, int with_grad)
+{
+    s->value = soma__malloc_aligned((s->total ? s->total : 1) * sizeof(float));
+    if (!s->value) return SOMA_ERR_NOMEM;
+    memset(s->value, 0, s->total * sizeof(float));
+    if (with_grad) {
+        s->grad = soma__malloc_aligned((s->total ? s->total : 1) * sizeof(float));
+        if (!s->grad) return SOMA_ERR_NOMEM;
+        memset(s->grad, 0, s->total * sizeof(float));
+    }
+    return SOMA_OK;
+}
+
+static void store_free(soma_store *s)
+{
+    soma__free(s->p);
+    soma__free_aligned(s->value);
+    soma__free_aligned(s->grad);
+}
+
+/* ---- construction -------------------------------------------------------- */
+
+static soma_status create_params(soma_net *n)
+{
+    int pcap = 0, bcap = 0;
+    char name[48];
+    for (int i = 0; i < n->n_layers; i++) {
+        soma_layer *l = &n->layers[i];
+        if (l->kind == SOMA_LAYER_DENSE) {
+            int64_t ws[2] = { l->out_c, (int64_t)l->in_size }, bs[1] = { l->out_c };
+            snprintf(name, sizeof name, "%d.weight", i);
+            l->w = store_add(&n->params, &pcap, name, 2, ws);
+            snprintf(name, sizeof name, "%d.bias", i);
+            l->b = store_add(&n->params, &pcap, name, 1, bs);
+        } else if (l->kind == SOMA_LAYER_CONV) {
+            int64_t ws[4] = { l->out_c, l->in_c, l->k, l->k }, bs[1] = { l->out_c };
+            snprintf(name, sizeof name, "%d.weight", i);
+            l->w = store_add(&n->params, &pcap, name, 4, ws);
+            snprintf(name, sizeof name, "%d.bias", i);
+            l->b = store_add(&n->params, &pcap, name, 1, bs);
+        } else if (l->kind == SOMA_LAYER_BATCHNORM) {
+            int64_t cs[1] = { l->out_c };
+            snprintf(name, sizeof name, "%d.weight", i);
+            l->w = store_add(&n->params, &pcap, name, 1, cs);
+            snprintf(name, sizeof name, "%d.bias", i);
+            l->b = store_add(&n->params, &pcap, name, 1, cs);
+            snprintf(name, sizeof name, "%d.running_mean", i);
+            l->run_mean = store_add(&n->buffers, &bcap, name, 1, cs);
+            snprintf(name, sizeof name, "%d.running_var", i);
+            l->run_var = store_add(&n->buffers, &bcap, name, 1, cs);
+        } else {
+            continue;
+        }
+        if (l->w < 0 || l->b < 0) return SOMA_ERR_NOMEM;
+        if (l->kind == SOMA_LAYER_BATCHNORM && (l->run_mean < 0 || l->run_var < 0))
+            return SOMA_ERR_NOMEM;
+    }
+    soma_status st = store_alloc(&n->params, 1);
+    if (!st) st = store_alloc(&n->buffers, 0);
+    return st;
+}
+
+/* Initialises parameters: weights by the chosen scheme, biases as PyTorch's
+ * default (U(-1/sqrt(fan_in), +1/sqrt(fan_in))) for every scheme except the
+ * non-torch ones, which start biases at 0 as is customary with them. */
+static void init_params(soma_net *n, uint64_t seed)
+{
+    soma_rng rng;
+    soma_rng_seed(&rng, seed);
+    for (int i = 0; i < n->n_layers; i++) {
+        soma_layer *l = &n->layers[i];
+        if (l->kind == SOMA_LAYER_DENSE || l->kind == SOMA_LAYER_CONV) {
+            int k2 = l->kind == SOMA_LAYER_CONV ? l->k * l->k : 1;
+            int fan_in = (int)(l->kind == SOMA_LAYER_CONV ? (size_t)l->in_c * k2 : l->in_size);
+            int fan_out = l->out_c * k2;
+            soma_param *w = &n->params.p[l->w], *b = &n->params.p[l->b];
+            soma_init_fill(n->params.value + w->offset, w->n, fan_in, fan_out, n->init, &rng);
+            float *bv = n->params.value + b->offset;
+            float bound = 1.0f / sqrtf((float)fan_in);
+            for (size_t j = 0; j < b->n; j++)
+                bv[j] = n->init == SOMA_INIT_TORCH ? (2.0f * soma_rng_uniform(&rng) - 1.0f) * bound : 0.0f;
+        } else if (l->kind == SOMA_LAYER_BATCHNORM) {
+            float *g = soma__param_value(n, l->w), *bb = soma__param_value(n, l->b);
+            float *rv = n->buffers.value + n->buffers.p[l->run_var].offset;
+            for (int c = 0; c < l->out_c; c++) { g[c] = 1; bb[c] = 0; rv[c] = 1; }
+        }
+    }
+}
+
+soma_status soma_net_new(soma_net **out, const char *spec, const soma_net_options *o)
+{
+    *out = NULL;
+    soma_net_options def;
+    if (!o) { soma_net_options_default(&def); o = &def; }
+    if (o->in_c <= 0 || o->in_h <= 0 || o->in_w <= 0)
+        return soma__fail(SOMA_ERR_ARG, "input shape must be positive, got %dx%dx%d",
+                          o->in_c, o->in_h, o->in_w);
+    if ((unsigned)o->act >= SOMA_ACT_COUNT) return soma__fail(SOMA_ERR_ARG, "unknown activation %d", (int)o->act);
+    if ((unsigned)o->init >= SOMA_INIT_COUNT) return soma__fail(SOMA_ERR_ARG, "unknown init %d", (int)o->init);
+    soma_net *n = soma__calloc(1, sizeof *n);
+    if (!n) return SOMA_ERR_NOMEM;
+    n->in_c = o->in_c; n->in_h = o->in_h; n->in_w = o->in_w;
+    n->act = o->act;
+    n->init = o->init;
+    soma_status st = SOMA_ERR_NOMEM;
+    if (!(n->spec = soma__strdup(spec ? spec : ""))) goto fail;
+    if ((st = soma__spec_parse(&n->layers, &n->n_layers, spec, o->in_c, o->in_h, o->in_w, o->act)))
+        goto fail;
+    if ((st = create_params(n))) goto fail;
+    init_params(n, o->seed);
+    *out = n;
+    return SOMA_OK;
+fail:
+    soma_net_free(n);
+    return st;
+}
+
+static void free_caches(soma_net *n)
+{
+    for (int i = 0; i < n->n_layers; i++) {
+        soma_layer *l = &n->layers[i];
+        soma__free_aligned(l->out);
+        soma__free(l->idx);
+        soma__free_aligned(l->mask);
+        soma__free(l->bn.mean);
+        soma__free(l->bn.invstd);
+        soma__free_aligned(l->bn.xhat);
+        l->out = NULL; l->idx = NULL; l->mask = NULL;
+        memset(&l->bn, 0, sizeof l->bn);
+    }
+    soma__free_aligned(n->dbuf[0]);
+    soma__free_aligned(n->dbuf[1]);
+    soma__free_aligned(n->ws);
+    n->dbuf[0] = n->dbuf[1] = n->ws = NULL;
+    n->max_batch = 0;
+}
+
+void soma_net_free(soma_net *n)
+{
+    if (!n) return;
+    if (n->layers) free_caches(n);
+    soma__free(n->layers);
+    store_free(&n->params);
+    store_free(&n->buffers);
+    soma__free(n->spec);
+    soma__free(n);
+}
+
+soma_status soma_net_prepare(soma_net *n, int B)
+{
+    if (B <= 0) return soma__fail(SOMA_ERR_ARG, "batch must be > 0, got %d", B);
+    if (n->max_batch >= B) return SOMA_OK;
+    free_caches(n);
+    size_t maxsz = (size_t)n->in_c * n->in_h * n->in_w, ws = 0, bytes = 0;
+    int threads = soma_get_threads();
+    for (int i = 0; i < n->n_layers; i++) {
+        soma_layer *l = &n->layers[i];
+        size_t sz = (size_t)B * l->out_size;
+        if (l->out_size > maxsz) maxsz = l->out_size;
+        if (!(l->out = soma__malloc_aligned(sz * sizeof(float)))) goto nomem;
+        bytes += sz * sizeof(float);
+        if (l->kind == SOMA_LAYER_MAXPOOL) {
+            if (!(l->idx = soma__malloc(sz * sizeof(int32_t)))) goto nomem;
+            bytes += sz * sizeof(int32_t);
+        } else if (l->kind == SOMA_LAYER_DROPOUT) {
+            if (!(l->mask = soma__malloc_aligned(sz * sizeof(float)))) goto nomem;
+            bytes += sz * sizeof(float);
+        } else if (l->kind == SOMA_LAYER_BATCHNORM) {
+            l->bn.mean = soma__malloc((size_t)l->out_c * sizeof(float));
+            l->bn.invstd = soma__malloc((size_t)l->out_c * sizeof(float));
+            l->bn.xhat = soma__malloc_aligned(sz * sizeof(float));
+            if (!l->bn.mean || !l->bn.invstd || !l->bn.xhat) goto nomem;
+            bytes += sz * sizeof(float) + 2 * (size_t)l->out_c * sizeof(float);
+        } else if (l->kind == SOMA_LAYER_CONV) {
+            soma_conv_shape cs;
+            soma_conv_shape_init(&cs, B, l->in_c, l->in_h, l->in_w, l->out_c, l->k, l->k,
+                                 l->stride, l->pad);
+            size_t w = soma_conv2d_workspace(&cs, threads);
+            if (w > ws) ws = w;
+        }
+    }
+    for (int k = 0; k < 2; k++)
+        if (!(n->dbuf[k] = soma__malloc_aligned((size_t)B * maxsz * sizeof(float)))) goto nomem;
+    bytes += 2 * (size_t)B * maxsz * sizeof(float);
+    if (ws && !(n->ws = soma__malloc_aligned(ws * sizeof(float)))) goto nomem;
+    n->ws_floats = ws;
+    n->ws_threads = threads;
+    n->act_bytes = bytes;
+    n->max_batch = B;
+    return SOMA_OK;
+nomem:
+    free_caches(n);
+    return SOMA_ERR_NOMEM;
+}
+
+void soma_net_set_train(soma_net *n, int train) { n->train = train; }
+
+/* ---- forward / backward ------------------------------------------------- */
+
+static void conv_shape(soma_conv_shape *cs, const soma_layer *l, int B)
+{
+    soma_conv_shape_init(cs, B, l->in_c, l->in_h, l->in_w, l->out_c, l->k, l->k, l->stride, l->pad);
+}
+
+static void pool_shape(soma_pool_shape *ps, const soma_layer *l, int B)
+{
+    soma_pool_shape_init(ps, B, l->in_c, l->in_h, l->in_w, l->k, l->stride);
+}
+
+soma_status soma_net_forward(soma_net *n, const float *x, int B, soma_rng *rng,
+                             const float **logits)
+{
+    if (B <= 0 || B > n->max_batch)
+        return soma__fail(SOMA_ERR_ARG, "batch %d outside 1..%d (prepared size)", B, n->max_batch);
+    if (n->ws && soma_get_threads() > n->ws_threads)
+        return soma__fail(SOMA_ERR_ARG, "thread count raised to %d after the net was prepared for %d",
+                          soma_get_threads(), n->ws_threads);
+    const float *in = x;
+    n->x = x;
+    for (int i = 0; i < n->n_layers; i++) {
+        soma_layer *l = &n->layers[i];
+        size_t count = (size_t)B * l->out_size;
+        switch (l->kind) {
+        case SOMA_LAYER_DENSE:
+            soma_dense_forward(l->out, in, soma__param_value(n, l->w), soma__param_value(n, l->b),
+                               B, (int)l->in_size, l->out_c);
+            break;
+        case SOMA_LAYER_CONV: {
+            soma_conv_shape cs;
+            conv_shape(&cs, l, B);
+            soma_conv2d_forward(l->out, n->ws, in, soma__param_value(n, l->w),
+                                soma__param_value(n, l->b), &cs);
+            break;
+        }
+        case SOMA_LAYER_MAXPOOL: {
+            soma_pool_shape ps;
+            pool_shape(&ps, l, B);
+            soma_maxpool_forward(l->out, l->idx, in, &ps);
+            break;
+        }
+        case SOMA_LAYER_AVGPOOL: {
+            soma_pool_shape ps;
+            pool_shape(&ps, l, B);
+            soma_avgpool_forward(l->out, in, &ps);
+            break;
+        }
+        case SOMA_LAYER_FLATTEN:
+            memcpy(l->out, in, count * sizeof(float));
+            break;
+        case SOMA_LAYER_ACT:
+            soma_act_forward(l->out, in, count, l->act);
+            break;
+        case SOMA_LAYER_DROPOUT:
+            if (n->train && l->p > 0) {
+                if (!rng) return soma__fail(SOMA_ERR_ARG, "dropout in training mode needs an rng");
+                soma_dropout_mask(l->mask, count, l->p, rng);
+                soma_dropout_forward(l->out, in, l->mask, count);
+            } else {
+                memcpy(l->out, in, count * sizeof(float));
+            }
+            break;
+        case SOMA_LAYER_BATCHNORM: {
+            float *rm = n->buffers.value + n->buffers.p[l->run_mean].offset;
+            float *rv = n->buffers.value + n->buffers.p[l->run_var].offset;
+            if (n->train && B < 2 && l->out_h * l->out_w == 1)
+                return soma__fail(SOMA_ERR_ARG, "batchnorm in training needs more than 1 value per channel (batch %d)", B);
+            soma_batchnorm_forward(l->out, &l->bn, rm, rv, in, soma__param_value(n, l->w),
+                                   soma__param_value(n, l->b), B, l->out_c,
+                                   l->out_h * l->out_w, l->eps, l->momentum, n->train);
+            break;
+        }
+        default:
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "layer kind %d", (int)l->kind);
+        }
+        in = l->out;
+    }
+    *logits = in;
+    return SOMA_OK;
+}
+
+void soma_net_zero_grad(soma_net *n)
+{
+    memset(n->params.grad, 0, n->params.total * sizeof(float));
+}
+
+soma_status soma_net_backward(soma_net *n, const float *dlogits, int B, float *dx)
+{
+    if (B <= 0 || B > n->max_batch)
+        return soma__fail(SOMA_ERR_ARG, "batch %d outside 1..%d (prepared size)", B, n->max_batch);
+    const float *dy = dlogits;
+    int cur = 0;
+    for (int i = n->n_layers - 1; i >= 0; i--) {
+        soma_layer *l = &n->layers[i];
+        const float *in = i > 0 ? n->layers[i - 1].out : n->x;
+        int need_dx = i > 0 || dx;
+        float *d = i > 0 ? n->dbuf[cur] : dx;
+        size_t count = (size_t)B * l->in_size;
+        if (need_dx) memset(d, 0, count * sizeof(float));
+        switch (l->kind) {
+        case SOMA_LAYER_DENSE:
+            soma_dense_backward(need_dx ? d : NULL, soma__param_grad(n, l->w),
+                                soma__param_grad(n, l->b), dy, in, soma__param_value(n, l->w),
+                                B, (int)l->in_size, l->out_c);
+            break;
+        case SOMA_LAYER_CONV: {
+            soma_conv_shape cs;
+            conv_shape(&cs, l, B);
+            soma_conv2d_backward(need_dx ? d : NULL, soma__param_grad(n, l->w),
+                                 soma__param_grad(n, l->b), n->ws, dy, in,
+                                 soma__param_value(n, l->w), &cs);
+            break;
+        }
+        case SOMA_LAYER_MAXPOOL: {
+            soma_pool_shape ps;
+            pool_shape(&ps, l, B);
+            if (need_dx) soma_maxpool_backward(d, dy, l->idx, &ps);
+            break;
+        }
+        case SOMA_LAYER_AVGPOOL: {
+            soma_pool_shape ps;
+            pool_shape(&ps, l, B);
+            if (need_dx) soma_avgpool_backward(d, dy, &ps);
+            break;
+        }
+        case SOMA_LAYER_FLATTEN:
+            if (need_dx) memcpy(d, dy, count * sizeof(float));
+            break;
+        case SOMA_LAYER_ACT:
+            if (need_dx) soma_act_backward(d, dy, in, l->out, count, l->act);
+            break;
+        case SOMA_LAYER_DROPOUT:
+            if (!need_dx) break;
+            if (n->train && l->p > 0) soma_dropout_backward(d, dy, l->mask, count);
+            else memcpy(d, dy, count * sizeof(float));
+            break;
+        case SOMA_LAYER_BATCHNORM:
+            soma_batchnorm_backward(need_dx ? d : NULL, soma__param_grad(n, l->w),
+                                    soma__param_grad(n, l->b), dy, &l->bn,
+                                    soma__param_value(n, l->w), B, l->out_c,
+                                    l->out_h * l->out_w, n->train);
+            break;
+        default:
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "layer kind %d", (int)l->kind);
+        }
+        dy = d;
+        cur ^= 1;
+    }
+    return SOMA_OK;
+}
+
+/* ---- access ------------------------------------------------------------- */
+
+int soma_net_inputs(const soma_net *n) { return n->in_c * n->in_h * n->in_w; }
+int soma_net_outputs(const soma_net *n) { return (int)n->layers[n->n_layers - 1].out_size; }
+const char *soma_net_spec(const soma_net *n) { return n->spec; }
+size_t soma_net_param_floats(const soma_net *n) { return n->params.total; }
+float *soma_net_param_values(soma_net *n) { return n->params.value; }
+float *soma_net_param_grads(soma_net *n) { return n->params.grad; }
+int soma_net_tensor_count(const soma_net *n) { return n->params.count + n->buffers.count; }
+
+float *soma_net_tensor(soma_net *n, int i, const char **name, int *ndim,
+                       int64_t shape[SOMA_MAX_DIMS], int *is_param)
+{
+    int isp = i < n->params.count;
+    soma_store *s = isp ? &n->params : &n->buffers;
+    if (!isp) i -= n->params.count;
+    if (i < 0 || i >= s->count) return NULL;
+    soma_param *p = &s->p[i];
+    if (name) *name = p->name;
+    if (ndim) *ndim = p->ndim;
+    if (shape) memcpy(shape, p->shape, sizeof p->shape);
+    if (is_param) *is_param = isp;
+    return s->value + p->offset;
+}
+
+void soma_net_describe(const soma_net *n, char *buf, size_t size)
+{
+    size_t used = 0;
+    int w = snprintf(buf, size, "net %s: input %dx%dx%d, %zu parameters\n", n->spec,
+                     n->in_c, n->in_h, n->in_w, n->params.total);
+    used = w > 0 ? (size_t)w : 0;
+    for (int i = 0; i < n->n_layers && used < size; i++) {
+        const soma_layer *l = &n->layers[i];
+        size_t np = 0;
+        if (l->w >= 0) np += n->params.p[l->w].n;
+        if (l->b >= 0) np += n->params.p[l->b].n;
+        char extra[48] = "";
+        if (l->kind == SOMA_LAYER_ACT) snprintf(extra, sizeof extra, " %s", soma_act_name(l->act));
+        else if (l->kind == SOMA_LAYER_CONV) snprintf(extra, sizeof extra, " k%d s%d p%d", l->k, l->stride, l->pad);
+        else if (l->kind == SOMA_LAYER_DROPOUT) snprintf(extra, sizeof extra, " p=%g", l->p);
+        w = snprintf(buf + used, size - used, "  %2d %-9s%-14s %4dx%3dx%-3d -> %4dx%3dx%-3d %9zu\n", i,
+                     layer_names[l->kind], extra, l->in_c, l->in_h, l->in_w, l->out_c, l->out_h,
+                     l->out_w, np);
+        if (w < 0) break;
+        used += (size_t)w;
+    }
+}

@@ -1,0 +1,85 @@
+/*
+ * net.h - the network as the rules see it (internal).
+ *
+ * A network is a list of layers in the order of nn.Sequential, with one
+ * parameter store (flat value and grad arrays, named entries) and one
+ * buffer store (non-trainable state: batchnorm running statistics).  Every
+ * layer's output for the current batch is cached, so BP reads it in
+ * backward, LFP reads the per-layer inputs for its relevance rules, and the
+ * local rules (EP, PC) read weights by name and call the same kernels.
+ */
+#ifndef SOMA_NET_H
+#define SOMA_NET_H
+
+#include "../soma_internal.h"
+
+typedef enum soma_layer_kind {
+    SOMA_LAYER_DENSE = 0,
+    SOMA_LAYER_CONV,
+    SOMA_LAYER_MAXPOOL,
+    SOMA_LAYER_AVGPOOL,
+    SOMA_LAYER_FLATTEN,
+    SOMA_LAYER_ACT,
+    SOMA_LAYER_DROPOUT,
+    SOMA_LAYER_BATCHNORM,
+    SOMA_LAYER_COUNT
+} soma_layer_kind;
+
+/* One named tensor in a store: values at store->value + offset. */
+typedef struct soma_param {
+    char    name[48];          /* "0.weight": nn.Sequential state_dict names */
+    int     ndim;
+    int64_t shape[SOMA_MAX_DIMS];
+    size_t  offset, n;
+} soma_param;
+
+typedef struct soma_store {
+    soma_param *p;
+    int         count;
+    size_t      total;         /* floats */
+    float      *value;         /* (total) */
+    float      *grad;          /* (total), NULL for buffer stores */
+} soma_store;
+
+typedef struct soma_layer {
+    soma_layer_kind kind;
+    int in_c, in_h, in_w;      /* per-sample input shape (dense: in_c = features) */
+    int out_c, out_h, out_w;   /* per-sample output shape */
+    size_t in_size, out_size;  /* c*h*w */
+    /* parameters: indices into net->params (-1 if none) */
+    int w, b;                  /* dense/conv weight and bias; batchnorm gamma/beta */
+    int run_mean, run_var;     /* batchnorm: indices into net->buffers */
+    soma_act act;              /* ACT */
+    float p;                   /* DROPOUT probability */
+    int k, stride, pad;        /* CONV, POOL */
+    float eps, momentum;       /* BATCHNORM */
+    /* caches for the current batch, sized for net->max_batch */
+    float   *out;              /* (B, out_size) */
+    int32_t *idx;              /* MAXPOOL argmax */
+    float   *mask;             /* DROPOUT keep mask */
+    soma_bn_cache bn;          /* BATCHNORM */
+} soma_layer;
+
+struct soma_net {
+    char       *spec;
+    int         in_c, in_h, in_w;
+    soma_act    act;            /* hidden activation */
+    soma_init   init;
+    int         n_layers;
+    soma_layer *layers;
+    soma_store  params;
+    soma_store  buffers;
+    int         max_batch;      /* caches sized for this; 0 before prepare */
+    float      *dbuf[2];        /* backward ping-pong, (max_batch, max layer size) */
+    float      *ws;             /* conv im2col workspace */
+    size_t      ws_floats, act_bytes;
+    int         ws_threads;     /* threads the conv workspace was sized for */
+    int         train;          /* dropout on, batchnorm batch statistics */
+    const float *x;             /* input of the last forward (caller-owned; backward reads it) */
+};
+
+/* Pointer to a parameter's values / grads. */
+static inline float *soma__param_value(soma_net *n, int i) { return n->params.value + n->params.p[i].offset; }
+static inline float *soma__param_grad(soma_net *n, int i) { return n->params.grad + n->params.p[i].offset; }
+
+#endif

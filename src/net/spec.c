@@ -1,0 +1,258 @@
+/*
+ * spec.c - parses a network spec string into a layer list with shapes.
+ *
+ * Grammar in soma.h (soma_net_new).  The parser only decides the layer
+ * sequence and per-sample shapes; parameters are created by net.c.
+ * Every error quotes the token and its 1-based position, because a spec is
+ * typed by hand on a command line.
+ */
+#include "net.h"
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_TOKEN 32
+
+typedef struct spec_builder {
+    soma_layer *layers;
+    int n, cap;
+    int c, h, w;          /* current per-sample shape */
+    int flat;             /* current shape is a feature vector */
+    int last_linear;      /* index of the last dense/conv layer, -1 */
+} spec_builder;
+
+static soma_layer *push(spec_builder *b, soma_layer_kind kind)
+{
+    if (b->n == b->cap) {
+        int cap = b->cap ? 2 * b->cap : 16;
+        soma_layer *l = soma__realloc(b->layers, (size_t)cap * sizeof *l);
+        if (!l) return NULL;
+        b->layers = l;
+        b->cap = cap;
+    }
+    soma_layer *l = &b->layers[b->n++];
+    memset(l, 0, sizeof *l);
+    l->kind = kind;
+    l->w = l->b = l->run_mean = l->run_var = -1;
+    l->in_c = b->c; l->in_h = b->h; l->in_w = b->w;
+    l->in_size = (size_t)b->c * b->h * b->w;
+    return l;
+}
+
+static void set_out(spec_builder *b, soma_layer *l, int c, int h, int w)
+{
+    l->out_c = c; l->out_h = h; l->out_w = w;
+    l->out_size = (size_t)c * h * w;
+    b->c = c; b->h = h; b->w = w;
+}
+
+/* Parses a positive decimal integer filling the whole of s. */
+static int parse_int(const char *s, int *out)
+{
+    if (!*s || !isdigit((unsigned char)*s)) return 0;
+    errno = 0;
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*end || errno || v <= 0 || v > 1 << 24) return 0;
+    *out = (int)v;
+    return 1;
+}
+
+static soma_status bad(const char *tok, int pos, const char *why)
+{
+    return soma__fail(SOMA_ERR_ARG, "net spec: token %d '%s': %s", pos, tok, why);
+}
+
+static soma_status add_flatten_if_needed(spec_builder *b)
+{
+    if (b->flat) return SOMA_OK;
+    soma_layer *l = push(b, SOMA_LAYER_FLATTEN);
+    if (!l) return SOMA_ERR_NOMEM;
+    set_out(b, l, b->c * b->h * b->w, 1, 1);
+    b->flat = 1;
+    return SOMA_OK;
+}
+
+static soma_status add_dense(spec_builder *b, int units)
+{
+    soma_status st = add_flatten_if_needed(b);
+    if (st) return st;
+    soma_layer *l = push(b, SOMA_LAYER_DENSE);
+    if (!l) return SOMA_ERR_NOMEM;
+    set_out(b, l, units, 1, 1);
+    b->last_linear = b->n - 1;
+    return SOMA_OK;
+}
+
+static soma_status parse_conv(spec_builder *b, const char *tok, int pos)
+{
+    /* convKxC[sS][pP] */
+    char buf[MAX_TOKEN];
+    int k = 0, ch = 0, stride = 1, pad = 0;
+    snprintf(buf, sizeof buf, "%s", tok + 4);
+    char *x = strchr(buf, 'x');
+    if (!x) return bad(tok, pos, "expected convKxC, e.g. conv5x32");
+    *x = 0;
+    if (!parse_int(buf, &k)) return bad(tok, pos, "kernel size must be a positive integer");
+    char *rest = x + 1;
+    char *sp = strpbrk(rest, "sp");
+    char opts[MAX_TOKEN] = "";
+    if (sp) { snprintf(opts, sizeof opts, "%s", sp); *sp = 0; }
+    if (!parse_int(rest, &ch)) return bad(tok, pos, "channel count must be a positive integer");
+    for (char *o = opts; *o;) {
+        char which = *o++;
+        char num[MAX_TOKEN];
+        int i = 0;
+        while (isdigit((unsigned char)*o) && i < MAX_TOKEN - 1) num[i++] = *o++;
+        num[i] = 0;
+        int v;
+        if (which == 's') {
+            if (!parse_int(num, &v)) return bad(tok, pos, "stride must be a positive integer");
+            stride = v;
+        } else if (which == 'p') {
+            if (!strcmp(num, "0")) v = 0;
+            else if (!parse_int(num, &v)) return bad(tok, pos, "padding must be a non-negative integer");
+            pad = v;
+        } else {
+            return bad(tok, pos, "unknown conv option (use s<stride> and p<pad>)");
+        }
+    }
+    if (b->flat && b->n > 0) return bad(tok, pos, "convolution after a dense layer");
+    soma_conv_shape cs;
+    soma_status st = soma_conv_shape_init(&cs, 1, b->c, b->h, b->w, ch, k, k, stride, pad);
+    if (st) return bad(tok, pos, soma_last_error());
+    soma_layer *l = push(b, SOMA_LAYER_CONV);
+    if (!l) return SOMA_ERR_NOMEM;
+    l->k = k; l->stride = stride; l->pad = pad;
+    set_out(b, l, ch, cs.OH, cs.OW);
+    b->last_linear = b->n - 1;
+    return SOMA_OK;
+}
+
+static soma_status parse_pool(spec_builder *b, const char *tok, int pos, int avg)
+{
+    int k;
+    if (!parse_int(tok + (avg ? 7 : 4), &k)) return bad(tok, pos, "pool size must be a positive integer");
+    if (b->flat) return bad(tok, pos, "pooling needs an image-shaped input (after conv)");
+    soma_pool_shape ps;
+    if (soma_pool_shape_init(&ps, 1, b->c, b->h, b->w, k, k)) return bad(tok, pos, soma_last_error());
+    soma_layer *l = push(b, avg ? SOMA_LAYER_AVGPOOL : SOMA_LAYER_MAXPOOL);
+    if (!l) return SOMA_ERR_NOMEM;
+    l->k = k; l->stride = k;
+    set_out(b, l, b->c, ps.OH, ps.OW);
+    return SOMA_OK;
+}
+
+/* Adds the hidden activation after the layer just finished, unless it was
+ * the last linear layer of the spec. */
+static soma_status add_act(spec_builder *b, soma_act act)
+{
+    soma_layer *l = push(b, SOMA_LAYER_ACT);
+    if (!l) return SOMA_ERR_NOMEM;
+    l->act = act;
+    set_out(b, l, b->c, b->h, b->w);
+    return SOMA_OK;
+}
+
+/* Builds the layer list.  *layers is allocated with soma__malloc. */
+soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spec,
+                             int in_c, int in_h, int in_w, soma_act act)
+{
+    *layers = NULL;
+    *n_layers = 0;
+    if (!spec || !*spec) return soma__fail(SOMA_ERR_ARG, "net spec is empty");
+    if (strlen(spec) > 4096) return soma__fail(SOMA_ERR_ARG, "net spec is longer than 4096 characters");
+    spec_builder b = { .c = in_c, .h = in_h, .w = in_w, .flat = in_h == 1 && in_w == 1,
+                       .last_linear = -1 };
+    /* Split into tokens first: whether a linear layer is the last one decides
+     * if it gets an activation. */
+    char toks[256][MAX_TOKEN];
+    int nt = 0;
+    const char *p = spec;
+    while (1) {
+        const char *e = strchr(p, '-');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == 0) return soma__fail(SOMA_ERR_ARG, "net spec '%s': empty token at position %d", spec, nt + 1);
+        if (len >= MAX_TOKEN) return soma__fail(SOMA_ERR_ARG, "net spec '%s': token %d is too long", spec, nt + 1);
+        if (nt == 256) return soma__fail(SOMA_ERR_ARG, "net spec '%s': more than 256 tokens", spec);
+        memcpy(toks[nt], p, len);
+        toks[nt][len] = 0;
+        nt++;
+        if (!e) break;
+        p = e + 1;
+    }
+    int last_lin_tok = -1;
+    for (int i = 0; i < nt; i++) {
+        int dummy;
+        if ((parse_int(toks[i], &dummy) && i > 0) || !strncmp(toks[i], "fc", 2) ||
+            !strncmp(toks[i], "conv", 4))
+            last_lin_tok = i;
+    }
+    soma_status st = SOMA_OK;
+    int pending_act = 0; /* activation owed to the last linear layer */
+    for (int i = 0; i < nt && !st; i++) {
+        const char *t = toks[i];
+        int v;
+        if (i == 0 && parse_int(t, &v)) {
+            if ((size_t)v != (size_t)in_c * in_h * in_w) {
+                st = soma__fail(SOMA_ERR_ARG, "net spec: token 1 '%s': input size %d does not match "
+                                "the data (%d x %d x %d = %d values)", t, v, in_c, in_h, in_w,
+                                in_c * in_h * in_w);
+                break;
+            }
+            continue;
+        }
+        int is_bn = !strcmp(t, "bn");
+        if (pending_act && !is_bn) {
+            if ((st = add_act(&b, act))) break;
+            pending_act = 0;
+        }
+        if (parse_int(t, &v)) st = add_dense(&b, v);
+        else if (!strncmp(t, "fc", 2)) {
+            if (!parse_int(t + 2, &v)) { st = bad(t, i + 1, "expected fcN with N a positive integer"); break; }
+            st = add_dense(&b, v);
+        } else if (!strncmp(t, "conv", 4)) st = parse_conv(&b, t, i + 1);
+        else if (!strncmp(t, "avgpool", 7)) st = parse_pool(&b, t, i + 1, 1);
+        else if (!strncmp(t, "pool", 4)) st = parse_pool(&b, t, i + 1, 0);
+        else if (is_bn) {
+            if (b.last_linear < 0 || b.last_linear != b.n - 1) {
+                st = bad(t, i + 1, "bn must directly follow a conv or dense layer");
+                break;
+            }
+            soma_layer *l = push(&b, SOMA_LAYER_BATCHNORM);
+            if (!l) { st = SOMA_ERR_NOMEM; break; }
+            l->eps = 1e-5f; l->momentum = 0.1f;
+            set_out(&b, l, b.c, b.h, b.w);
+            continue;
+        } else if (!strncmp(t, "drop", 4)) {
+            char *end;
+            errno = 0;
+            double pr = strtod(t + 4, &end);
+            if (end == t + 4 || *end || errno || !(pr >= 0 && pr < 1)) {
+                st = bad(t, i + 1, "dropout probability must be in [0, 1), e.g. drop0.5");
+                break;
+            }
+            soma_layer *l = push(&b, SOMA_LAYER_DROPOUT);
+            if (!l) { st = SOMA_ERR_NOMEM; break; }
+            l->p = (float)pr;
+            set_out(&b, l, b.c, b.h, b.w);
+            continue;
+        } else {
+            st = bad(t, i + 1, "unknown layer (expected N, fcN, convKxC, poolK, avgpoolK, bn, dropP)");
+            break;
+        }
+        if (!st && (parse_int(t, &v) || !strncmp(t, "fc", 2) || !strncmp(t, "conv", 4)) &&
+            i != last_lin_tok)
+            pending_act = 1;
+    }
+    if (!st && pending_act) st = add_act(&b, act);
+    if (!st && b.last_linear < 0)
+        st = soma__fail(SOMA_ERR_ARG, "net spec '%s' has no dense or conv layer", spec);
+    if (!st && b.last_linear >= 0 && b.layers[b.last_linear].kind == SOMA_LAYER_CONV)
+        st = soma__fail(SOMA_ERR_ARG, "net spec '%s' must end with a dense layer (fcN) giving the class scores", spec);
+    if (st) { soma__free(b.layers); return st; }
+    *layers = b.layers;
+    *n_layers = b.n;
+    return SOMA_OK;
+}

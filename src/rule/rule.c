@@ -1,0 +1,185 @@
+/*
+ * rule.c - the registry of learning rules and the shared rule plumbing
+ * (loss on class scores, NaN checks, gradient clipping).
+ */
+#include "rule.h"
+#include <math.h>
+#include <string.h>
+
+/* One line per rule. */
+static const soma_rule_ops *const rules[] = {
+    &soma__rule_bp,
+};
+#define N_RULES ((int)(sizeof rules / sizeof *rules))
+
+static const char *const loss_names[SOMA_LOSS_COUNT] = {
+    [SOMA_LOSS_CE] = "ce", [SOMA_LOSS_MSE] = "mse",
+};
+
+const char *soma_loss_name(soma_loss_kind k)
+{
+    return (unsigned)k < SOMA_LOSS_COUNT ? loss_names[k] : "?";
+}
+
+soma_status soma_loss_from_name(soma_loss_kind *out, const char *name)
+{
+    for (int i = 0; i < SOMA_LOSS_COUNT; i++)
+        if (!strcmp(name, loss_names[i])) { *out = (soma_loss_kind)i; return SOMA_OK; }
+    return soma__fail(SOMA_ERR_ARG, "unknown loss '%s' (valid: ce, mse)", name);
+}
+
+int soma_rule_count(void) { return N_RULES; }
+const char *soma_rule_name_at(int i) { return i >= 0 && i < N_RULES ? rules[i]->name : NULL; }
+const char *soma_rule_about_at(int i) { return i >= 0 && i < N_RULES ? rules[i]->about : NULL; }
+
+void soma_rule_config_default(soma_rule_config *c)
+{
+    memset(c, 0, sizeof *c);
+    soma_optim_config_default(&c->optim, SOMA_OPTIM_SGD);
+    c->loss = SOMA_LOSS_CE;
+}
+
+soma_status soma_rule_new(soma_rule **out, const char *name, soma_net *net,
+                          const soma_rule_config *cfg, int max_batch)
+{
+    *out = NULL;
+    const soma_rule_ops *ops = NULL;
+    for (int i = 0; i < N_RULES; i++)
+        if (!strcmp(rules[i]->name, name)) ops = rules[i];
+    if (!ops) {
+        char list[256] = "";
+        for (int i = 0; i < N_RULES; i++) {
+            strncat(list, rules[i]->name, sizeof list - strlen(list) - 1);
+            if (i + 1 < N_RULES) strncat(list, ", ", sizeof list - strlen(list) - 1);
+        }
+        return soma__fail(SOMA_ERR_ARG, "unknown rule '%s' (valid: %s)", name, list);
+    }
+    if (max_batch <= 0) return soma__fail(SOMA_ERR_ARG, "batch must be > 0, got %d", max_batch);
+    if (cfg->clip_norm < 0) return soma__fail(SOMA_ERR_ARG, "clip norm must be >= 0, got %g", cfg->clip_norm);
+    if ((unsigned)cfg->loss >= SOMA_LOSS_COUNT) return soma__fail(SOMA_ERR_ARG, "unknown loss %d", (int)cfg->loss);
+    soma_rule *r = soma__calloc(1, sizeof *r);
+    if (!r) return SOMA_ERR_NOMEM;
+    r->ops = ops;
+    r->net = net;
+    r->cfg = *cfg;
+    r->max_batch = max_batch;
+    soma_status st = soma_optim_new(&r->optim, &cfg->optim, soma_net_param_floats(net));
+    if (!st) st = soma_net_prepare(net, max_batch);
+    if (!st) st = ops->init(r, max_batch);
+    if (st) { soma_rule_free(r); return st; }
+    *out = r;
+    return SOMA_OK;
+}
+
+void soma_rule_free(soma_rule *r)
+{
+    if (!r) return;
+    if (r->ops->release) r->ops->release(r);
+    soma_optim_free(r->optim);
+    soma__free(r);
+}
+
+const char *soma_rule_name(const soma_rule *r) { return r->ops->name; }
+soma_optim *soma_rule_optim(soma_rule *r) { return r->optim; }
+
+static soma_status check_batch(const soma_rule *r, const soma_batch *b)
+{
+    if (b->n <= 0 || b->n > r->max_batch)
+        return soma__fail(SOMA_ERR_ARG, "batch of %d samples outside 1..%d", b->n, r->max_batch);
+    if (b->c * b->h * b->w != soma_net_inputs(r->net))
+        return soma__fail(SOMA_ERR_SHAPE, "batch samples are %dx%dx%d = %d values, net '%s' expects %d",
+                          b->c, b->h, b->w, b->c * b->h * b->w, soma_net_spec(r->net),
+                          soma_net_inputs(r->net));
+    int C = soma_net_outputs(r->net);
+    for (int i = 0; i < b->n; i++)
+        if (b->y[i] < 0 || b->y[i] >= C)
+            return soma__fail(SOMA_ERR_ARG, "label %d of sample %d outside 0..%d (net has %d outputs)",
+                              b->y[i], i, C - 1, C);
+    return SOMA_OK;
+}
+
+soma_status soma_rule_train_batch(soma_rule *r, const soma_batch *b, float lr, soma_rng *rng,
+                                  soma_step_stats *st)
+{
+    soma_status s = check_batch(r, b);
+    if (s) return s;
+    if (!(lr > 0) || !isfinite(lr)) return soma__fail(SOMA_ERR_ARG, "learning rate must be > 0, got %g", lr);
+    return r->ops->train_batch(r, b, lr, rng, st);
+}
+
+soma_status soma_rule_predict(soma_rule *r, const soma_batch *b, const float **scores,
+                              soma_step_stats *st)
+{
+    soma_status s = check_batch(r, b);
+    if (s) return s;
+    return r->ops->predict(r, b, scores, st);
+}
+
+void soma_rule_plan(const soma_rule *r, soma_mem_plan *p)
+{
+    memset(p, 0, sizeof *p);
+    const soma_net *n = r->net;
+    p->params = n->params.total * sizeof(float);
+    p->grads = n->params.total * sizeof(float);
+    p->buffers = n->buffers.total * sizeof(float);
+    p->optim = soma_optim_size(r->optim);
+    if (r->ops->plan) r->ops->plan(r, p);
+    p->total = p->params + p->grads + p->buffers + p->optim + p->activations + p->workspace;
+}
+
+/* ---- shared plumbing ----------------------------------------------------- */
+
+int soma__all_finite(const float *x, size_t n)
+{
+    /* Sum-based test: one pass, and NaN/Inf propagate into the sum; an
+     * overflow to Inf of finite values would flag too, which is wanted. */
+    float acc = 0;
+    for (size_t i = 0; i < n; i++) acc += x[i] * 0.0f;
+    return acc == 0.0f;
+}
+
+void soma__clip_norm(float *g, size_t n, float max_norm)
+{
+    double ss = 0;
+    for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
+    double norm = sqrt(ss);
+    /* torch: clip_coef = max_norm / (total_norm + 1e-6), applied if < 1 */
+    double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0)
+        for (size_t i = 0; i < n; i++) g[i] = (float)(g[i] * coef);
+}
+
+soma_status soma__loss_and_grad(float *dscores, float *probs, const float *scores,
+                                const int32_t *labels, int B, int C, soma_loss_kind kind,
+                                soma_step_stats *st)
+{
+    float loss;
+    if (kind == SOMA_LOSS_CE) {
+        loss = soma_ce_forward(probs, scores, labels, B, C);
+        if (dscores) {
+            memset(dscores, 0, (size_t)B * C * sizeof(float));
+            soma_ce_backward(dscores, probs, labels, B, C, 1.0f);
+        }
+    } else {
+        /* MSE against one-hot targets, built in probs as scratch */
+        memset(probs, 0, (size_t)B * C * sizeof(float));
+        for (int i = 0; i < B; i++) probs[(size_t)i * C + labels[i]] = 1.0f;
+        loss = soma_mse_forward(scores, probs, B, C);
+        if (dscores) {
+            memset(dscores, 0, (size_t)B * C * sizeof(float));
+            soma_mse_backward(dscores, scores, probs, B, C, 1.0f);
+        }
+    }
+    if (!isfinite(loss)) return soma__fail(SOMA_ERR_NUMERIC, "loss is %s", isnan(loss) ? "NaN" : "Inf");
+    if (st) {
+        st->loss += (double)loss * B;
+        st->n += B;
+        for (int i = 0; i < B; i++) {
+            const float *s = scores + (size_t)i * C;
+            int best = 0;
+            for (int c = 1; c < C; c++) if (s[c] > s[best]) best = c;
+            st->correct += best == labels[i];
+        }
+    }
+    return SOMA_OK;
+}

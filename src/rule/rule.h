@@ -1,0 +1,48 @@
+/*
+ * rule.h - the table every learning rule implements (internal).
+ *
+ * A rule turns the shared network and a batch into parameter updates.  One
+ * file per rule fills a soma_rule_ops; registering it is one line in
+ * rule.c.  Rules that update once per batch compute a gradient-like
+ * direction into the net's grad store and call the shared optimizer; rules
+ * that learn inside a sequence (FPTT) call it per step.
+ */
+#ifndef SOMA_RULE_H
+#define SOMA_RULE_H
+
+#include "../net/net.h"
+
+typedef struct soma_rule_ops {
+    const char *name;
+    const char *about;
+    /* Allocates r->state; every buffer sized for max_batch here. */
+    soma_status (*init)(soma_rule *r, int max_batch);
+    soma_status (*train_batch)(soma_rule *r, const soma_batch *b, float lr, soma_rng *rng,
+                               soma_step_stats *st);
+    soma_status (*predict)(soma_rule *r, const soma_batch *b, const float **scores,
+                           soma_step_stats *st);
+    void (*plan)(const soma_rule *r, soma_mem_plan *plan);  /* fills activations/workspace */
+    void (*release)(soma_rule *r);
+} soma_rule_ops;
+
+struct soma_rule {
+    const soma_rule_ops *ops;
+    soma_net        *net;
+    soma_rule_config cfg;
+    soma_optim      *optim;
+    int              max_batch;
+    void            *state;      /* the rule's own buffers */
+};
+
+extern const soma_rule_ops soma__rule_bp;
+
+/* Shared helpers for rules: loss forward+backward on the class scores, and
+ * accuracy counting; NaN/Inf checks. */
+soma_status soma__loss_and_grad(float *dscores, float *probs, const float *scores,
+                                const int32_t *labels, int B, int C, soma_loss_kind kind,
+                                soma_step_stats *st);
+int  soma__all_finite(const float *x, size_t n);
+/* Scales g so its L2 norm is at most max_norm (torch clip_grad_norm_). */
+void soma__clip_norm(float *g, size_t n, float max_norm);
+
+#endif

@@ -1,0 +1,453 @@
+/*
+ * train.c - the training and evaluation drivers behind `soma train` and
+ * `soma eval`: data -> loader -> rule -> optimizer -> metrics -> checkpoint.
+ *
+ * Reproducibility: the batch order and augmentation of epoch e depend only on
+ * (seed, e) (see loader.c) and the dropout stream of epoch e is seeded from
+ * (seed, e) too, so a run resumed from the checkpoint of epoch e continues
+ * bit-identically to one that never stopped (same thread count).
+ */
+#include "../rule/rule.h"
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void soma_train_config_default(soma_train_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->data = "mnist";
+    c->net = NULL;
+    c->rule = "bp";
+    c->act = SOMA_ACT_RELU;
+    c->init = SOMA_INIT_TORCH;
+    soma_rule_config_default(&c->rule_cfg);
+    c->rule_cfg.optim.lr = 0.05f;
+    c->rule_cfg.optim.momentum = 0.9f;
+    c->sched.kind = SOMA_SCHED_CONSTANT;
+    c->sched.base_lr = 0.05f;
+    c->sched.gamma = 0.1f;
+    c->epochs = 1;
+    c->batch = 64;
+    c->threads = 0;
+    c->verify = 1;
+}
+
+soma_status soma_train_config_check(const soma_train_config *c)
+{
+    if (c->epochs <= 0) return soma__fail(SOMA_ERR_ARG, "--epochs must be > 0, got %d", c->epochs);
+    if (c->batch <= 0) return soma__fail(SOMA_ERR_ARG, "--batch must be > 0, got %d", c->batch);
+    if (c->batch > 1 << 16) return soma__fail(SOMA_ERR_ARG, "--batch must be <= 65536, got %d", c->batch);
+    if (!(c->sched.base_lr > 0) || !isfinite(c->sched.base_lr))
+        return soma__fail(SOMA_ERR_ARG, "--lr must be > 0, got %g", c->sched.base_lr);
+    if (c->train_limit < 0) return soma__fail(SOMA_ERR_ARG, "--train-limit must be >= 0, got %d", c->train_limit);
+    if (c->test_limit < 0) return soma__fail(SOMA_ERR_ARG, "--test-limit must be >= 0, got %d", c->test_limit);
+    if (c->val < 0) return soma__fail(SOMA_ERR_ARG, "--val must be >= 0, got %d", c->val);
+    if (c->threads < 0) return soma__fail(SOMA_ERR_ARG, "--threads must be >= 0, got %d", c->threads);
+    if (!c->net && !c->resume) return soma__fail(SOMA_ERR_ARG, "--net is required (or --resume)");
+    if (!c->data || !*c->data) return soma__fail(SOMA_ERR_ARG, "--data is required");
+    soma_status st = soma_schedule_check(&c->sched);
+    if (st) return st;
+    soma_optim *o;
+    soma_optim_config oc = c->rule_cfg.optim;
+    oc.lr = c->sched.base_lr;
+    if ((st = soma_optim_new(&o, &oc, 1))) return st;
+    soma_optim_free(o);
+    return SOMA_OK;
+}
+
+static void dataset_shape(const soma_dataset *d, soma_net_options *o)
+{
+    o->in_c = d->c; o->in_h = d->h; o->in_w = d->w;
+}
+
+/* Per-epoch seeds: distinct streams for dropout and the loader. */
+static uint64_t epoch_seed(uint64_t seed, int epoch)
+{
+    return seed * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL * (uint64_t)(epoch + 1);
+}
+
+/* Writes s as a JSON string literal. */
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+        else if (ch == '\n') fputs("\\n", f);
+        else if (ch == '\t') fputs("\\t", f);
+        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+        else fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+/* Number, or null when not finite (JSON has no NaN). */
+static void json_num(FILE *f, double v)
+{
+    if (isfinite(v)) fprintf(f, "%.6g", v);
+    else fputs("null", f);
+}
+
+typedef struct run {
+    const soma_train_config *c;
+    soma_dataset *train_all, *test_all, *train, *val, *test;
+    soma_net *net;
+    soma_rule *rule;
+    soma_loader *ltrain, *lval, *ltest;
+    soma_st *resume_st;
+    int start_epoch;
+} run;
+
+static void run_free(run *r)
+{
+    soma_loader_free(r->ltrain);
+    soma_loader_free(r->lval);
+    soma_loader_free(r->ltest);
+    soma_rule_free(r->rule);
+    soma_net_free(r->net);
+    soma_st_free(r->resume_st);
+    if (r->train != r->train_all) soma_dataset_free(r->train);
+    if (r->test != r->test_all) soma_dataset_free(r->test);
+    soma_dataset_free(r->val);
+    soma_dataset_free(r->train_all);
+    soma_dataset_free(r->test_all);
+}
+
+static soma_status open_data(run *r)
+{
+    const soma_train_config *c = r->c;
+    char dir[512];
+    if (c->data_dir) snprintf(dir, sizeof dir, "%s", c->data_dir);
+    else snprintf(dir, sizeof dir, "data/%s", !strncmp(c->data, "cifar10", 7) ? "cifar10" : c->data);
+    soma_status st = soma_dataset_open(&r->train_all, &r->test_all, c->data, dir, c->verify);
+    if (st) return st;
+    int n = r->train_all->n;
+    if (c->train_limit && c->train_limit < n) n = c->train_limit;
+    if (c->val >= n) return soma__fail(SOMA_ERR_ARG, "--val %d leaves no training samples (%d available)", c->val, n);
+    r->train = r->train_all;
+    if (n != r->train_all->n || c->val) {
+        if ((st = soma_dataset_subset(&r->train, r->train_all, 0, n - c->val))) return st;
+    }
+    if (c->val && (st = soma_dataset_subset(&r->val, r->train_all, n - c->val, c->val))) return st;
+    r->test = r->test_all;
+    if (c->test_limit && c->test_limit < r->test_all->n &&
+        (st = soma_dataset_subset(&r->test, r->test_all, 0, c->test_limit)))
+        return st;
+    return SOMA_OK;
+}
+
+static soma_status build(run *r)
+{
+    const soma_train_config *c = r->c;
+    soma_status st = open_data(r);
+    if (st) return st;
+    soma_net_options o;
+    soma_net_options_default(&o);
+    dataset_shape(r->train, &o);
+    o.act = c->act;
+    o.init = c->init;
+    o.seed = c->seed;
+    if (c->resume) {
+        soma_net *ck;
+        if ((st = soma_checkpoint_load(&ck, &r->resume_st, c->resume))) return st;
+        const char *spec = c->net ? c->net : soma_net_spec(ck);
+        if (c->net && strcmp(c->net, soma_net_spec(ck))) {
+            /* a different spec: build it and let the restore name the first
+             * tensor whose shape disagrees */
+            soma_net_free(ck);
+            if ((st = soma_net_new(&r->net, spec, &o))) return st;
+            if ((st = soma_checkpoint_restore_net(r->net, r->resume_st, c->resume))) return st;
+        } else {
+            r->net = ck;
+        }
+        const char *ep = soma_st_meta(r->resume_st, "soma.epoch");
+        char *end;
+        long e = ep ? strtol(ep, &end, 10) : -1;
+        if (!ep || *end || e < 0)
+            return soma__fail(SOMA_ERR_FORMAT, "%s: metadata soma.epoch missing or bad", c->resume);
+        r->start_epoch = (int)e;
+        const char *rule = soma_st_meta(r->resume_st, "soma.rule");
+        if (rule && strcmp(rule, c->rule))
+            return soma__fail(SOMA_ERR_ARG, "%s was trained with rule '%s', not '%s'", c->resume, rule, c->rule);
+    } else {
+        if ((st = soma_net_new(&r->net, c->net, &o))) return st;
+    }
+    if (soma_net_inputs(r->net) != r->train->c * r->train->h * r->train->w)
+        return soma__fail(SOMA_ERR_SHAPE, "net '%s' takes %d inputs, %s samples have %d",
+                          soma_net_spec(r->net), soma_net_inputs(r->net), c->data,
+                          r->train->c * r->train->h * r->train->w);
+    if (soma_net_outputs(r->net) < r->train->classes)
+        return soma__fail(SOMA_ERR_SHAPE, "net '%s' has %d outputs, %s has %d classes",
+                          soma_net_spec(r->net), soma_net_outputs(r->net), c->data, r->train->classes);
+    soma_rule_config rc = c->rule_cfg;
+    rc.optim.lr = c->sched.base_lr;
+    if ((st = soma_rule_new(&r->rule, c->rule, r->net, &rc, c->batch))) return st;
+    if (r->resume_st) {
+        const char *on = soma_st_meta(r->resume_st, "soma.optim");
+        if (on && strcmp(on, soma_optim_name(rc.optim.kind)))
+            return soma__fail(SOMA_ERR_ARG, "%s was trained with optimizer '%s', not '%s'", c->resume,
+                              on, soma_optim_name(rc.optim.kind));
+        if ((st = soma_checkpoint_restore_optim(soma_rule_optim(r->rule), r->resume_st, c->resume)))
+            return st;
+    }
+    soma_loader_config lc = { .batch = c->batch, .seed = c->seed, .shuffle = 1,
+                              .normalize = 1, .crop_pad = c->augment ? 4 : 0, .hflip = c->augment };
+    if ((st = soma_loader_new(&r->ltrain, r->train, &lc))) return st;
+    lc.shuffle = 0; lc.crop_pad = 0; lc.hflip = 0;
+    if ((st = soma_loader_new(&r->ltest, r->test, &lc))) return st;
+    if (r->val && (st = soma_loader_new(&r->lval, r->val, &lc))) return st;
+    return SOMA_OK;
+}
+
+static soma_status evaluate_loader(soma_rule *rule, soma_loader *l, soma_step_stats *st,
+                                   int64_t *confusion, int classes)
+{
+    soma_batch b;
+    soma_loader_start_epoch(l, 0);
+    memset(st, 0, sizeof *st);
+    int C = soma_net_outputs(rule->net);
+    while (soma_loader_next(l, &b)) {
+        const float *scores;
+        soma_status e = soma_rule_predict(rule, &b, &scores, st);
+        if (e) return e;
+        if (confusion)
+            for (int i = 0; i < b.n; i++) {
+                const float *s = scores + (size_t)i * C;
+                int best = 0;
+                for (int k = 1; k < C; k++) if (s[k] > s[best]) best = k;
+                if (best < classes) confusion[b.y[i] * classes + best]++;
+            }
+    }
+    return SOMA_OK;
+}
+
+static soma_status save_checkpoint(run *r, int epochs_done)
+{
+    const soma_train_config *c = r->c;
+    char ep[32], seed[32], batch[32];
+    snprintf(ep, sizeof ep, "%d", epochs_done);
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)c->seed);
+    snprintf(batch, sizeof batch, "%d", c->batch);
+    const char *meta[] = {
+        "soma.epoch", ep, "soma.seed", seed, "soma.rule", c->rule,
+        "soma.optim", soma_optim_name(c->rule_cfg.optim.kind), "soma.data", c->data,
+        "soma.batch", batch, "soma.git", c->git ? c->git : "",
+    };
+    return soma_checkpoint_save(c->save, r->net, soma_rule_optim(r->rule), meta,
+                                (int)(sizeof meta / sizeof *meta / 2));
+}
+
+static FILE *open_metrics(const soma_train_config *c, const run *r)
+{
+    FILE *f = fopen(c->metrics, c->resume ? "a" : "w");
+    if (!f) return NULL;
+    fprintf(f, "{\"type\":\"run\",\"soma\":");
+    json_str(f, SOMA_VERSION);
+    fprintf(f, ",\"git\":");
+    json_str(f, c->git ? c->git : "");
+    fprintf(f, ",\"argv\":");
+    json_str(f, c->argv_line ? c->argv_line : "");
+    fprintf(f, ",\"data\":");
+    json_str(f, c->data);
+    fprintf(f, ",\"net\":");
+    json_str(f, soma_net_spec(r->net));
+    fprintf(f, ",\"rule\":");
+    json_str(f, c->rule);
+    fprintf(f, ",\"optim\":");
+    json_str(f, soma_optim_name(c->rule_cfg.optim.kind));
+    fprintf(f, ",\"sched\":");
+    json_str(f, soma_sched_name(c->sched.kind));
+    fprintf(f, ",\"act\":");
+    json_str(f, soma_act_name(c->act));
+    fprintf(f, ",\"lr\":");
+    json_num(f, c->sched.base_lr);
+    fprintf(f, ",\"momentum\":");
+    json_num(f, c->rule_cfg.optim.momentum);
+    fprintf(f, ",\"weight_decay\":");
+    json_num(f, c->rule_cfg.optim.weight_decay);
+    fprintf(f, ",\"epochs\":%d,\"batch\":%d,\"seed\":%llu,\"threads\":%d,\"train_samples\":%d,"
+            "\"test_samples\":%d,\"val_samples\":%d,\"start_epoch\":%d,\"params\":%zu}\n",
+            c->epochs, c->batch, (unsigned long long)c->seed, soma_get_threads(), r->train->n,
+            r->test->n, r->val ? r->val->n : 0, r->start_epoch, soma_net_param_floats(r->net));
+    fflush(f);
+    return f;
+}
+
+soma_status soma_train_plan(const soma_train_config *c, soma_mem_plan *plan, char *describe,
+                            size_t describe_size)
+{
+    soma_status st = soma_train_config_check(c);
+    if (st) return st;
+    run r = { .c = c };
+    if (!(st = build(&r))) {
+        soma_rule_plan(r.rule, plan);
+        if (describe) soma_net_describe(r.net, describe, describe_size);
+    }
+    run_free(&r);
+    return st;
+}
+
+soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, void *user,
+                       soma_train_result *res)
+{
+    memset(res, 0, sizeof *res);
+    soma_status st = soma_train_config_check(c);
+    if (st) return st;
+    if (!c->metrics) return soma__fail(SOMA_ERR_ARG, "a metrics log path is required");
+    soma_set_threads(c->threads);
+    run r = { .c = c };
+    double t_start = now_s();
+    FILE *log = NULL;
+    if ((st = build(&r))) goto done;
+    soma_rule_plan(r.rule, &res->plan);
+    if (!(log = open_metrics(c, &r))) {
+        st = soma__fail(SOMA_ERR_IO, "%s: cannot open metrics log: %s", c->metrics, strerror(errno));
+        goto done;
+    }
+    int64_t steps = soma_loader_batches(r.ltrain);
+    res->epochs_done = r.start_epoch;
+    for (int e = r.start_epoch; e < c->epochs; e++) {
+        soma_loader_start_epoch(r.ltrain, e);
+        soma_rng rng;
+        soma_rng_seed(&rng, epoch_seed(c->seed, e));
+        soma_step_stats ts = { 0 };
+        soma_batch b;
+        double t0 = now_s(), last_report = 0;
+        int64_t step = 0;
+        float lr = c->sched.base_lr;
+        while (soma_loader_next(r.ltrain, &b)) {
+            lr = soma_schedule_lr(&c->sched, e + (double)step / (double)steps);
+            st = soma_rule_train_batch(r.rule, &b, lr, &rng, &ts);
+            if (st == SOMA_ERR_NUMERIC) {
+                st = soma__fail(SOMA_ERR_NUMERIC, "epoch %d step %lld: %s; training stopped%s%s%s",
+                                e + 1, (long long)step + 1, soma_last_error(),
+                                c->save ? " (last good checkpoint " : "", c->save ? c->save : "",
+                                c->save ? " kept)" : "");
+                if (log) {
+                    fprintf(log, "{\"type\":\"error\",\"epoch\":%d,\"step\":%lld,\"message\":", e + 1,
+                            (long long)step + 1);
+                    json_str(log, soma_last_error());
+                    fputs("}\n", log);
+                }
+                goto done;
+            }
+            if (st) goto done;
+            step++;
+            double t = now_s();
+            if (progress && (t - last_report > 0.1 || step == steps)) {
+                last_report = t;
+                soma_progress p = { .epoch = e + 1, .epochs = c->epochs, .step = step, .steps = steps,
+                                    .loss = ts.loss / ts.n, .acc = (double)ts.correct / ts.n,
+                                    .samples_per_s = ts.n / (t - t0 + 1e-9), .lr = lr };
+                p.eta_s = (steps - step) * (t - t0) / step;
+                progress(user, &p);
+            }
+        }
+        double train_s = now_s() - t0;
+        soma_step_stats vs = { 0 }, tes = { 0 };
+        if (r.lval && (st = evaluate_loader(r.rule, r.lval, &vs, NULL, 0))) goto done;
+        if ((st = evaluate_loader(r.rule, r.ltest, &tes, NULL, 0))) goto done;
+        res->epochs_done = e + 1;
+        res->test_acc = (double)tes.correct / tes.n;
+        res->test_loss = tes.loss / tes.n;
+        res->val_acc = vs.n ? (double)vs.correct / vs.n : 0;
+        fprintf(log, "{\"type\":\"epoch\",\"epoch\":%d,\"steps\":%lld,\"lr\":", e + 1, (long long)step);
+        json_num(log, lr);
+        fprintf(log, ",\"train_loss\":");
+        json_num(log, ts.n ? ts.loss / ts.n : NAN);
+        fprintf(log, ",\"train_acc\":");
+        json_num(log, ts.n ? (double)ts.correct / ts.n : NAN);
+        if (vs.n) {
+            fprintf(log, ",\"val_loss\":");
+            json_num(log, vs.loss / vs.n);
+            fprintf(log, ",\"val_acc\":");
+            json_num(log, res->val_acc);
+        }
+        fprintf(log, ",\"test_loss\":");
+        json_num(log, res->test_loss);
+        fprintf(log, ",\"test_acc\":");
+        json_num(log, res->test_acc);
+        fprintf(log, ",\"train_seconds\":");
+        json_num(log, train_s);
+        fprintf(log, ",\"samples_per_s\":");
+        json_num(log, ts.n / (train_s + 1e-9));
+        fputs("}\n", log);
+        fflush(log);
+        if (c->save && (st = save_checkpoint(&r, e + 1))) goto done;
+        if (progress) {
+            soma_progress p = { .epoch = e + 1, .epochs = c->epochs, .step = step, .steps = steps,
+                                .loss = ts.loss / ts.n, .acc = (double)ts.correct / ts.n,
+                                .samples_per_s = ts.n / (train_s + 1e-9), .epoch_done = 1,
+                                .test_loss = res->test_loss, .test_acc = res->test_acc,
+                                .val_acc = res->val_acc, .lr = lr, .seconds = train_s };
+            progress(user, &p);
+        }
+    }
+    if (r.start_epoch >= c->epochs) {
+        /* nothing left to train: report the checkpoint's test accuracy */
+        soma_step_stats tes = { 0 };
+        if ((st = evaluate_loader(r.rule, r.ltest, &tes, NULL, 0))) goto done;
+        res->test_acc = (double)tes.correct / tes.n;
+        res->test_loss = tes.loss / tes.n;
+    }
+done:
+    res->seconds = now_s() - t_start;
+    if (log) fclose(log);
+    run_free(&r);
+    return st;
+}
+
+soma_status soma_evaluate(const char *checkpoint, const char *data, const char *data_dir,
+                          int batch, int limit, int verify, soma_eval_result *res)
+{
+    memset(res, 0, sizeof *res);
+    if (batch <= 0) return soma__fail(SOMA_ERR_ARG, "--batch must be > 0, got %d", batch);
+    if (limit < 0) return soma__fail(SOMA_ERR_ARG, "--test-limit must be >= 0, got %d", limit);
+    soma_train_config c;
+    soma_train_config_default(&c);
+    c.data = data;
+    c.data_dir = data_dir;
+    c.batch = batch;
+    c.test_limit = limit;
+    c.verify = verify;
+    c.resume = checkpoint;
+    c.epochs = 1;
+    run r = { .c = &c };
+    soma_status st;
+    /* The rule only matters for training; inference is the net's forward. */
+    soma_st *probe;
+    if ((st = soma_st_read(&probe, checkpoint))) return st;
+    const char *rule = soma_st_meta(probe, "soma.rule");
+    const char *optim = soma_st_meta(probe, "soma.optim");
+    char rule_buf[32] = "bp";
+    if (rule) snprintf(rule_buf, sizeof rule_buf, "%s", rule);
+    soma_optim_kind ok = SOMA_OPTIM_SGD;
+    if (optim && soma_optim_from_name(&ok, optim)) ok = SOMA_OPTIM_SGD;
+    soma_st_free(probe);
+    c.rule = rule_buf;
+    soma_optim_config_default(&c.rule_cfg.optim, ok);
+    if ((st = build(&r))) goto done;
+    res->classes = r.test->classes;
+    if (res->classes > SOMA_MAX_CLASSES) {
+        st = soma__fail(SOMA_ERR_UNSUPPORTED, "%d classes exceed %d", res->classes, SOMA_MAX_CLASSES);
+        goto done;
+    }
+    soma_step_stats ts;
+    if ((st = evaluate_loader(r.rule, r.ltest, &ts, res->confusion, res->classes))) goto done;
+    res->n = ts.n;
+    res->acc = (double)ts.correct / ts.n;
+    res->loss = ts.loss / ts.n;
+done:
+    run_free(&r);
+    return st;
+}

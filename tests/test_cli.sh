@@ -1,0 +1,121 @@
+#!/bin/sh
+# CLI behaviour: usage errors (exit 2) and runtime errors (exit 1) with
+# messages that name the file/option; checkpoints (atomic, readable by
+# Python, rejected when shapes differ); bit-identical --resume; NaN stop.
+# Usage: sh tests/test_cli.sh BUILD [quick|full]
+BUILD=${1:-build/rel}
+MODE=${2:-full}
+SOMA=$BUILD/soma
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0; fail=0
+ok()   { pass=$((pass + 1)); }
+bad()  { fail=$((fail + 1)); echo "FAIL: $*"; }
+
+# expect CODE SUBSTRING -- command...
+expect() {
+    code=$1; sub=$2; shift 3
+    out=$("$@" 2>&1); rc=$?
+    if [ "$rc" != "$code" ]; then bad "'$*' exited $rc, expected $code: $out"; return; fi
+    case "$out" in *"$sub"*) ok;; *) bad "'$*' output lacks '$sub': $out";; esac
+}
+
+# A tiny MNIST-shaped dataset in IDX format: class k is a bright k-th band.
+/usr/bin/python3 - "$T/d" <<'PY'
+import os, struct, sys, random, gzip
+d = sys.argv[1]; os.makedirs(d)
+rnd = random.Random(0)
+def write(name, n):
+    imgs = bytearray(); labs = bytearray()
+    for i in range(n):
+        k = i % 10
+        px = [rnd.randrange(0, 60) for _ in range(784)]
+        for r in range(k * 2 + 4, k * 2 + 6):
+            for c in range(28): px[r * 28 + c] = 200 + rnd.randrange(0, 55)
+        imgs += bytes(px); labs.append(k)
+    with open(os.path.join(d, name + "-images-idx3-ubyte"), "wb") as f:
+        f.write(struct.pack(">IIII", 0x803, n, 28, 28)); f.write(imgs)
+    with gzip.open(os.path.join(d, name + "-labels-idx1-ubyte.gz"), "wb") as f:
+        f.write(struct.pack(">II", 0x801, n)); f.write(labs)
+write("train", 640); write("t10k", 200)
+PY
+D="--data mnist --data-dir $T/d --no-verify --quiet --metrics $T/m.jsonl"
+
+# --- usage errors ---------------------------------------------------------
+expect 2 "unknown option '--bogus'" -- $SOMA train --bogus
+expect 2 "--batch" -- $SOMA train $D --net 784-10 --batch 0
+expect 2 "--batch" -- $SOMA train $D --net 784-10 --batch -3
+expect 2 "--lr" -- $SOMA train $D --net 784-10 --lr 0
+expect 2 "--lr" -- $SOMA train $D --net 784-10 --lr -1
+expect 2 "--epochs" -- $SOMA train $D --net 784-10 --epochs 0
+expect 2 "not an integer" -- $SOMA train $D --net 784-10 --batch abc
+expect 2 "token 2 'fcx'" -- $SOMA train $D --net 784-fcx-10
+expect 2 "unknown layer" -- $SOMA train $D --net 784-banana-10
+expect 2 "input size 100" -- $SOMA train $D --net 100-10
+expect 2 "empty token" -- $SOMA train $D --net 784--10
+expect 2 "unknown rule 'nope'" -- $SOMA train $D --net 784-10 --rule nope
+expect 2 "unknown command" -- $SOMA frobnicate
+expect 2 "--ckpt is required" -- $SOMA eval
+expect 2 "unknown key 'bogus'" -- sh -c "printf 'bogus = 1\n' > $T/bad.ini; $SOMA train --config $T/bad.ini"
+expect 0 "usage: soma train" -- $SOMA train --help
+expect 0 "bp" -- $SOMA train --help
+
+# --- data errors ------------------------------------------------------------
+expect 1 "$T/nowhere" -- $SOMA train --data mnist --data-dir $T/nowhere --net 784-10 --quiet --metrics $T/m.jsonl
+mkdir -p "$T/bad"; cp "$T/d"/* "$T/bad/"
+printf 'XXXX' | dd of="$T/bad/train-images-idx3-ubyte" bs=1 count=4 conv=notrunc 2>/dev/null
+expect 1 "train-images-idx3-ubyte" -- $SOMA train --data mnist --data-dir $T/bad --no-verify --net 784-10 --quiet --metrics $T/m.jsonl
+cp "$T/d"/train-images-idx3-ubyte "$T/bad/"
+head -c 100000 "$T/d/train-images-idx3-ubyte" > "$T/bad/train-images-idx3-ubyte"
+expect 1 "truncated" -- $SOMA train --data mnist --data-dir $T/bad --no-verify --net 784-10 --quiet --metrics $T/m.jsonl
+
+# --- train, checkpoint, info, eval, python reader ---------------------------
+expect 0 "test accuracy" -- $SOMA train $D --net 784-32-10 --epochs 1 --batch 32 --lr 0.05 --save $T/a.st
+[ -f "$T/a.st" ] && ok || bad "checkpoint not written"
+[ -f "$T/a.st.tmp" ] && bad "temporary checkpoint left behind" || ok
+grep -q '"type":"run"' "$T/m.jsonl" && grep -q '"type":"epoch"' "$T/m.jsonl" && ok || bad "metrics log lacks run/epoch lines"
+expect 0 "0.weight" -- $SOMA info $T/a.st
+expect 0 "confusion matrix" -- $SOMA eval --ckpt $T/a.st --data mnist --data-dir $T/d --no-verify
+if /usr/bin/python3 -c "import numpy" 2>/dev/null; then
+    expect 0 "0.weight" -- /usr/bin/python3 tests/st_check.py "$T/a.st" --expect 0.weight:32x784 --expect 2.weight:10x32
+fi
+expect 1 "shape" -- $SOMA train $D --net 784-64-10 --epochs 2 --resume $T/a.st
+expect 1 "$T/missing.st" -- $SOMA eval --ckpt $T/missing.st --data mnist --data-dir $T/d --no-verify
+head -c 300 "$T/a.st" > "$T/trunc.st"
+expect 1 "trunc.st" -- $SOMA eval --ckpt $T/trunc.st --data mnist --data-dir $T/d --no-verify
+
+# --- resume is bit-identical to an uninterrupted run ------------------------
+R="$D --net 784-32-drop0.2-16-10 --batch 16 --lr 0.05 --momentum 0.9 --seed 7 --threads 1"
+$SOMA train $R --epochs 3 --save $T/full.st >/dev/null 2>&1 || bad "full run failed"
+$SOMA train $R --epochs 1 --save $T/part.st >/dev/null 2>&1 || bad "part run failed"
+$SOMA train $R --epochs 3 --resume $T/part.st --save $T/part.st >/dev/null 2>&1 || bad "resumed run failed"
+if cmp -s "$T/full.st" "$T/part.st"; then ok; else
+    # the git commit in metadata is the same; any difference is in the numbers
+    bad "resumed checkpoint differs from the uninterrupted one"
+fi
+# same with Adam and a step schedule
+R2="$D --net 784-24-10 --batch 32 --opt adam --lr 0.002 --sched step --step-size 1 --gamma 0.5 --seed 3"
+$SOMA train $R2 --epochs 2 --save $T/f2.st >/dev/null 2>&1 || bad "adam full run failed"
+$SOMA train $R2 --epochs 1 --save $T/p2.st >/dev/null 2>&1 || bad "adam part run failed"
+$SOMA train $R2 --epochs 2 --resume $T/p2.st --save $T/p2.st >/dev/null 2>&1 || bad "adam resumed run failed"
+cmp -s "$T/f2.st" "$T/p2.st" && ok || bad "adam resumed checkpoint differs"
+
+# --- NaN/Inf stops training and keeps the last good checkpoint -------------
+cp "$T/a.st" "$T/good.st"
+expect 1 "NaN" -- $SOMA train $D --net 784-32-10 --epochs 2 --batch 32 --lr 1e30 --resume $T/good.st --save $T/good.st
+cmp -s "$T/a.st" "$T/good.st" && ok || bad "checkpoint changed although training diverged"
+grep -q '"type":"error"' "$T/m.jsonl" && ok || bad "NaN not recorded in the metrics log"
+
+# --- dry run prints the memory plan -----------------------------------------
+expect 0 "activations" -- $SOMA train $D --net 784-512-512-10 --dry-run
+
+# --- real data (full mode, after make data) --------------------------------
+if [ "$MODE" = full ] && [ -f data/mnist/train-labels-idx1-ubyte ]; then
+    expect 0 "test accuracy" -- $SOMA train --data mnist --net 784-128-10 --train-limit 5000 --test-limit 1000 --quiet --metrics $T/r.jsonl
+    mkdir -p "$T/corrupt"; cp data/mnist/* "$T/corrupt/"
+    printf '\001' | dd of="$T/corrupt/t10k-labels-idx1-ubyte" bs=1 seek=9 count=1 conv=notrunc 2>/dev/null
+    expect 1 "t10k-labels-idx1-ubyte" -- $SOMA train --data mnist --data-dir $T/corrupt --net 784-10 --quiet --metrics $T/r.jsonl
+fi
+
+echo "test_cli: $pass passed, $fail failed"
+[ "$fail" = 0 ]
