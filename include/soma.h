@@ -152,7 +152,10 @@ typedef struct soma_conv_shape {
 /* Validates and fills OH, OW.  SOMA_ERR_SHAPE if the output would be empty. */
 soma_status soma_conv_shape_init(soma_conv_shape *s, int B, int C, int H, int W,
                                  int O, int KH, int KW, int stride, int pad);
-/* Floats of scratch the conv kernels need (im2col of one sample, per thread). */
+/* Floats of scratch the conv kernels need (im2col of one sample, per thread).
+ * The kernels run OpenMP over the batch, thread t using slice t, so threads
+ * must be >= omp_get_max_threads() at the time of the call (that is n after
+ * soma_set_threads(n)); threads <= 0 means omp_get_max_threads() now. */
 size_t soma_conv2d_workspace(const soma_conv_shape *s, int threads);
 void soma_conv2d_forward(float *y, float *ws, const float *x, const float *w,
                          const float *b, const soma_conv_shape *s);
@@ -227,7 +230,8 @@ void soma_batchnorm_backward(float *dx, float *dgamma, float *dbeta,
 
 /* --- losses (mean over the batch) -------------------------------------- */
 /* Cross-entropy from logits(B,C) with integer labels; probs(B,C) receives the
- * softmax (needed by backward).  Returns the mean loss. */
+ * softmax (needed by backward).  Returns the mean loss.  Callers validate
+ * labels (the loader does); one outside [0,C) makes the loss NaN. */
 float soma_ce_forward(float *probs, const float *logits, const int32_t *labels,
                       int B, int C);
 /* dlogits += scale * (probs - onehot) / B */
@@ -275,31 +279,37 @@ typedef struct soma_optim_config {
     soma_optim_kind kind;
     float lr;            /* > 0 */
     float momentum;      /* SGD, [0,1) */
-    float dampening;     /* SGD */
-    int   nesterov;      /* SGD; needs momentum > 0 and dampening == 0 */
+    float dampening;     /* SGD, [0,1] */
+    int   nesterov;      /* SGD, 0 or 1; needs momentum > 0 and dampening == 0 */
     float weight_decay;  /* >= 0 */
     float beta1, beta2;  /* Adam/Adamax, [0,1) */
     float eps;           /* Adam/Adamax, > 0 */
 } soma_optim_config;
 
 /* Fills the PyTorch defaults for the kind (lr 1e-3, betas 0.9/0.999,
- * eps 1e-8, Adamax lr 2e-3). */
+ * eps 1e-8, Adamax lr 2e-3) and zeroes the fields the kind does not use:
+ * soma_optim_new rejects a nonzero one (momentum for Adam, eps for SGD, ...)
+ * rather than ignore it. */
 void soma_optim_config_default(soma_optim_config *c, soma_optim_kind kind);
 const char *soma_optim_name(soma_optim_kind k);
 soma_status soma_optim_from_name(soma_optim_kind *out, const char *name);
 
 typedef struct soma_optim soma_optim;
 
-/* Validates cfg (SOMA_ERR_ARG naming the field) and allocates state for n
+/* Validates cfg (SOMA_ERR_ARG naming the field) and allocates state for n > 0
  * parameters, zeroed. */
 soma_status soma_optim_new(soma_optim **out, const soma_optim_config *cfg, size_t n);
 void soma_optim_free(soma_optim *o);
 /* One update of w(n) with gradient g(n) at learning rate lr (the schedule's
- * value; cfg.lr is only the default).  Increments the step counter. */
+ * value; cfg.lr is only the default).  Increments the step counter first, as
+ * torch does; SGD takes its momentum buffer as a copy of the gradient on the
+ * step that brings the counter to 1 (torch's "no buffer yet"). */
 void soma_optim_step(soma_optim *o, float *w, const float *g, float lr);
-/* Number of per-parameter state arrays (SGD 1, Adam 2, Adamax 2) and access to
- * them by index with a stable name ("momentum", "exp_avg", "exp_avg_sq",
- * "exp_inf"), for checkpoints. */
+/* Number of per-parameter state arrays (SGD 1 with momentum, 0 without; Adam 2,
+ * Adamax 2) and access to them by index, n floats each, under torch's state
+ * names ("momentum_buffer"; "exp_avg", "exp_avg_sq"; "exp_avg", "exp_inf"), for
+ * checkpoints.  Out of range: NULL (and *name NULL).  set_step needs t >= 0.
+ * soma_optim_size is the bytes of state: state_count * n * sizeof(float). */
 int    soma_optim_state_count(const soma_optim *o);
 float *soma_optim_state(soma_optim *o, int i, const char **name);
 int64_t soma_optim_get_step(const soma_optim *o);
@@ -312,7 +322,8 @@ typedef enum soma_sched_kind {
     SOMA_SCHED_CONSTANT = 0,
     SOMA_SCHED_STEP,       /* lr * gamma^floor(t / step_size)                 */
     SOMA_SCHED_MULTISTEP,  /* lr * gamma^(number of milestones <= t)           */
-    SOMA_SCHED_COSINE,     /* min + (lr - min)(1 + cos(pi t / t_max)) / 2       */
+    SOMA_SCHED_COSINE,     /* min + (lr - min)(1 + cos(pi t / t_max)) / 2,
+                              not clamped: rises again past t_max, as torch's */
     SOMA_SCHED_COUNT
 } soma_sched_kind;
 
@@ -324,16 +335,20 @@ typedef struct soma_schedule {
     int   step_size;             /* STEP, in epochs */
     int   milestones[SOMA_MAX_MILESTONES]; int n_milestones; /* MULTISTEP, ascending */
     float t_max, min_lr;         /* COSINE */
-    float warmup;                /* linear warmup over this many epochs (0 = none) */
+    float warmup;                /* linear warmup over this many epochs: 0 = none, or >= 1 */
 } soma_schedule;
 
 const char *soma_sched_name(soma_sched_kind k);
 soma_status soma_sched_from_name(soma_sched_kind *out, const char *name);
 soma_status soma_schedule_check(const soma_schedule *s);
-/* Learning rate at progress t (epochs, fractional allowed; the schedules
- * above use floor(t) for STEP/MULTISTEP and t itself for COSINE, and warmup
- * multiplies by min(1, t / warmup) with t measured at the END of the step,
- * so the first step never has lr 0). */
+/* Learning rate at progress t = epochs completed BEFORE the step (e + i/B for
+ * batch i of B in epoch e; negative counts as 0).  STEP/MULTISTEP use floor(t),
+ * COSINE t itself; a warmup W multiplies by s + (1 - s) min(t, W) / W with
+ * s = 1/W, torch's LinearLR(start_factor=1/W, total_iters=W), so the first step
+ * has lr/W, never 0.  At integer t = e each equals what torch's scheduler
+ * (StepLR, MultiStepLR, CosineAnnealingLR, LinearLR, and ChainedScheduler of
+ * the warmup with one of them) gives in epoch e, except warmup x COSINE with
+ * min_lr > 0, which torch's recursive chaining does not keep a product. */
 float soma_schedule_lr(const soma_schedule *s, double t);
 
 /* ======================================================================== */
@@ -387,7 +402,8 @@ soma_status soma_dataset_load_cifar10(soma_dataset **out, const char *const *fil
  * IDX files (raw or .gz); "cifar10" for data_batch_1..5 and test_batch
  * (.bin or .bin.xz); "cifar10-4k" for the exact 4000-record subset (train)
  * with the test batch of dir.  When verify is non-zero, files whose name is
- * in the recorded checksum table are verified first. */
+ * in the recorded checksum table are verified first.  train or test may be
+ * NULL to skip that split. */
 soma_status soma_dataset_open(soma_dataset **train, soma_dataset **test,
                               const char *name, const char *dir, int verify);
 /* A view of count samples from start (no copy). */
@@ -435,7 +451,8 @@ typedef struct soma_st_tensor {
     soma_dtype  dtype;
     int         ndim;
     int64_t     shape[SOMA_MAX_DIMS];
-    const void *data;     /* into the reader's buffer, little-endian */
+    const void *data;     /* into the reader's buffer, little-endian, 64-byte aligned
+                             (safe to read as float*, int64_t*...); valid until soma_st_free */
     size_t      nbytes;
 } soma_st_tensor;
 
@@ -445,12 +462,14 @@ soma_status soma_st_read(soma_st **out, const char *path);
 soma_status soma_st_parse(soma_st **out, const uint8_t *buf, size_t n, const char *name);
 void  soma_st_free(soma_st *st);
 int   soma_st_count(const soma_st *st);
+/* Tensors in name (strcmp) order; NULL if i is out of range. */
 const soma_st_tensor *soma_st_at(const soma_st *st, int i);
 /* NULL if absent. */
 const soma_st_tensor *soma_st_find(const soma_st *st, const char *name);
 /* __metadata__ string value, NULL if absent. */
 const char *soma_st_meta(const soma_st *st, const char *key);
 int   soma_st_meta_count(const soma_st *st);
+/* Keys in strcmp order; NULL if i is out of range. */
 const char *soma_st_meta_key(const soma_st *st, int i);
 
 typedef struct soma_st_writer soma_st_writer;
@@ -459,6 +478,7 @@ void soma_st_writer_free(soma_st_writer *w);
 /* Data is copied at add time. Names must be unique. */
 soma_status soma_st_writer_add(soma_st_writer *w, const char *name, soma_dtype dt,
                                int ndim, const int64_t *shape, const void *data);
+/* Setting a key again replaces its value. */
 soma_status soma_st_writer_meta(soma_st_writer *w, const char *key, const char *value);
 /* Writes path.tmp, fsyncs, renames over path, fsyncs the directory: a crash
  * at any point leaves either the old or the new file, never a torn one. */

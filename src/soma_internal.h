@@ -30,4 +30,19 @@ void  soma__fault_after(long n);
 /* strdup through soma__malloc. */
 char *soma__strdup(const char *s);
 
+/* Inside an OpenMP parallel region: this thread's contiguous share
+ * [*lo, *hi) of n items (static split: same split for the same team size,
+ * so results do not depend on scheduling). */
+#ifdef _OPENMP
+#include <omp.h>
+static inline void soma__thread_range(size_t n, size_t *lo, size_t *hi)
+{
+    size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
+    *lo = n * t / nt;
+    *hi = n * (t + 1) / nt;
+}
+#else
+static inline void soma__thread_range(size_t n, size_t *lo, size_t *hi) { *lo = 0; *hi = n; }
+#endif
+
 #endif /* SOMA_INTERNAL_H */

@@ -74,10 +74,10 @@ expect 0 "test accuracy" -- $SOMA train $D --net 784-32-10 --epochs 1 --batch 32
 [ -f "$T/a.st" ] && ok || bad "checkpoint not written"
 [ -f "$T/a.st.tmp" ] && bad "temporary checkpoint left behind" || ok
 grep -q '"type":"run"' "$T/m.jsonl" && grep -q '"type":"epoch"' "$T/m.jsonl" && ok || bad "metrics log lacks run/epoch lines"
-expect 0 "0.weight" -- $SOMA info $T/a.st
+expect 0 "1.weight" -- $SOMA info $T/a.st
 expect 0 "confusion matrix" -- $SOMA eval --ckpt $T/a.st --data mnist --data-dir $T/d --no-verify
 if /usr/bin/python3 -c "import numpy" 2>/dev/null; then
-    expect 0 "0.weight" -- /usr/bin/python3 tests/st_check.py "$T/a.st" --expect 0.weight:32x784 --expect 2.weight:10x32
+    expect 0 "1.weight" -- /usr/bin/python3 tests/st_check.py "$T/a.st" --expect 1.weight:32x784 --expect 3.weight:10x32
 fi
 expect 1 "shape" -- $SOMA train $D --net 784-64-10 --epochs 2 --resume $T/a.st
 expect 1 "$T/missing.st" -- $SOMA eval --ckpt $T/missing.st --data mnist --data-dir $T/d --no-verify

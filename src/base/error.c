@@ -6,6 +6,7 @@
  * thread-local storage so concurrent callers do not clobber each other.
  */
 #include "../soma_internal.h"
+#include <string.h>
 
 static _Thread_local char last_error[1024];
 
@@ -38,9 +39,13 @@ void soma_clear_error(void) { last_error[0] = 0; }
 
 soma_status soma__fail(soma_status code, const char *fmt, ...)
 {
+    /* Format into a scratch buffer first: callers often wrap the previous
+     * message ("%s: %s", path, soma_last_error()). */
+    char buf[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(last_error, buf, sizeof buf);
     return code;
 }

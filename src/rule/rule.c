@@ -131,11 +131,18 @@ void soma_rule_plan(const soma_rule *r, soma_mem_plan *p)
 
 int soma__all_finite(const float *x, size_t n)
 {
-    /* Sum-based test: one pass, and NaN/Inf propagate into the sum; an
-     * overflow to Inf of finite values would flag too, which is wanted. */
-    float acc = 0;
-    for (size_t i = 0; i < n; i++) acc += x[i] * 0.0f;
-    return acc == 0.0f;
+    /* A float is NaN or Inf exactly when its exponent bits are all ones.
+     * Integer OR-reduction over the bit patterns: exact without
+     * -ffast-math, and `omp simd` makes it a vector loop. */
+    uint32_t bad = 0;
+#pragma omp simd reduction(|:bad)
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], sizeof u);   /* the bits, without breaking aliasing rules */
+        bad |= (u & 0x7f800000u) + 0x00800000u;
+    }
+    /* (e & mask) + 2^23 carries into bit 31 only when all exponent bits are set */
+    return !(bad & 0x80000000u);
 }
 
 void soma__clip_norm(float *g, size_t n, float max_norm)

@@ -36,6 +36,7 @@ void soma_train_config_default(soma_train_config *c)
     c->sched.kind = SOMA_SCHED_CONSTANT;
     c->sched.base_lr = 0.05f;
     c->sched.gamma = 0.1f;
+    c->sched.step_size = 1;
     c->epochs = 1;
     c->batch = 64;
     c->threads = 0;
@@ -55,7 +56,9 @@ soma_status soma_train_config_check(const soma_train_config *c)
     if (c->threads < 0) return soma__fail(SOMA_ERR_ARG, "--threads must be >= 0, got %d", c->threads);
     if (!c->net && !c->resume) return soma__fail(SOMA_ERR_ARG, "--net is required (or --resume)");
     if (!c->data || !*c->data) return soma__fail(SOMA_ERR_ARG, "--data is required");
-    soma_status st = soma_schedule_check(&c->sched);
+    soma_schedule sc = c->sched;
+    if (sc.kind == SOMA_SCHED_COSINE && sc.t_max <= 0) sc.t_max = (float)c->epochs;
+    soma_status st = soma_schedule_check(&sc);
     if (st) return st;
     soma_optim *o;
     soma_optim_config oc = c->rule_cfg.optim;
@@ -315,6 +318,8 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
         goto done;
     }
     int64_t steps = soma_loader_batches(r.ltrain);
+    soma_schedule sched = c->sched;
+    if (sched.kind == SOMA_SCHED_COSINE && sched.t_max <= 0) sched.t_max = (float)c->epochs;
     res->epochs_done = r.start_epoch;
     for (int e = r.start_epoch; e < c->epochs; e++) {
         soma_loader_start_epoch(r.ltrain, e);
@@ -326,7 +331,7 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
         int64_t step = 0;
         float lr = c->sched.base_lr;
         while (soma_loader_next(r.ltrain, &b)) {
-            lr = soma_schedule_lr(&c->sched, e + (double)step / (double)steps);
+            lr = soma_schedule_lr(&sched, e + (double)step / (double)steps);
             st = soma_rule_train_batch(r.rule, &b, lr, &rng, &ts);
             if (st == SOMA_ERR_NUMERIC) {
                 st = soma__fail(SOMA_ERR_NUMERIC, "epoch %d step %lld: %s; training stopped%s%s%s",

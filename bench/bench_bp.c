@@ -1,0 +1,136 @@
+/*
+ * bench_bp.c - speed of BP training on the MLP 784-512-512-10 (ReLU, SGD
+ * momentum 0.9) on MNIST, next to OpenBLAS sgemm on the same GEMM shapes.
+ *
+ * One training step does these GEMMs (B = batch):
+ *   forward   (B,784)x(784,512)  (B,512)x(512,512)  (B,512)x(512,10)
+ *   backward  dW: (512,B)x(B,784) (512,B)x(B,512) (10,B)x(B,512)
+ *             dX: (B,10)x(10,512) (B,512)x(512,512)      (no dX for the input)
+ * Effective GFLOP/s = 2 * sum(M*N*K) / step time.  The sgemm reference times
+ * exactly that GEMM sequence with cblas_sgemm on the same buffers' sizes, so
+ * the ratio is "fraction of the pure-GEMM rate that a whole training step
+ * keeps" (elementwise work, loss, optimizer and data included).
+ *
+ * usage: bench_bp BATCH THREADS STEPS [REPEATS]   (prints one result line)
+ */
+#include "soma.h"
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef struct { int m, n, k, ta, tb; } gemm_shape;
+
+int main(int argc, char **argv)
+{
+    if (argc < 4) {
+        fprintf(stderr, "usage: %s BATCH THREADS STEPS [REPEATS]\n", argv[0]);
+        return 2;
+    }
+    int B = atoi(argv[1]), threads = atoi(argv[2]), steps = atoi(argv[3]);
+    int repeats = argc > 4 ? atoi(argv[4]) : 5;
+    if (B <= 0 || threads <= 0 || steps <= 0 || repeats <= 0 || repeats > 64) {
+        fprintf(stderr, "bench_bp: arguments must be positive\n");
+        return 2;
+    }
+    soma_set_threads(threads);
+
+    soma_dataset *train, *test;
+    soma_status st = soma_dataset_open(&train, &test, "mnist", "data/mnist", 0);
+    if (st) { fprintf(stderr, "bench_bp: %s (run make data)\n", soma_last_error()); return 1; }
+    soma_net_options o;
+    soma_net_options_default(&o);
+    soma_net *net;
+    if ((st = soma_net_new(&net, "784-512-512-10", &o))) { fprintf(stderr, "%s\n", soma_last_error()); return 1; }
+    soma_rule_config rc;
+    soma_rule_config_default(&rc);
+    rc.optim.lr = 0.001f; /* small enough that batch 1 with momentum stays finite */
+    rc.optim.momentum = 0.9f;
+    soma_rule *rule;
+    if ((st = soma_rule_new(&rule, "bp", net, &rc, B))) { fprintf(stderr, "%s\n", soma_last_error()); return 1; }
+    soma_loader_config lc = { .batch = B, .seed = 0, .shuffle = 1, .normalize = 1, .drop_last = 1 };
+    soma_loader *ld;
+    if ((st = soma_loader_new(&ld, train, &lc))) { fprintf(stderr, "%s\n", soma_last_error()); return 1; }
+
+    /* --- soma: whole training steps (loader included) --- */
+    double times[64];
+    int epoch = 0;
+    soma_loader_start_epoch(ld, epoch);
+    soma_batch b;
+    for (int r = -1; r < repeats; r++) {          /* r = -1: warm-up */
+        double t0 = now_s();
+        for (int s = 0; s < steps; s++) {
+            if (!soma_loader_next(ld, &b)) { soma_loader_start_epoch(ld, ++epoch); soma_loader_next(ld, &b); }
+            if ((st = soma_rule_train_batch(rule, &b, rc.optim.lr, NULL, NULL))) {
+                fprintf(stderr, "%s\n", soma_last_error());
+                return 1;
+            }
+        }
+        if (r >= 0) times[r] = (now_s() - t0) / steps;
+    }
+    qsort(times, repeats, sizeof *times, cmp_double);
+    double step_s = times[repeats / 2];
+
+    /* --- sgemm alone on the same shapes --- */
+    const gemm_shape g[] = {
+        { B, 512, 784, 0, 1 }, { B, 512, 512, 0, 1 }, { B, 10, 512, 0, 1 },      /* forward */
+        { 512, 784, B, 1, 0 }, { 512, 512, B, 1, 0 }, { 10, 512, B, 1, 0 },      /* dW */
+        { B, 512, 10, 0, 0 }, { B, 512, 512, 0, 0 },                              /* dX */
+    };
+    int ng = (int)(sizeof g / sizeof *g);
+    double flops = 0;
+    size_t maxa = 0, maxb = 0, maxc = 0;
+    for (int i = 0; i < ng; i++) {
+        flops += 2.0 * g[i].m * g[i].n * g[i].k;
+        if ((size_t)g[i].m * g[i].k > maxa) maxa = (size_t)g[i].m * g[i].k;
+        if ((size_t)g[i].k * g[i].n > maxb) maxb = (size_t)g[i].k * g[i].n;
+        if ((size_t)g[i].m * g[i].n > maxc) maxc = (size_t)g[i].m * g[i].n;
+    }
+    float *A = malloc(maxa * 4), *Bm = malloc(maxb * 4), *C = malloc(maxc * 4);
+    if (!A || !Bm || !C) return 1;
+    for (size_t i = 0; i < maxa; i++) A[i] = (float)(i % 7) * 0.01f;
+    for (size_t i = 0; i < maxb; i++) Bm[i] = (float)(i % 5) * 0.01f;
+    memset(C, 0, maxc * 4);
+    double gt[64];
+    for (int r = -1; r < repeats; r++) {
+        double t0 = now_s();
+        for (int s = 0; s < steps; s++)
+            for (int i = 0; i < ng; i++) {
+                int lda = g[i].ta ? g[i].m : g[i].k, ldb = g[i].tb ? g[i].k : g[i].n;
+                cblas_sgemm(CblasRowMajor, g[i].ta ? CblasTrans : CblasNoTrans,
+                            g[i].tb ? CblasTrans : CblasNoTrans, g[i].m, g[i].n, g[i].k, 1.0f,
+                            A, lda, Bm, ldb, i >= 3 && i <= 5 ? 1.0f : 0.0f, C, g[i].n);
+            }
+        if (r >= 0) gt[r] = (now_s() - t0) / steps;
+    }
+    qsort(gt, repeats, sizeof *gt, cmp_double);
+    double gemm_s = gt[repeats / 2];
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("soma batch=%d threads=%d steps=%d repeats=%d step_ms=%.4f samples_per_s=%.1f "
+           "gflops=%.2f sgemm_gflops=%.2f ratio=%.3f peak_rss_mib=%.1f\n",
+           B, threads, steps, repeats, step_s * 1e3, B / step_s, flops / step_s * 1e-9,
+           flops / gemm_s * 1e-9, gemm_s / step_s, ru.ru_maxrss / 1024.0);
+    free(A); free(Bm); free(C);
+    soma_loader_free(ld);
+    soma_rule_free(rule);
+    soma_net_free(net);
+    soma_dataset_free(train);
+    soma_dataset_free(test);
+    return 0;
+}

@@ -1,0 +1,193 @@
+/*
+ * optim.c - the optimizer registry and everything the kinds share:
+ * defaults, validation, state allocation, the step counter, dispatch.
+ *
+ * The per-kind update rules live in sgd.c, adam.c, adamax.c; each fills one
+ * soma__optim_impl (optim.h).  Adding an optimizer is one new file plus one
+ * line in `registry` below (and its enum value in soma.h).
+ */
+#include "optim.h"
+#include <assert.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const soma__optim_impl *const registry[SOMA_OPTIM_COUNT] = {
+    [SOMA_OPTIM_SGD] = &soma__optim_sgd,
+    [SOMA_OPTIM_ADAM] = &soma__optim_adam,
+    [SOMA_OPTIM_ADAMAX] = &soma__optim_adamax,
+};
+
+static const soma__optim_impl *impl_of(soma_optim_kind k)
+{
+    if ((int)k < 0 || (int)k >= SOMA_OPTIM_COUNT) return NULL;
+    return registry[k];
+}
+
+/* "sgd, adam, adamax": the list every unknown-name message shows. */
+static void valid_names(char *buf, size_t cap)
+{
+    size_t used = 0;
+    buf[0] = 0;
+    for (int k = 0; k < SOMA_OPTIM_COUNT && used < cap; k++) {
+        int w = snprintf(buf + used, cap - used, "%s%s", k ? ", " : "", registry[k]->name);
+        if (w < 0) break;
+        used += (size_t)w;
+    }
+}
+
+void soma_optim_config_default(soma_optim_config *c, soma_optim_kind kind)
+{
+    if (!c) return;
+    /* Fields a kind does not use stay 0: soma_optim_new rejects them when
+     * set, so "--momentum 0.9" given to Adam fails instead of being ignored. */
+    memset(c, 0, sizeof *c);
+    c->kind = kind;
+    c->lr = 1e-3f;
+    const soma__optim_impl *im = impl_of(kind);
+    if (im) im->defaults(c);
+}
+
+const char *soma_optim_name(soma_optim_kind k)
+{
+    const soma__optim_impl *im = impl_of(k);
+    return im ? im->name : "unknown";
+}
+
+soma_status soma_optim_from_name(soma_optim_kind *out, const char *name)
+{
+    char names[128];
+    if (!out) return soma__fail(SOMA_ERR_ARG, "soma_optim_from_name: out is NULL");
+    for (int k = 0; name && k < SOMA_OPTIM_COUNT; k++)
+        if (strcmp(name, registry[k]->name) == 0) { *out = (soma_optim_kind)k; return SOMA_OK; }
+    valid_names(names, sizeof names);
+    return soma__fail(SOMA_ERR_ARG, "unknown optimizer '%s' (valid: %s)",
+                      name ? name : "(null)", names);
+}
+
+double soma__optim_decimal(float x)
+{
+    char buf[32];
+    /* 9 significant digits always round-trip a float, so the loop ends there. */
+    for (int digits = 1; digits < 9; digits++) {
+        snprintf(buf, sizeof buf, "%.*g", digits, (double)x);
+        double d = strtod(buf, NULL);
+        if ((float)d == x) return d;
+    }
+    return (double)x;
+}
+
+soma_status soma__optim_check_betas(const soma_optim_config *c)
+{
+    const char *k = soma_optim_name(c->kind);
+    if (!(c->beta1 >= 0.0f && c->beta1 < 1.0f))
+        return soma__fail(SOMA_ERR_ARG, "%s: beta1 must be in [0, 1), got %g", k, c->beta1);
+    if (!(c->beta2 >= 0.0f && c->beta2 < 1.0f))
+        return soma__fail(SOMA_ERR_ARG, "%s: beta2 must be in [0, 1), got %g", k, c->beta2);
+    if (!(c->eps > 0.0f) || isinf(c->eps))
+        return soma__fail(SOMA_ERR_ARG, "%s: eps must be > 0 and finite, got %g", k, c->eps);
+    /* SGD's fields have no meaning here; refusing them catches a mistyped optimizer. */
+    if (c->momentum != 0.0f)
+        return soma__fail(SOMA_ERR_ARG, "%s: momentum is an sgd option (%s uses beta1), "
+                          "must be 0, got %g", k, k, c->momentum);
+    if (c->dampening != 0.0f)
+        return soma__fail(SOMA_ERR_ARG, "%s: dampening is an sgd option, must be 0, got %g",
+                          k, c->dampening);
+    if (c->nesterov != 0)
+        return soma__fail(SOMA_ERR_ARG, "%s: nesterov is an sgd option, must be 0, got %d",
+                          k, c->nesterov);
+    return SOMA_OK;
+}
+
+static soma_status check_config(const soma_optim_config *c)
+{
+    const soma__optim_impl *im = impl_of(c->kind);
+    if (!im) {
+        char names[128];
+        valid_names(names, sizeof names);
+        return soma__fail(SOMA_ERR_ARG, "optimizer kind %d is not one of: %s",
+                          (int)c->kind, names);
+    }
+    if (!(c->lr > 0.0f) || isinf(c->lr))
+        return soma__fail(SOMA_ERR_ARG, "%s: lr must be > 0 and finite, got %g", im->name, c->lr);
+    if (!(c->weight_decay >= 0.0f) || isinf(c->weight_decay))
+        return soma__fail(SOMA_ERR_ARG, "%s: weight_decay must be >= 0 and finite, got %g",
+                          im->name, c->weight_decay);
+    return im->check(c);
+}
+
+soma_status soma_optim_new(soma_optim **out, const soma_optim_config *cfg, size_t n)
+{
+    if (!out) return soma__fail(SOMA_ERR_ARG, "soma_optim_new: out is NULL");
+    *out = NULL;
+    if (!cfg) return soma__fail(SOMA_ERR_ARG, "soma_optim_new: cfg is NULL");
+    if (n == 0) return soma__fail(SOMA_ERR_ARG, "soma_optim_new: n (parameters) must be > 0");
+    soma_status st = check_config(cfg);
+    if (st != SOMA_OK) return st;
+
+    const soma__optim_impl *im = impl_of(cfg->kind);
+    int ns = im->state_count(cfg);
+    assert(ns >= 0 && ns <= SOMA__OPTIM_MAX_STATE);
+    /* Each array starts on a 64-byte line so vector loads never straddle two arrays. */
+    size_t stride = (n + 15) / 16 * 16;
+    if (stride < n || (ns && stride > SIZE_MAX / sizeof(float) / (size_t)ns))
+        return soma__fail(SOMA_ERR_ARG, "soma_optim_new: n = %zu is too large", n);
+
+    soma_optim *o = soma__calloc(1, sizeof *o);
+    if (!o) return SOMA_ERR_NOMEM;
+    o->cfg = *cfg;
+    o->impl = im;
+    o->n = n;
+    o->n_state = ns;
+    o->beta1 = soma__optim_decimal(cfg->beta1);
+    o->beta2 = soma__optim_decimal(cfg->beta2);
+    o->dampening = soma__optim_decimal(cfg->dampening);
+    if (ns) {
+        size_t bytes = (size_t)ns * stride * sizeof(float);
+        o->block = soma__malloc_aligned(bytes);
+        if (!o->block) { soma__free(o); return SOMA_ERR_NOMEM; }
+        memset(o->block, 0, bytes);
+        for (int i = 0; i < ns; i++) o->state[i] = o->block + (size_t)i * stride;
+    }
+    *out = o;
+    return SOMA_OK;
+}
+
+void soma_optim_free(soma_optim *o)
+{
+    if (!o) return;
+    soma__free_aligned(o->block);
+    soma__free(o);
+}
+
+void soma_optim_step(soma_optim *o, float *w, const float *g, float lr)
+{
+    assert(o && w && g);
+    o->t++;   /* torch counts the step before using it in bias corrections */
+    o->impl->step(o, w, g, lr);
+}
+
+int soma_optim_state_count(const soma_optim *o) { return o ? o->n_state : 0; }
+
+float *soma_optim_state(soma_optim *o, int i, const char **name)
+{
+    if (!o || i < 0 || i >= o->n_state) {
+        if (name) *name = NULL;
+        return NULL;
+    }
+    if (name) *name = o->impl->state_names[i];
+    return o->state[i];
+}
+
+int64_t soma_optim_get_step(const soma_optim *o) { return o ? o->t : 0; }
+
+void soma_optim_set_step(soma_optim *o, int64_t t)
+{
+    assert(o && t >= 0);
+    o->t = t;
+}
+
+size_t soma_optim_size(const soma_optim *o)
+{
+    return o ? (size_t)o->n_state * o->n * sizeof(float) : 0;
+}
