@@ -1,10 +1,12 @@
 #!/bin/sh
 # Installs the Debian packages soma needs (as root), or prints the apt-get
-# line to run.  Usage: sh scripts/deps.sh [bench]
-#   bench: also python3-torch, for the PyTorch comparison in `make bench`.
+# line to run.  Usage: sh scripts/deps.sh [bench|fuzz]
+#   bench: also python3-torch, for the PyTorch comparison in `make bench`;
+#   fuzz:  clang with its libFuzzer runtime, for `make fuzz`.
 set -e
-PKGS="gcc make libopenblas-dev zlib1g-dev liblzma-dev python3-numpy dataset-fashion-mnist npm"
+PKGS="gcc make libopenblas-dev libopenblas-openmp-dev zlib1g-dev liblzma-dev python3-numpy dataset-fashion-mnist npm"
 [ "$1" = "bench" ] && PKGS="$PKGS python3-torch"
+[ "$1" = "fuzz" ] && PKGS="clang libclang-rt-14-dev libomp-dev libopenblas-dev zlib1g-dev liblzma-dev"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
