@@ -51,7 +51,11 @@ BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 HDR      = include/soma.h src/soma_internal.h $(wildcard src/*/*.h)
 
 .PHONY: all demo test check bench data deps refs fuzz clean
+ifeq ($(SAN),1)
+all: $(LIB_A) $(LIB_SO) $(CLI)
+else
 all: $(LIB_A) $(LIB_SO) $(CLI) soma
+endif
 
 $(BUILD)/%.o: %.c $(HDR)
 	@mkdir -p $(dir $@)
@@ -67,9 +71,10 @@ $(LIB_SO): $(LIB_OBJ)
 $(CLI): tools/soma.c $(LIB_A) $(HDR)
 	$(CC) $(CFLAGS) -DSOMA_GIT=\"$(GIT)\" -Isrc tools/soma.c $(LIB_A) -o $@ $(LDSAN) $(LDLIBS)
 
-# ./soma at the top is the release CLI (a copy, so it survives `make clean` of SAN builds)
-soma: $(CLI)
-	cp $(CLI) soma
+# ./soma at the top is the release CLI; replaced by rename so a running
+# ./soma is not disturbed.
+soma: build/rel/soma
+	cp build/rel/soma soma.tmp && mv -f soma.tmp soma
 
 $(BUILD)/tests/%: tests/%.c tests/check.h $(LIB_A) $(HDR)
 	@mkdir -p $(dir $@)
@@ -93,7 +98,7 @@ test: deps data
 	@$(MAKE) --no-print-directory all-tests SAN=$(SAN)
 	@sh tests/run.sh $(BUILD) full
 
-all-tests: $(TEST_BIN) $(CLI) soma
+all-tests: all $(TEST_BIN)
 
 demo: deps data
 	@$(MAKE) --no-print-directory all SAN=0

@@ -689,6 +689,164 @@ typedef struct soma_eval_result {
 soma_status soma_evaluate(const char *checkpoint, const char *data, const char *data_dir,
                           int batch, int limit, int verify, soma_eval_result *res);
 
+
+/* ======================================================================== */
+/* Neurons: stateful cells stepped one time step at a time.                 */
+/* State lives in caller-owned buffers; forward and backward of one step    */
+/* side by side (src/neuron/).                                              */
+/* ======================================================================== */
+
+/* Surrogate derivative of the spike function H(v) (v = membrane - threshold). */
+typedef enum soma_surrogate_kind {
+    SOMA_SURR_MULTIGAUSS = 0, /* FPTT/Yin et al.: gamma[(1+h)N(v;0,s) - hN(v;s,k s) - hN(v;-s,k s)] */
+    SOMA_SURR_FAST_SIGMOID,   /* SuperSpike / snnTorch: 1 / (slope |v| + 1)^2 */
+    SOMA_SURR_ARCTAN,         /* snnTorch atan: (alpha/2) / (1 + (pi alpha v / 2)^2) */
+    SOMA_SURR_TRIANGLE,       /* max(0, 1 - |v|/width) / width */
+    SOMA_SURR_STRAIGHT,       /* straight-through: 1 */
+    SOMA_SURR_NONE,           /* the true derivative of a step: 0 */
+    SOMA_SURR_COUNT
+} soma_surrogate_kind;
+
+typedef struct soma_surrogate {
+    soma_surrogate_kind kind;
+    float slope;   /* FAST_SIGMOID (25), ARCTAN alpha (2) */
+    float width;   /* TRIANGLE (1); MULTIGAUSS sigma (0.3) */
+    float height;  /* MULTIGAUSS h (0.15) */
+    float scale;   /* MULTIGAUSS side-lobe width factor k (6) */
+    float gamma;   /* MULTIGAUSS overall gain (0.5) */
+} soma_surrogate;
+
+const char *soma_surrogate_name(soma_surrogate_kind k);
+/* Fills the defaults above for the named kind; SOMA_ERR_ARG listing the
+ * valid names if unknown. */
+soma_status soma_surrogate_from_name(soma_surrogate *out, const char *name);
+void  soma_surrogate_default(soma_surrogate *out, soma_surrogate_kind k);
+/* SOMA_ERR_ARG naming the parameter if a width/slope is <= 0, etc. */
+soma_status soma_surrogate_check(const soma_surrogate *s);
+float soma_surrogate_grad(const soma_surrogate *s, float v);
+
+typedef enum soma_neuron_kind {
+    SOMA_NEURON_LIF = 0,  /* leaky integrate-and-fire */
+    SOMA_NEURON_IF,       /* no leak (decay 1) */
+    SOMA_NEURON_ALIF,     /* adaptive threshold (Bellec et al. 2018) */
+    SOMA_NEURON_LI,       /* leaky integrator, no spikes (readout) */
+    SOMA_NEURON_COUNT
+} soma_neuron_kind;
+
+typedef enum soma_reset {
+    SOMA_RESET_SUBTRACT = 0,  /* u = v - theta s */
+    SOMA_RESET_ZERO,          /* u = v (1 - s) */
+    SOMA_RESET_NONE,          /* u = v */
+    SOMA_RESET_COUNT
+} soma_reset;
+
+/* One step of a cell, elementwise over n = B*N values:
+ *   a_t = rho a_{t-1} + (1 - rho) s_{t-1}          (ALIF only; else a = 0)
+ *   th_t = threshold + beta_a a_t
+ *   v_t = alpha u_{t-1} + g I_t,  g = 1, or (1 - alpha) when input_scale
+ *   s_t = H(v_t - th_t)          (H(0) = 0; LI: no spike, s_t = 0)
+ *   u_t = reset(v_t, s_t, th_t)  (LI: u_t = v_t)
+ * alpha is the membrane decay (exp(-dt/tau)), rho the adaptation decay.
+ * detach_reset: the s_t inside the reset term passes no gradient (snnTorch's
+ * reset detach); the spike output still does, through the surrogate. */
+typedef struct soma_cell_params {
+    soma_neuron_kind kind;
+    float alpha;        /* in [0,1]; IF forces 1 */
+    float threshold;    /* > 0 */
+    soma_reset reset;
+    int   detach_reset;
+    int   input_scale;
+    float rho;          /* ALIF, in [0,1] */
+    float beta_a;       /* ALIF, >= 0 */
+    soma_surrogate surr;
+} soma_cell_params;
+
+const char *soma_neuron_name(soma_neuron_kind k);
+soma_status soma_neuron_from_name(soma_neuron_kind *out, const char *name);
+const char *soma_reset_name(soma_reset r);
+soma_status soma_reset_from_name(soma_reset *out, const char *name);
+/* Defaults: LIF, alpha 0.9, threshold 1, subtract, no detach, rho 0.95,
+ * beta_a 1.8 (ALIF), fast-sigmoid surrogate. */
+void soma_cell_params_default(soma_cell_params *p, soma_neuron_kind kind);
+/* alpha from a time constant: exp(-dt/tau); SOMA_ERR_ARG if tau <= 0 or dt <= 0. */
+soma_status soma_alpha_from_tau(float *alpha, float tau, float dt);
+/* SOMA_ERR_ARG naming the field for alpha outside [0,1], threshold <= 0, ... */
+soma_status soma_cell_params_check(const soma_cell_params *p);
+
+/* State of n cells at one step.  a is used by ALIF only (may be NULL
+ * otherwise); s is the spike output (0/1). */
+typedef struct soma_cell_state { float *u, *a, *s; } soma_cell_state;
+
+/* Per-step cache a backward needs: v_t and th_t (th only for ALIF). */
+typedef struct soma_cell_cache { float *v, *th; } soma_cell_cache;
+
+/* Step forward: next <- f(prev, I).  alpha_v / rho_v: per-element decays
+ * (n values, e.g. LTC's input-dependent ones) or NULL for the scalars in p.
+ * next may not alias prev. */
+void soma_cell_forward(soma_cell_state *next, soma_cell_cache *cache,
+                       const soma_cell_state *prev, const float *I,
+                       const float *alpha_v, const float *rho_v,
+                       const soma_cell_params *p, size_t n);
+/* Step backward.  dnext holds dL/du_t, dL/da_t and dL/ds_t (all paths into
+ * this step's outputs; any may be NULL = 0).  Accumulates (+=) into
+ * dprev->u, dprev->a, dprev->s (any may be NULL), dI, dalpha, drho (NULL =
+ * not needed).  Spikes differentiate through p->surr. */
+void soma_cell_backward(soma_cell_state *dprev, float *dI, float *dalpha, float *drho,
+                        const soma_cell_state *dnext, const soma_cell_cache *cache,
+                        const soma_cell_state *prev, const float *I,
+                        const float *alpha_v, const float *rho_v,
+                        const soma_cell_params *p, size_t n);
+
+/* ======================================================================== */
+/* Encoders: static samples and event streams into time steps.             */
+/* ======================================================================== */
+
+typedef enum soma_encoding {
+    SOMA_ENC_DIRECT = 0,   /* x_t = x for every t (analog current) */
+    SOMA_ENC_POISSON,      /* x_t = Bernoulli(clamp(gain * x, 0, 1)), x in [0,1] */
+    SOMA_ENC_SEQUENTIAL,   /* x_t = x[:, t], one value per step (S-MNIST: T = D) */
+    SOMA_ENC_PERMUTED,     /* x_t = x[:, perm[t]] with a fixed permutation (PS-MNIST) */
+    SOMA_ENC_COUNT
+} soma_encoding;
+
+typedef struct soma_encoder soma_encoder;
+const char *soma_encoding_name(soma_encoding e);
+soma_status soma_encoding_from_name(soma_encoding *out, const char *name);
+/* D: values per sample; T: steps (> 0; SEQUENTIAL/PERMUTED need T == D);
+ * seed: the permutation's; gain: POISSON rate scale (> 0). */
+soma_status soma_encoder_new(soma_encoder **out, soma_encoding kind, int D, int T,
+                             uint64_t seed, float gain);
+void soma_encoder_free(soma_encoder *e);
+int  soma_encoder_steps(const soma_encoder *e);
+int  soma_encoder_step_size(const soma_encoder *e);   /* values per step: D or 1 */
+/* NULL unless PERMUTED. */
+const uint32_t *soma_encoder_permutation(const soma_encoder *e);
+/* xt(B, step_size) <- step t of x(B, D).  rng: POISSON draws (else unused). */
+void soma_encode_step(const soma_encoder *e, float *xt, const float *x, int B, int t,
+                      soma_rng *rng);
+
+/* Adding task (Hochreiter & Schmidhuber; as in FPTT): x(B, T, 2) holds a
+ * uniform [0,1) value and a 0/1 marker per step, exactly two markers per
+ * sequence (one in each half); y(B) = the sum of the two marked values. */
+soma_status soma_adding_batch(float *x, float *y, int B, int T, soma_rng *rng);
+
+/* Address events (N-MNIST: 34x34, 2 polarities, microseconds). */
+typedef struct soma_event { uint16_t x, y; uint8_t p; uint32_t t; } soma_event;
+/* Reads an N-MNIST binary file: 5 bytes per event, x(8) y(8) p(1)t(23 bits,
+ * big-endian).  SOMA_ERR_FORMAT naming the file if the size is not a
+ * multiple of 5 or a coordinate is outside width x height.  *ev is owned by
+ * the caller (free with soma_events_free). */
+soma_status soma_nmnist_read(soma_event **ev, size_t *n, const char *path,
+                             int width, int height);
+soma_status soma_nmnist_parse(soma_event **ev, size_t *n, const uint8_t *buf, size_t len,
+                              const char *name, int width, int height);
+void soma_events_free(soma_event *ev);
+/* Bins events into T frames (T, 2, H, W) over [t0, t1): frame k holds the
+ * events with t0 + k (t1-t0)/T <= t < t0 + (k+1)(t1-t0)/T; binary != 0 marks
+ * presence, else counts.  t1 <= t0 uses the stream's own span. */
+soma_status soma_events_to_frames(float *frames, const soma_event *ev, size_t n, int T,
+                                  int H, int W, uint32_t t0, uint32_t t1, int binary);
+
 #ifdef __cplusplus
 }
 #endif
