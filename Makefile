@@ -13,7 +13,7 @@ CC      ?= cc
 SAN     ?= 0
 OPT     ?= -O2 -march=x86-64-v2
 CFLAGS_BASE = -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -pedantic \
-              -Iinclude -fopenmp -fPIC -fno-math-errno $(BLAS_INC)
+              -Iinclude -Isrc -fopenmp -fPIC -fno-math-errno $(BLAS_INC)
 ifeq ($(SAN),1)
   BUILD  = build/san
   CFLAGS = $(CFLAGS_BASE) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
@@ -39,7 +39,7 @@ endif
 LDLIBS  = $(BLAS_LIB) -lz -llzma -lm -fopenmp
 
 LIB_SRC  = $(wildcard src/base/*.c src/ops/*.c src/net/*.c src/optim/*.c \
-                      src/rule/*.c src/data/*.c src/io/*.c src/train/*.c)
+                      src/rule/*.c src/data/*.c src/io/*.c src/train/*.c src/neuron/*.c)
 LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB_A    = $(BUILD)/libsoma.a
 LIB_SO   = $(BUILD)/libsoma.so

@@ -3,7 +3,7 @@
 #
 #   sh fuzz/run.sh                 (what `make fuzz` runs)
 #   FUZZ_SECONDS=600 sh fuzz/run.sh          longer runs (default 60 s per target)
-#   FUZZ_TARGETS=safetensors sh fuzz/run.sh  only some targets (default: idx safetensors)
+#   FUZZ_TARGETS=safetensors sh fuzz/run.sh  only some targets (default: idx safetensors events)
 #   CLANG=clang-15 sh fuzz/run.sh            another compiler
 #
 # Each target fuzz/fuzz_<t>.c is linked with clang's libFuzzer, ASan and UBSan
@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 
 SECS=${FUZZ_SECONDS:-60}
 CLANG=${CLANG:-clang}
-TARGETS=${FUZZ_TARGETS:-"idx safetensors"}
+TARGETS=${FUZZ_TARGETS:-"idx safetensors events"}
 OUT=build/fuzz
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 CFLAGS="-std=c11 -D_POSIX_C_SOURCE=200809L -Iinclude -Isrc -g -O1 -fno-omit-frame-pointer -fopenmp"

@@ -486,211 +486,6 @@ soma_status soma_st_writer_save(soma_st_writer *w, const char *path);
 
 
 /* ======================================================================== */
-/* Networks                                                                  */
-/* ======================================================================== */
-
-/* Spec grammar (tokens joined by '-'; see docs/spec.md):
- *   N          first token: input features (must match the data);
- *              later: a dense layer of N units (same as fcN)
- *   fcN        dense layer of N units
- *   convKxC[sS][pP]  KxK convolution, C filters, stride S (1), padding P (0)
- *   poolK / avgpoolK  KxK max / average pooling with stride K
- *   bn         batch normalisation of the previous conv/dense output
- *   dropP      dropout with probability P (e.g. drop0.5)
- * Each dense/conv layer except the last is followed by the hidden activation
- * (after its bn, if any); a flatten is inserted before the first dense layer
- * that follows a conv/pool. Examples: "784-512-512-10",
- * "conv5x32-pool2-conv5x64-pool2-fc512-fc10". */
-typedef struct soma_net soma_net;
-
-typedef struct soma_net_options {
-    int       in_c, in_h, in_w;  /* per-sample input shape, e.g. 1, 28, 28 */
-    soma_act  act;               /* hidden activation (default relu) */
-    soma_init init;              /* weight init (default torch) */
-    uint64_t  seed;              /* init seed */
-} soma_net_options;
-
-void soma_net_options_default(soma_net_options *o);
-/* Parses spec, builds the layers and initialises the parameters.  Errors
- * (SOMA_ERR_ARG) quote the offending token and its position. */
-soma_status soma_net_new(soma_net **out, const char *spec, const soma_net_options *o);
-void soma_net_free(soma_net *n);
-/* Allocates the per-batch caches for batches of up to max_batch samples.
- * Called once; forward/backward never allocate. */
-soma_status soma_net_prepare(soma_net *n, int max_batch);
-/* train != 0: dropout active, batchnorm uses (and updates) batch statistics. */
-void soma_net_set_train(soma_net *n, int train);
-/* x is (B, in_c*in_h*in_w) and must stay valid until the matching backward
- * (the first layer's backward reads it); *logits receives (B, outputs),
- * owned by the net, valid until the next forward.  rng drives dropout (may
- * be NULL in eval). */
-soma_status soma_net_forward(soma_net *n, const float *x, int B, soma_rng *rng,
-                             const float **logits);
-void soma_net_zero_grad(soma_net *n);
-/* Backward of the last forward: accumulates parameter gradients; writes
- * dx(B, inputs) when dx is non-NULL. */
-soma_status soma_net_backward(soma_net *n, const float *dlogits, int B, float *dx);
-int    soma_net_inputs(const soma_net *n);
-int    soma_net_outputs(const soma_net *n);
-const char *soma_net_spec(const soma_net *n);
-/* Parameter store access: flat arrays (for optimizers) and named tensors. */
-size_t soma_net_param_floats(const soma_net *n);
-float *soma_net_param_values(soma_net *n);
-float *soma_net_param_grads(soma_net *n);
-int    soma_net_tensor_count(const soma_net *n);   /* params then buffers */
-/* i-th named tensor: name, shape, data (params first, then buffers).
- * *is_param is 1 for trainable parameters, 0 for buffers. */
-float *soma_net_tensor(soma_net *n, int i, const char **name, int *ndim,
-                       int64_t shape[SOMA_MAX_DIMS], int *is_param);
-/* Writes a human-readable layer table (kind, shapes, parameters). */
-void   soma_net_describe(const soma_net *n, char *buf, size_t size);
-
-typedef struct soma_mem_plan {
-    size_t params, grads, optim, buffers, activations, workspace, total; /* bytes */
-} soma_mem_plan;
-
-
-/* ======================================================================== */
-/* Learning rules                                                            */
-/* ======================================================================== */
-
-typedef enum soma_loss_kind { SOMA_LOSS_CE = 0, SOMA_LOSS_MSE, SOMA_LOSS_COUNT } soma_loss_kind;
-const char *soma_loss_name(soma_loss_kind k);
-soma_status soma_loss_from_name(soma_loss_kind *out, const char *name);
-
-typedef struct soma_rule_config {
-    soma_optim_config optim;
-    soma_loss_kind    loss;       /* CE on logits, or MSE against one-hot */
-    float             clip_norm;  /* global gradient-norm clip, 0 = off */
-} soma_rule_config;
-void soma_rule_config_default(soma_rule_config *c);
-
-typedef struct soma_rule soma_rule;
-
-/* Number of rules compiled in, and their names/one-line descriptions. */
-int soma_rule_count(void);
-const char *soma_rule_name_at(int i);
-const char *soma_rule_about_at(int i);
-
-/* Creates rule `name` ("bp", ...) over net (not owned; must outlive the
- * rule), planning every buffer for batches of up to max_batch. */
-soma_status soma_rule_new(soma_rule **out, const char *name, soma_net *net,
-                          const soma_rule_config *cfg, int max_batch);
-void soma_rule_free(soma_rule *r);
-const char *soma_rule_name(const soma_rule *r);
-
-typedef struct soma_step_stats {
-    double loss;      /* sum over the batch's samples of the per-sample loss */
-    int    correct;   /* argmax hits */
-    int    n;         /* samples */
-} soma_step_stats;
-
-/* One training step on batch b at learning rate lr.  Adds to *st.
- * SOMA_ERR_NUMERIC (parameters untouched) if the loss or a gradient is NaN/Inf. */
-soma_status soma_rule_train_batch(soma_rule *r, const soma_batch *b, float lr,
-                                  soma_rng *rng, soma_step_stats *st);
-/* Inference: class scores (B, classes) owned by the rule; adds loss/hits to *st
- * when st is non-NULL. */
-soma_status soma_rule_predict(soma_rule *r, const soma_batch *b, const float **scores,
-                              soma_step_stats *st);
-soma_optim *soma_rule_optim(soma_rule *r);
-/* Memory the rule needs, by kind. */
-void soma_rule_plan(const soma_rule *r, soma_mem_plan *plan);
-
-
-/* ======================================================================== */
-/* Checkpoints                                                              */
-/* ======================================================================== */
-
-/* Saves every parameter and buffer of net under its name, the optimizer
- * state as "optim.<state>" (flat), and metadata: the net spec, input shape,
- * activation, plus the caller's key/value pairs (meta[2i], meta[2i+1]).
- * Atomic: written to a temporary file, fsync'd and renamed. */
-soma_status soma_checkpoint_save(const char *path, soma_net *net, soma_optim *opt,
-                                 const char *const *meta, int n_meta);
-/* Builds the network stored in a checkpoint and loads its tensors.  *st
- * receives the open file (metadata, optimizer state) for the caller to
- * query and free. */
-soma_status soma_checkpoint_load(soma_net **net, soma_st **st, const char *path);
-/* Copies the tensors of st into net; SOMA_ERR_SHAPE naming the tensor if a
- * name is missing or a shape differs. */
-soma_status soma_checkpoint_restore_net(soma_net *net, const soma_st *st, const char *path);
-/* Restores optimizer state and step; SOMA_ERR_FORMAT if the checkpoint was
- * written with another optimizer. */
-soma_status soma_checkpoint_restore_optim(soma_optim *o, const soma_st *st, const char *path);
-
-/* ======================================================================== */
-/* Training and evaluation drivers (what the CLI calls)                     */
-/* ======================================================================== */
-
-#define SOMA_MAX_CLASSES 100
-
-typedef struct soma_train_config {
-    const char *data;         /* "mnist", "fashion", "cifar10", "cifar10-4k" */
-    const char *data_dir;     /* NULL: data/<data> */
-    const char *net;          /* spec; NULL with resume: the checkpoint's */
-    const char *rule;         /* "bp", ... */
-    soma_act    act;
-    soma_init   init;
-    soma_rule_config rule_cfg;
-    soma_schedule    sched;   /* base_lr is the learning rate */
-    int      epochs;          /* total epochs (a resumed run continues to this) */
-    int      batch;
-    uint64_t seed;
-    int      threads;
-    int      train_limit;     /* use the first N training samples (0 = all) */
-    int      test_limit;      /* evaluate on the first N test samples (0 = all) */
-    int      val;             /* hold out the last N training samples as validation */
-    int      augment;         /* crop + flip (CIFAR) */
-    int      verify;          /* verify dataset checksums before loading */
-    const char *save;         /* checkpoint path written after every epoch, NULL = none */
-    const char *resume;       /* checkpoint to continue from, NULL = fresh */
-    const char *metrics;      /* JSONL log path (required) */
-    const char *git;          /* commit recorded in the log, may be NULL */
-    const char *argv_line;    /* command line recorded in the log, may be NULL */
-} soma_train_config;
-
-void soma_train_config_default(soma_train_config *c);
-/* Checks every field; SOMA_ERR_ARG names the option ("--batch must be > 0"). */
-soma_status soma_train_config_check(const soma_train_config *c);
-
-typedef struct soma_progress {
-    int     epoch, epochs;          /* 1-based epoch in progress */
-    int64_t step, steps;            /* batches done in this epoch / per epoch */
-    double  loss, acc;              /* running means over this epoch */
-    double  samples_per_s, eta_s;   /* eta: this epoch */
-    int     epoch_done;             /* 1 once per epoch, with the fields below */
-    double  test_loss, test_acc, val_acc, lr, seconds;
-} soma_progress;
-typedef void (*soma_progress_fn)(void *user, const soma_progress *p);
-
-typedef struct soma_train_result {
-    double test_acc, test_loss, val_acc;
-    int    epochs_done;
-    double seconds;
-    soma_mem_plan plan;
-} soma_train_result;
-
-/* Loads the data, builds or resumes the network, trains, evaluates on the
- * test set after every epoch, logs, checkpoints.  progress may be NULL. */
-soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, void *user,
-                       soma_train_result *res);
-/* Builds what soma_train would and fills *plan without training (--dry-run). */
-soma_status soma_train_plan(const soma_train_config *c, soma_mem_plan *plan, char *describe,
-                            size_t describe_size);
-
-typedef struct soma_eval_result {
-    double  acc, loss;
-    int     n, classes;
-    int64_t confusion[SOMA_MAX_CLASSES * SOMA_MAX_CLASSES]; /* [true * classes + predicted] */
-} soma_eval_result;
-
-/* Evaluates a checkpoint on a dataset's test split. */
-soma_status soma_evaluate(const char *checkpoint, const char *data, const char *data_dir,
-                          int batch, int limit, int verify, soma_eval_result *res);
-
-
-/* ======================================================================== */
 /* Neurons: stateful cells stepped one time step at a time.                 */
 /* State lives in caller-owned buffers; forward and backward of one step    */
 /* side by side (src/neuron/).                                              */
@@ -846,6 +641,274 @@ void soma_events_free(soma_event *ev);
  * presence, else counts.  t1 <= t0 uses the stream's own span. */
 soma_status soma_events_to_frames(float *frames, const soma_event *ev, size_t n, int T,
                                   int H, int W, uint32_t t0, uint32_t t1, int binary);
+
+/* ======================================================================== */
+/* Networks                                                                  */
+/* ======================================================================== */
+
+/* Spec grammar (tokens joined by '-'; see docs/spec.md):
+ *   N          first token: input features (must match the data);
+ *              later: a dense layer of N units (same as fcN)
+ *   fcN        dense layer of N units
+ *   convKxC[sS][pP]  KxK convolution, C filters, stride S (1), padding P (0)
+ *   poolK / avgpoolK  KxK max / average pooling with stride K
+ *   bn         batch normalisation of the previous conv/dense output
+ *   dropP      dropout with probability P (e.g. drop0.5)
+ * Each dense/conv layer except the last is followed by the hidden activation
+ * (after its bn, if any); a flatten is inserted before the first dense layer
+ * that follows a conv/pool. Examples: "784-512-512-10",
+ * "conv5x32-pool2-conv5x64-pool2-fc512-fc10". */
+typedef struct soma_net soma_net;
+
+/* What follows the last dense layer of a spiking net, per time step. */
+typedef enum soma_readout {
+    SOMA_READOUT_NONE = 0,   /* its output itself */
+    SOMA_READOUT_LI,         /* a leaky-integrator membrane (readout cell) */
+    SOMA_READOUT_SPIKE,      /* a spiking cell of the hidden kind (count its spikes) */
+    SOMA_READOUT_COUNT
+} soma_readout;
+
+typedef struct soma_net_options {
+    int       in_c, in_h, in_w;  /* per-sample input shape, e.g. 1, 28, 28 */
+    soma_act  act;               /* hidden activation (default relu) */
+    soma_init init;              /* weight init (default torch) */
+    uint64_t  seed;              /* init seed */
+    /* Spiking nets: when spiking != 0 every hidden activation is a neuron
+     * cell with parameters `cell`, `rN` tokens add recurrent weights on the
+     * layer's own previous spikes, and the net runs step by step
+     * (soma_net_step).  The readout follows the last dense layer. */
+    int              spiking;
+    soma_cell_params cell;
+    soma_readout     readout;
+    soma_cell_params readout_cell;   /* LI: its alpha is the readout's leak */
+} soma_net_options;
+
+void soma_net_options_default(soma_net_options *o);
+const char *soma_readout_name(soma_readout r);
+soma_status soma_readout_from_name(soma_readout *out, const char *name);
+/* Parses spec, builds the layers and initialises the parameters.  Errors
+ * (SOMA_ERR_ARG) quote the offending token and its position. */
+soma_status soma_net_new(soma_net **out, const char *spec, const soma_net_options *o);
+void soma_net_free(soma_net *n);
+/* Allocates the per-batch caches for batches of up to max_batch samples.
+ * Called once; forward/backward never allocate. */
+soma_status soma_net_prepare(soma_net *n, int max_batch);
+/* train != 0: dropout active, batchnorm uses (and updates) batch statistics. */
+void soma_net_set_train(soma_net *n, int train);
+/* x is (B, in_c*in_h*in_w) and must stay valid until the matching backward
+ * (the first layer's backward reads it); *logits receives (B, outputs),
+ * owned by the net, valid until the next forward.  rng drives dropout (may
+ * be NULL in eval). */
+soma_status soma_net_forward(soma_net *n, const float *x, int B, soma_rng *rng,
+                             const float **logits);
+void soma_net_zero_grad(soma_net *n);
+/* Backward of the last forward: accumulates parameter gradients; writes
+ * dx(B, inputs) when dx is non-NULL. */
+soma_status soma_net_backward(soma_net *n, const float *dlogits, int B, float *dx);
+/* --- spiking / temporal nets: one time step at a time ------------------ */
+/* Caches for batches of up to max_batch and a backward window of `window`
+ * steps (BPTT: the sequence length T; truncated BPTT / FPTT: k).  Memory
+ * grows linearly with window: soma_rule_plan reports it. */
+soma_status soma_net_prepare_time(soma_net *n, int max_batch, int window);
+/* Starts a sequence of batch B: every state 0, a fresh dropout mask (kept
+ * for the whole sequence: variational dropout). */
+soma_status soma_net_reset_state(soma_net *n, int B, soma_rng *rng);
+/* One step: x_t (B, inputs) must stay valid until the backward that covers
+ * this step; *out (B, outputs) is the readout at this step, owned by the net. */
+soma_status soma_net_step(soma_net *n, const float *x_t, int B, const float **out);
+/* Backward through the last `steps` steps (<= window): dout[j] (B, outputs)
+ * is dL/d(out) at step (t - steps + j), or NULL for no loss there (dout
+ * itself may be NULL).  Parameter gradients accumulate.  The state entering
+ * the window is treated as a constant; with trunc > 0 the state is also
+ * detached entering every step that is a multiple of trunc. */
+soma_status soma_net_backward_time(soma_net *n, int steps, const float *const *dout, int B,
+                                   int trunc);
+int soma_net_time(const soma_net *n);       /* steps since the last reset */
+int soma_net_is_spiking(const soma_net *n);
+
+int    soma_net_inputs(const soma_net *n);
+int    soma_net_outputs(const soma_net *n);
+const char *soma_net_spec(const soma_net *n);
+/* Parameter store access: flat arrays (for optimizers) and named tensors. */
+size_t soma_net_param_floats(const soma_net *n);
+float *soma_net_param_values(soma_net *n);
+float *soma_net_param_grads(soma_net *n);
+int    soma_net_tensor_count(const soma_net *n);   /* params then buffers */
+/* i-th named tensor: name, shape, data (params first, then buffers).
+ * *is_param is 1 for trainable parameters, 0 for buffers. */
+float *soma_net_tensor(soma_net *n, int i, const char **name, int *ndim,
+                       int64_t shape[SOMA_MAX_DIMS], int *is_param);
+/* Writes a human-readable layer table (kind, shapes, parameters). */
+void   soma_net_describe(const soma_net *n, char *buf, size_t size);
+
+typedef struct soma_mem_plan {
+    size_t params, grads, optim, buffers, activations, workspace, total; /* bytes */
+} soma_mem_plan;
+
+
+/* ======================================================================== */
+/* Learning rules                                                            */
+/* ======================================================================== */
+
+typedef enum soma_loss_kind { SOMA_LOSS_CE = 0, SOMA_LOSS_MSE, SOMA_LOSS_COUNT } soma_loss_kind;
+const char *soma_loss_name(soma_loss_kind k);
+soma_status soma_loss_from_name(soma_loss_kind *out, const char *name);
+
+/* How a temporal net's per-step outputs become class scores. */
+typedef enum soma_reduce {
+    SOMA_REDUCE_MEAN = 0,   /* mean over the T steps */
+    SOMA_REDUCE_LAST,       /* the last step's output */
+    SOMA_REDUCE_SUM,        /* sum over steps (spike count with a spiking readout) */
+    SOMA_REDUCE_COUNT
+} soma_reduce;
+const char *soma_reduce_name(soma_reduce r);
+soma_status soma_reduce_from_name(soma_reduce *out, const char *name);
+
+typedef struct soma_rule_config {
+    soma_optim_config optim;
+    soma_loss_kind    loss;       /* CE on logits, or MSE against one-hot */
+    float             clip_norm;  /* global gradient-norm clip, 0 = off */
+    /* temporal rules (bptt, fptt, ...) */
+    int               T;          /* time steps per sample */
+    soma_encoding     encoding;   /* how a static sample becomes T steps */
+    float             gain;       /* POISSON rate scale */
+    uint64_t          enc_seed;   /* PERMUTED's permutation */
+    soma_reduce       reduce;     /* per-step outputs -> scores */
+    int               trunc;      /* BPTT: detach the state every trunc steps (0 = never) */
+    int               sample_size;/* values per data sample when the encoder feeds the net
+                                     fewer per step (S-MNIST: 784 -> 1); 0 = the net's inputs */
+} soma_rule_config;
+void soma_rule_config_default(soma_rule_config *c);
+
+typedef struct soma_rule soma_rule;
+
+/* Number of rules compiled in, and their names/one-line descriptions. */
+int soma_rule_count(void);
+const char *soma_rule_name_at(int i);
+const char *soma_rule_about_at(int i);
+
+/* Creates rule `name` ("bp", ...) over net (not owned; must outlive the
+ * rule), planning every buffer for batches of up to max_batch. */
+soma_status soma_rule_new(soma_rule **out, const char *name, soma_net *net,
+                          const soma_rule_config *cfg, int max_batch);
+void soma_rule_free(soma_rule *r);
+const char *soma_rule_name(const soma_rule *r);
+
+typedef struct soma_step_stats {
+    double loss;      /* sum over the batch's samples of the per-sample loss */
+    int    correct;   /* argmax hits */
+    int    n;         /* samples */
+} soma_step_stats;
+
+/* One training step on batch b at learning rate lr.  Adds to *st.
+ * SOMA_ERR_NUMERIC (parameters untouched) if the loss or a gradient is NaN/Inf. */
+soma_status soma_rule_train_batch(soma_rule *r, const soma_batch *b, float lr,
+                                  soma_rng *rng, soma_step_stats *st);
+/* Inference: class scores (B, classes) owned by the rule; adds loss/hits to *st
+ * when st is non-NULL. */
+soma_status soma_rule_predict(soma_rule *r, const soma_batch *b, const float **scores,
+                              soma_step_stats *st);
+soma_optim *soma_rule_optim(soma_rule *r);
+/* Memory the rule needs, by kind. */
+void soma_rule_plan(const soma_rule *r, soma_mem_plan *plan);
+
+
+/* ======================================================================== */
+/* Checkpoints                                                              */
+/* ======================================================================== */
+
+/* Saves every parameter and buffer of net under its name, the optimizer
+ * state as "optim.<state>" (flat), and metadata: the net spec, input shape,
+ * activation, plus the caller's key/value pairs (meta[2i], meta[2i+1]).
+ * Atomic: written to a temporary file, fsync'd and renamed. */
+soma_status soma_checkpoint_save(const char *path, soma_net *net, soma_optim *opt,
+                                 const char *const *meta, int n_meta);
+/* Builds the network stored in a checkpoint and loads its tensors.  *st
+ * receives the open file (metadata, optimizer state) for the caller to
+ * query and free. */
+soma_status soma_checkpoint_load(soma_net **net, soma_st **st, const char *path);
+/* Copies the tensors of st into net; SOMA_ERR_SHAPE naming the tensor if a
+ * name is missing or a shape differs. */
+soma_status soma_checkpoint_restore_net(soma_net *net, const soma_st *st, const char *path);
+/* Restores optimizer state and step; SOMA_ERR_FORMAT if the checkpoint was
+ * written with another optimizer. */
+soma_status soma_checkpoint_restore_optim(soma_optim *o, const soma_st *st, const char *path);
+
+/* ======================================================================== */
+/* Training and evaluation drivers (what the CLI calls)                     */
+/* ======================================================================== */
+
+#define SOMA_MAX_CLASSES 100
+
+typedef struct soma_train_config {
+    const char *data;         /* "mnist", "fashion", "cifar10", "cifar10-4k" */
+    const char *data_dir;     /* NULL: data/<data> */
+    const char *net;          /* spec; NULL with resume: the checkpoint's */
+    const char *rule;         /* "bp", ... */
+    soma_act    act;
+    soma_init   init;
+    soma_rule_config rule_cfg;
+    soma_schedule    sched;   /* base_lr is the learning rate */
+    int      epochs;          /* total epochs (a resumed run continues to this) */
+    int      batch;
+    uint64_t seed;
+    int      threads;
+    int      train_limit;     /* use the first N training samples (0 = all) */
+    int      test_limit;      /* evaluate on the first N test samples (0 = all) */
+    int      val;             /* hold out the last N training samples as validation */
+    int      augment;         /* crop + flip (CIFAR) */
+    int      verify;          /* verify dataset checksums before loading */
+    const char *save;         /* checkpoint path written after every epoch, NULL = none */
+    const char *resume;       /* checkpoint to continue from, NULL = fresh */
+    const char *metrics;      /* JSONL log path (required) */
+    const char *git;          /* commit recorded in the log, may be NULL */
+    /* spiking nets (rule bptt, ...): used when spiking != 0 */
+    int              spiking;
+    soma_cell_params cell;
+    soma_readout     readout;
+    soma_cell_params readout_cell;
+    const char *argv_line;    /* command line recorded in the log, may be NULL */
+} soma_train_config;
+
+void soma_train_config_default(soma_train_config *c);
+/* Checks every field; SOMA_ERR_ARG names the option ("--batch must be > 0"). */
+soma_status soma_train_config_check(const soma_train_config *c);
+
+typedef struct soma_progress {
+    int     epoch, epochs;          /* 1-based epoch in progress */
+    int64_t step, steps;            /* batches done in this epoch / per epoch */
+    double  loss, acc;              /* running means over this epoch */
+    double  samples_per_s, eta_s;   /* eta: this epoch */
+    int     epoch_done;             /* 1 once per epoch, with the fields below */
+    double  test_loss, test_acc, val_acc, lr, seconds;
+} soma_progress;
+typedef void (*soma_progress_fn)(void *user, const soma_progress *p);
+
+typedef struct soma_train_result {
+    double test_acc, test_loss, val_acc;
+    int    epochs_done;
+    double seconds;
+    soma_mem_plan plan;
+} soma_train_result;
+
+/* Loads the data, builds or resumes the network, trains, evaluates on the
+ * test set after every epoch, logs, checkpoints.  progress may be NULL. */
+soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, void *user,
+                       soma_train_result *res);
+/* Builds what soma_train would and fills *plan without training (--dry-run). */
+soma_status soma_train_plan(const soma_train_config *c, soma_mem_plan *plan, char *describe,
+                            size_t describe_size);
+
+typedef struct soma_eval_result {
+    double  acc, loss;
+    int     n, classes;
+    int64_t confusion[SOMA_MAX_CLASSES * SOMA_MAX_CLASSES]; /* [true * classes + predicted] */
+} soma_eval_result;
+
+/* Evaluates a checkpoint on a dataset's test split. */
+soma_status soma_evaluate(const char *checkpoint, const char *data, const char *data_dir,
+                          int batch, int limit, int verify, soma_eval_result *res);
+
 
 #ifdef __cplusplus
 }

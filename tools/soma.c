@@ -83,7 +83,10 @@ enum {
     O_NESTEROV, O_WD, O_BETA1, O_BETA2, O_EPS, O_SCHED, O_STEP_SIZE, O_GAMMA, O_MILESTONES,
     O_WARMUP, O_MIN_LR, O_CLIP, O_EPOCHS, O_BATCH, O_SEED, O_THREADS, O_TRAIN_LIMIT,
     O_TEST_LIMIT, O_VAL, O_AUGMENT, O_NO_VERIFY, O_SAVE, O_RESUME, O_METRICS, O_DRY_RUN,
-    O_CONFIG, O_QUIET, O_HELP, O_DAMPENING
+    O_CONFIG, O_QUIET, O_HELP, O_DAMPENING,
+    O_NEURON, O_T, O_ENCODING, O_GAIN, O_READOUT, O_REDUCE, O_ALPHA, O_TAU, O_THRESHOLD,
+    O_RESET, O_DETACH_RESET, O_RHO, O_BETA_A, O_SURROGATE, O_SLOPE, O_WIDTH, O_READOUT_ALPHA,
+    O_TRUNC, O_ENC_SEED
 };
 
 static const struct option train_opts[] = {
@@ -101,7 +104,15 @@ static const struct option train_opts[] = {
     { "val", 1, 0, O_VAL }, { "augment", 0, 0, O_AUGMENT }, { "no-verify", 0, 0, O_NO_VERIFY },
     { "save", 1, 0, O_SAVE }, { "resume", 1, 0, O_RESUME }, { "metrics", 1, 0, O_METRICS },
     { "dry-run", 0, 0, O_DRY_RUN }, { "config", 1, 0, O_CONFIG }, { "quiet", 0, 0, O_QUIET },
-    { "help", 0, 0, O_HELP }, { 0, 0, 0, 0 }
+    { "help", 0, 0, O_HELP },
+    { "neuron", 1, 0, O_NEURON }, { "T", 1, 0, O_T }, { "encoding", 1, 0, O_ENCODING },
+    { "gain", 1, 0, O_GAIN }, { "readout", 1, 0, O_READOUT }, { "reduce", 1, 0, O_REDUCE },
+    { "alpha", 1, 0, O_ALPHA }, { "tau", 1, 0, O_TAU }, { "threshold", 1, 0, O_THRESHOLD },
+    { "reset", 1, 0, O_RESET }, { "detach-reset", 0, 0, O_DETACH_RESET }, { "rho", 1, 0, O_RHO },
+    { "beta-a", 1, 0, O_BETA_A }, { "surrogate", 1, 0, O_SURROGATE }, { "slope", 1, 0, O_SLOPE },
+    { "width", 1, 0, O_WIDTH }, { "readout-alpha", 1, 0, O_READOUT_ALPHA },
+    { "trunc", 1, 0, O_TRUNC }, { "enc-seed", 1, 0, O_ENC_SEED },
+    { 0, 0, 0, 0 }
 };
 
 static void train_help(void)
@@ -124,7 +135,26 @@ static void train_help(void)
     list_names(stdout, act_at, SOMA_ACT_COUNT);
     printf("\n  --init NAME          weight init (default torch): ");
     list_names(stdout, init_at, SOMA_INIT_COUNT);
-    printf("\nlearning:\n  --rule NAME          learning rule (default bp):\n");
+    printf("\nspiking nets (rule bptt):\n"
+           "  --neuron NAME        hidden cells: lif, if, alif (makes the net spiking)\n"
+           "  --T N                time steps per sample (default 25)\n"
+           "  --encoding NAME      direct, poisson, sequential, permuted (default direct)\n"
+           "  --gain F             poisson rate scale (default 1)\n"
+           "  --enc-seed N         permutation seed for permuted (default 0)\n"
+           "  --readout NAME       li, none, spike: what follows the last layer (default li)\n"
+           "  --reduce NAME        mean, last, sum: outputs over time -> scores (default mean)\n"
+           "  --alpha F            membrane decay per step (default 0.9); or --tau F (dt = 1)\n"
+           "  --threshold F        firing threshold (default 1)\n"
+           "  --reset NAME         subtract, zero, none (default subtract)\n"
+           "  --detach-reset       no gradient through the reset term\n"
+           "  --rho F --beta-a F   alif adaptation decay and strength (defaults 0.95 1.8)\n"
+           "  --surrogate NAME     multigauss, fast-sigmoid, arctan, triangle, straight, none\n"
+           "                       (default fast-sigmoid)\n"
+           "  --slope F            fast-sigmoid slope / arctan alpha (defaults 25 / 2)\n"
+           "  --width F            triangle width / multigauss sigma (defaults 1 / 0.3)\n"
+           "  --readout-alpha F    li readout decay (default 0.9)\n"
+           "  --trunc K            bptt: detach the state every K steps (default 0 = full)\n");
+    printf("learning:\n  --rule NAME          learning rule (default bp):\n");
     for (int i = 0; i < soma_rule_count(); i++)
         printf("                         %-8s %s\n", soma_rule_name_at(i), soma_rule_about_at(i));
     printf("  --loss NAME          ce or mse (default ce)\n"
@@ -300,6 +330,42 @@ static int apply_train_option(train_cli *t, int code, const char *name, const ch
     case O_RESUME: c->resume = arg; break;
     case O_METRICS: c->metrics = arg; break;
     case O_DRY_RUN: t->dry_run = 1; break;
+    case O_NEURON: {
+        soma_neuron_kind k;
+        if ((st = soma_neuron_from_name(&k, arg))) return usage_error("%s: %s", opt, soma_last_error());
+        if (k == SOMA_NEURON_LI) return usage_error("%s: %s", opt, "hidden cells must spike (lif, if, alif)");
+        c->cell.kind = k;
+        if (k == SOMA_NEURON_IF) c->cell.alpha = 1.0f;
+        c->spiking = 1;
+        break;
+    }
+    case O_T: if (!parse_long(opt, arg, LONG_MIN, LONG_MAX, &v)) return EXIT_USAGE;
+        if (v <= 0 || v > 100000) return usage_error("%s: must be in 1..100000, got %s", opt, arg);
+        c->rule_cfg.T = (int)v; break;
+    case O_ENCODING: if ((st = soma_encoding_from_name(&c->rule_cfg.encoding, arg))) return usage_error("%s: %s", opt, soma_last_error()); break;
+    case O_GAIN: if (!parse_float(opt, arg, &f)) return EXIT_USAGE;
+        if (!(f > 0)) return usage_error("%s: must be > 0, got %s", opt, arg);
+        c->rule_cfg.gain = f; break;
+    case O_ENC_SEED: if (!parse_long(opt, arg, 0, LONG_MAX, &v)) return EXIT_USAGE; c->rule_cfg.enc_seed = (uint64_t)v; break;
+    case O_READOUT: if ((st = soma_readout_from_name(&c->readout, arg))) return usage_error("%s: %s", opt, soma_last_error()); break;
+    case O_REDUCE: if ((st = soma_reduce_from_name(&c->rule_cfg.reduce, arg))) return usage_error("%s: %s", opt, soma_last_error()); break;
+    case O_ALPHA: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->cell.alpha = f; break;
+    case O_TAU: if (!parse_float(opt, arg, &f)) return EXIT_USAGE;
+        if ((st = soma_alpha_from_tau(&c->cell.alpha, f, 1.0f))) return usage_error("%s: %s", opt, soma_last_error());
+        break;
+    case O_THRESHOLD: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->cell.threshold = f; break;
+    case O_RESET: if ((st = soma_reset_from_name(&c->cell.reset, arg))) return usage_error("%s: %s", opt, soma_last_error()); break;
+    case O_DETACH_RESET: c->cell.detach_reset = 1; break;
+    case O_RHO: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->cell.rho = f; break;
+    case O_BETA_A: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->cell.beta_a = f; break;
+    case O_SURROGATE: {
+        if ((st = soma_surrogate_from_name(&c->cell.surr, arg))) return usage_error("%s: %s", opt, soma_last_error());
+        break;
+    }
+    case O_SLOPE: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->cell.surr.slope = f; break;
+    case O_WIDTH: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->cell.surr.width = f; break;
+    case O_READOUT_ALPHA: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->readout_cell.alpha = f; break;
+    case O_TRUNC: if (!parse_long(opt, arg, 0, INT_MAX, &v)) return EXIT_USAGE; c->rule_cfg.trunc = (int)v; break;
     case O_QUIET: t->quiet = 1; break;
     default: return EXIT_USAGE;
     }

@@ -12,6 +12,67 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Cell parameters as one metadata string, "%.9g" so floats round-trip. */
+static void cell_to_string(char *buf, size_t n, const soma_cell_params *p)
+{
+    snprintf(buf, n, "kind=%s alpha=%.9g threshold=%.9g reset=%s detach=%d scale=%d rho=%.9g "
+             "beta_a=%.9g surr=%s slope=%.9g width=%.9g height=%.9g k=%.9g gamma=%.9g",
+             soma_neuron_name(p->kind), p->alpha, p->threshold, soma_reset_name(p->reset),
+             p->detach_reset, p->input_scale, p->rho, p->beta_a,
+             soma_surrogate_name(p->surr.kind), p->surr.slope, p->surr.width, p->surr.height,
+             p->surr.scale, p->surr.gamma);
+}
+
+static soma_status cell_from_string(soma_cell_params *p, const char *s, const char *path)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", s);
+    soma_status st = SOMA_OK;
+    for (char *tok = strtok(buf, " "); tok && !st; tok = strtok(NULL, " ")) {
+        char *eq = strchr(tok, '=');
+        if (!eq) return soma__fail(SOMA_ERR_FORMAT, "%s: bad cell field '%s'", path, tok);
+        *eq = 0;
+        const char *k = tok, *v = eq + 1;
+        char *end;
+        float f = strtof(v, &end);
+        int num = *v && !*end;
+        if (!strcmp(k, "kind")) st = soma_neuron_from_name(&p->kind, v);
+        else if (!strcmp(k, "reset")) st = soma_reset_from_name(&p->reset, v);
+        else if (!strcmp(k, "surr")) {
+            soma_surrogate sg;
+            if (!(st = soma_surrogate_from_name(&sg, v))) p->surr.kind = sg.kind;
+        } else if (!num) return soma__fail(SOMA_ERR_FORMAT, "%s: cell field %s='%s' is not a number", path, k, v);
+        else if (!strcmp(k, "alpha")) p->alpha = f;
+        else if (!strcmp(k, "threshold")) p->threshold = f;
+        else if (!strcmp(k, "detach")) p->detach_reset = (int)f;
+        else if (!strcmp(k, "scale")) p->input_scale = (int)f;
+        else if (!strcmp(k, "rho")) p->rho = f;
+        else if (!strcmp(k, "beta_a")) p->beta_a = f;
+        else if (!strcmp(k, "slope")) p->surr.slope = f;
+        else if (!strcmp(k, "width")) p->surr.width = f;
+        else if (!strcmp(k, "height")) p->surr.height = f;
+        else if (!strcmp(k, "k")) p->surr.scale = f;
+        else if (!strcmp(k, "gamma")) p->surr.gamma = f;
+        else return soma__fail(SOMA_ERR_FORMAT, "%s: unknown cell field '%s'", path, k);
+    }
+    if (st) return soma__fail(SOMA_ERR_FORMAT, "%s: %s", path, soma_last_error());
+    return SOMA_OK;
+}
+
+static const char *const readout_names[SOMA_READOUT_COUNT] = { "none", "li", "spike" };
+
+soma_status soma_readout_from_name(soma_readout *out, const char *name)
+{
+    for (int i = 0; i < SOMA_READOUT_COUNT; i++)
+        if (!strcmp(name, readout_names[i])) { *out = (soma_readout)i; return SOMA_OK; }
+    return soma__fail(SOMA_ERR_ARG, "unknown readout '%s' (valid: none, li, spike)", name);
+}
+
+const char *soma_readout_name(soma_readout r)
+{
+    return (unsigned)r < SOMA_READOUT_COUNT ? readout_names[r] : "?";
+}
+
 soma_status soma_checkpoint_save(const char *path, soma_net *net, soma_optim *opt,
                                  const char *const *meta, int n_meta)
 {
@@ -26,6 +87,14 @@ soma_status soma_checkpoint_save(const char *path, soma_net *net, soma_optim *op
     if (!st) st = soma_st_writer_meta(w, "soma.input", buf);
     if (!st) st = soma_st_writer_meta(w, "soma.act", soma_act_name(net->act));
     if (!st) st = soma_st_writer_meta(w, "soma.init", soma_init_name(net->init));
+    if (!st && net->spiking) {
+        char cb[512];
+        cell_to_string(cb, sizeof cb, &net->opts.cell);
+        st = soma_st_writer_meta(w, "soma.cell", cb);
+        if (!st) st = soma_st_writer_meta(w, "soma.readout", soma_readout_name(net->opts.readout));
+        cell_to_string(cb, sizeof cb, &net->opts.readout_cell);
+        if (!st) st = soma_st_writer_meta(w, "soma.readout_cell", cb);
+    }
     for (int i = 0; i < n_meta && !st; i++)
         st = soma_st_writer_meta(w, meta[2 * i], meta[2 * i + 1]);
     int nt = soma_net_tensor_count(net);
@@ -138,6 +207,17 @@ soma_status soma_checkpoint_load(soma_net **out, soma_st **st_out, const char *p
     if ((e = soma_act_from_name(&o.act, act)) || (init && (e = soma_init_from_name(&o.init, init)))) {
         soma_st_free(st);
         return soma__fail(e, "%s: %s", path, soma_last_error());
+    }
+    const char *cell = soma_st_meta(st, "soma.cell");
+    if (cell) {
+        const char *ro = soma_st_meta(st, "soma.readout"), *rc = soma_st_meta(st, "soma.readout_cell");
+        o.spiking = 1;
+        if ((e = cell_from_string(&o.cell, cell, path)) ||
+            (rc && (e = cell_from_string(&o.readout_cell, rc, path))) ||
+            (ro && (e = soma_readout_from_name(&o.readout, ro)))) {
+            soma_st_free(st);
+            return e;
+        }
     }
     soma_net *net;
     if ((e = soma_net_new(&net, spec, &o))) {

@@ -12,13 +12,14 @@
 #include <string.h>
 
 soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spec,
-                             int in_c, int in_h, int in_w, soma_act act);
+                             const soma_net_options *o);
 
 static const char *const layer_names[SOMA_LAYER_COUNT] = {
     [SOMA_LAYER_DENSE] = "dense",     [SOMA_LAYER_CONV] = "conv",
     [SOMA_LAYER_MAXPOOL] = "maxpool", [SOMA_LAYER_AVGPOOL] = "avgpool",
     [SOMA_LAYER_FLATTEN] = "flatten", [SOMA_LAYER_ACT] = "act",
     [SOMA_LAYER_DROPOUT] = "dropout", [SOMA_LAYER_BATCHNORM] = "batchnorm",
+    [SOMA_LAYER_CELL] = "cell",
 };
 
 void soma_net_options_default(soma_net_options *o)
@@ -27,6 +28,9 @@ void soma_net_options_default(soma_net_options *o)
     o->in_c = 1; o->in_h = 28; o->in_w = 28;
     o->act = SOMA_ACT_RELU;
     o->init = SOMA_INIT_TORCH;
+    soma_cell_params_default(&o->cell, SOMA_NEURON_LIF);
+    soma_cell_params_default(&o->readout_cell, SOMA_NEURON_LI);
+    o->readout = SOMA_READOUT_LI;
 }
 
 /* ---- stores ------------------------------------------------------------ */
@@ -88,6 +92,13 @@ static soma_status create_params(soma_net *n)
             l->w = store_add(&n->params, &pcap, name, 2, ws);
             snprintf(name, sizeof name, "%d.bias", i);
             l->b = store_add(&n->params, &pcap, name, 1, bs);
+            int want_rec = l->rec == 1; /* spec.c's flag */
+            l->rec = -1;
+            if (want_rec) {
+                int64_t rs[2] = { l->out_c, l->out_c };
+                snprintf(name, sizeof name, "%d.weight_rec", i);
+                if ((l->rec = store_add(&n->params, &pcap, name, 2, rs)) < 0) return SOMA_ERR_NOMEM;
+            }
         } else if (l->kind == SOMA_LAYER_CONV) {
             int64_t ws[4] = { l->out_c, l->in_c, l->k, l->k }, bs[1] = { l->out_c };
             snprintf(name, sizeof name, "%d.weight", i);
@@ -135,6 +146,9 @@ static void init_params(soma_net *n, uint64_t seed)
             float bound = 1.0f / sqrtf((float)fan_in);
             for (size_t j = 0; j < b->n; j++)
                 bv[j] = n->init == SOMA_INIT_TORCH ? (2.0f * soma_rng_uniform(&rng) - 1.0f) * bound : 0.0f;
+            if (l->rec >= 0) /* recurrent weights: same scheme, fan = units */
+                soma_init_fill(soma__param_value(n, l->rec), n->params.p[l->rec].n, l->out_c,
+                               l->out_c, n->init, &rng);
         } else if (l->kind == SOMA_LAYER_BATCHNORM) {
             float *g = soma__param_value(n, l->w), *bb = soma__param_value(n, l->b);
             float *rv = n->buffers.value + n->buffers.p[l->run_var].offset;
@@ -153,15 +167,27 @@ soma_status soma_net_new(soma_net **out, const char *spec, const soma_net_option
                           o->in_c, o->in_h, o->in_w);
     if ((unsigned)o->act >= SOMA_ACT_COUNT) return soma__fail(SOMA_ERR_ARG, "unknown activation %d", (int)o->act);
     if ((unsigned)o->init >= SOMA_INIT_COUNT) return soma__fail(SOMA_ERR_ARG, "unknown init %d", (int)o->init);
+    if (o->spiking) {
+        soma_status e;
+        if ((e = soma_cell_params_check(&o->cell)) ||
+            (o->readout == SOMA_READOUT_LI && (e = soma_cell_params_check(&o->readout_cell))))
+            return e;
+        if ((unsigned)o->readout >= SOMA_READOUT_COUNT)
+            return soma__fail(SOMA_ERR_ARG, "unknown readout %d", (int)o->readout);
+        if (o->cell.kind == SOMA_NEURON_LI)
+            return soma__fail(SOMA_ERR_ARG, "hidden cells must spike (lif, if, alif), not li");
+    }
     soma_net *n = soma__calloc(1, sizeof *n);
     if (!n) return SOMA_ERR_NOMEM;
     n->in_c = o->in_c; n->in_h = o->in_h; n->in_w = o->in_w;
     n->act = o->act;
     n->init = o->init;
+    n->spiking = o->spiking;
+    n->opts = *o;
+    n->slots = 1;
     soma_status st = SOMA_ERR_NOMEM;
     if (!(n->spec = soma__strdup(spec ? spec : ""))) goto fail;
-    if ((st = soma__spec_parse(&n->layers, &n->n_layers, spec, o->in_c, o->in_h, o->in_w, o->act)))
-        goto fail;
+    if ((st = soma__spec_parse(&n->layers, &n->n_layers, spec, o))) goto fail;
     if ((st = create_params(n))) goto fail;
     init_params(n, o->seed);
     *out = n;
@@ -181,13 +207,26 @@ static void free_caches(soma_net *n)
         soma__free(l->bn.mean);
         soma__free(l->bn.invstd);
         soma__free_aligned(l->bn.xhat);
+        soma__free_aligned(l->cu);
+        soma__free_aligned(l->ca);
+        soma__free_aligned(l->cv);
+        soma__free_aligned(l->cth);
+        for (int k = 0; k < 2; k++) {
+            soma__free_aligned(l->gu[k]);
+            soma__free_aligned(l->ga[k]);
+            soma__free_aligned(l->gs[k]);
+            l->gu[k] = l->ga[k] = l->gs[k] = NULL;
+        }
         l->out = NULL; l->idx = NULL; l->mask = NULL;
+        l->cu = l->ca = l->cv = l->cth = NULL;
         memset(&l->bn, 0, sizeof l->bn);
     }
     soma__free_aligned(n->dbuf[0]);
     soma__free_aligned(n->dbuf[1]);
     soma__free_aligned(n->ws);
+    soma__free(n->xs);
     n->dbuf[0] = n->dbuf[1] = n->ws = NULL;
+    n->xs = NULL;
     n->max_batch = 0;
 }
 
@@ -202,56 +241,93 @@ void soma_net_free(soma_net *n)
     soma__free(n);
 }
 
-soma_status soma_net_prepare(soma_net *n, int B)
+/* Allocates one zeroed block and counts it. */
+static float *plan_alloc(size_t floats, size_t *bytes)
 {
-    if (B <= 0) return soma__fail(SOMA_ERR_ARG, "batch must be > 0, got %d", B);
-    if (n->max_batch >= B) return SOMA_OK;
+    float *p = soma__malloc_aligned(floats * sizeof(float));
+    if (p) {
+        memset(p, 0, floats * sizeof(float));
+        *bytes += floats * sizeof(float);
+    }
+    return p;
+}
+
+/* Caches for batches of up to B samples, `slots` copies of every per-step
+ * buffer (1 for a static net; window + 1 for a temporal one). */
+static soma_status prepare_slots(soma_net *n, int B, int slots)
+{
     free_caches(n);
     size_t maxsz = (size_t)n->in_c * n->in_h * n->in_w, ws = 0, bytes = 0;
     int threads = soma_get_threads();
+    n->max_batch = B; /* soma__slot strides by it */
+    n->slots = slots;
     for (int i = 0; i < n->n_layers; i++) {
         soma_layer *l = &n->layers[i];
-        size_t sz = (size_t)B * l->out_size;
+        size_t one = (size_t)B * l->out_size, sz = one * slots;
         if (l->out_size > maxsz) maxsz = l->out_size;
-        if (!(l->out = soma__malloc_aligned(sz * sizeof(float)))) goto nomem;
-        bytes += sz * sizeof(float);
+        if (l->in_size > maxsz) maxsz = l->in_size;
+        if (!(l->out = plan_alloc(sz, &bytes))) goto nomem;
         if (l->kind == SOMA_LAYER_MAXPOOL) {
             if (!(l->idx = soma__malloc(sz * sizeof(int32_t)))) goto nomem;
             bytes += sz * sizeof(int32_t);
         } else if (l->kind == SOMA_LAYER_DROPOUT) {
-            if (!(l->mask = soma__malloc_aligned(sz * sizeof(float)))) goto nomem;
-            bytes += sz * sizeof(float);
+            if (!(l->mask = plan_alloc(one, &bytes))) goto nomem;
         } else if (l->kind == SOMA_LAYER_BATCHNORM) {
             l->bn.mean = soma__malloc((size_t)l->out_c * sizeof(float));
             l->bn.invstd = soma__malloc((size_t)l->out_c * sizeof(float));
-            l->bn.xhat = soma__malloc_aligned(sz * sizeof(float));
+            l->bn.xhat = plan_alloc(sz, &bytes);
             if (!l->bn.mean || !l->bn.invstd || !l->bn.xhat) goto nomem;
-            bytes += sz * sizeof(float) + 2 * (size_t)l->out_c * sizeof(float);
+            bytes += 2 * (size_t)l->out_c * sizeof(float);
         } else if (l->kind == SOMA_LAYER_CONV) {
             soma_conv_shape cs;
             soma_conv_shape_init(&cs, B, l->in_c, l->in_h, l->in_w, l->out_c, l->k, l->k,
                                  l->stride, l->pad);
             size_t w = soma_conv2d_workspace(&cs, threads);
             if (w > ws) ws = w;
+        } else if (l->kind == SOMA_LAYER_CELL) {
+            int alif = l->cell.kind == SOMA_NEURON_ALIF, li = l->cell.kind == SOMA_NEURON_LI;
+            /* LI: the membrane is the output; cu is one slot of spike scratch */
+            if (!(l->cu = plan_alloc(li ? one : sz, &bytes)) || !(l->cv = plan_alloc(sz, &bytes))) goto nomem;
+            if (alif && (!(l->ca = plan_alloc(sz, &bytes)) || !(l->cth = plan_alloc(sz, &bytes)))) goto nomem;
+            for (int k = 0; k < 2; k++) {
+                if (!(l->gu[k] = plan_alloc(one, &bytes)) || !(l->gs[k] = plan_alloc(one, &bytes)))
+                    goto nomem;
+                if (alif && !(l->ga[k] = plan_alloc(one, &bytes))) goto nomem;
+            }
         }
     }
     for (int k = 0; k < 2; k++)
-        if (!(n->dbuf[k] = soma__malloc_aligned((size_t)B * maxsz * sizeof(float)))) goto nomem;
-    bytes += 2 * (size_t)B * maxsz * sizeof(float);
+        if (!(n->dbuf[k] = plan_alloc((size_t)B * maxsz, &bytes))) goto nomem;
     if (ws && !(n->ws = soma__malloc_aligned(ws * sizeof(float)))) goto nomem;
+    if (!(n->xs = soma__calloc((size_t)slots, sizeof *n->xs))) goto nomem;
     n->ws_floats = ws;
     n->ws_threads = threads;
     n->act_bytes = bytes;
-    n->max_batch = B;
     return SOMA_OK;
 nomem:
     free_caches(n);
     return SOMA_ERR_NOMEM;
 }
 
+soma_status soma_net_prepare(soma_net *n, int B)
+{
+    if (B <= 0) return soma__fail(SOMA_ERR_ARG, "batch must be > 0, got %d", B);
+    if (n->max_batch >= B && n->slots == 1) return SOMA_OK;
+    return prepare_slots(n, B, 1);
+}
+
+soma_status soma_net_prepare_time(soma_net *n, int B, int window)
+{
+    if (B <= 0) return soma__fail(SOMA_ERR_ARG, "batch must be > 0, got %d", B);
+    if (window <= 0) return soma__fail(SOMA_ERR_ARG, "time window must be > 0, got %d", window);
+    if (!n->spiking) return soma__fail(SOMA_ERR_ARG, "net '%s' has no neuron cells; use soma_net_forward", n->spec);
+    if (n->max_batch >= B && n->slots == window + 1) return SOMA_OK;
+    return prepare_slots(n, B, window + 1);
+}
+
 void soma_net_set_train(soma_net *n, int train) { n->train = train; }
 
-/* ---- forward / backward ------------------------------------------------- */
+/* ---- one layer, forward and backward ------------------------------------- */
 
 static void conv_shape(soma_conv_shape *cs, const soma_layer *l, int B)
 {
@@ -263,72 +339,195 @@ static void pool_shape(soma_pool_shape *ps, const soma_layer *l, int B)
     soma_pool_shape_init(ps, B, l->in_c, l->in_h, l->in_w, l->k, l->stride);
 }
 
-soma_status soma_net_forward(soma_net *n, const float *x, int B, soma_rng *rng,
-                             const float **logits)
+/* A spiking cell's output is its spikes; a leaky-integrator readout's is
+ * its membrane (its spike slot is scratch that stays 0). */
+static void cell_state(soma_cell_state *st, const soma_net *n, const soma_layer *l, int slot)
+{
+    int li = l->cell.kind == SOMA_NEURON_LI;
+    st->u = soma__slot(n, l, li ? l->out : l->cu, slot);
+    st->a = l->ca ? soma__slot(n, l, l->ca, slot) : NULL;
+    st->s = li ? l->cu : soma__slot(n, l, l->out, slot);
+}
+
+/* Layer i of step `slot` (prev: the slot of the step before, temporal only).
+ * in: the layer's input (B, in_size). */
+static soma_status layer_forward(soma_net *n, int i, const float *in, int slot, int prev, int B,
+                                 soma_rng *rng)
+{
+    soma_layer *l = &n->layers[i];
+    float *out = soma__slot(n, l, l->out, slot);
+    size_t count = (size_t)B * l->out_size;
+    switch (l->kind) {
+    case SOMA_LAYER_DENSE:
+        soma_dense_forward(out, in, soma__param_value(n, l->w), soma__param_value(n, l->b),
+                           B, (int)l->in_size, l->out_c);
+        if (l->rec >= 0) {
+            /* + s_{t-1} R^T: the cell this layer feeds, one step back */
+            const soma_layer *src = &n->layers[l->rec_src];
+            soma_gemm(0, 1, B, l->out_c, l->out_c, 1.0f, soma__slot(n, src, src->out, prev),
+                      l->out_c, soma__param_value(n, l->rec), l->out_c, 1.0f, out, l->out_c);
+        }
+        break;
+    case SOMA_LAYER_CONV: {
+        soma_conv_shape cs;
+        conv_shape(&cs, l, B);
+        soma_conv2d_forward(out, n->ws, in, soma__param_value(n, l->w), soma__param_value(n, l->b), &cs);
+        break;
+    }
+    case SOMA_LAYER_MAXPOOL: {
+        soma_pool_shape ps;
+        pool_shape(&ps, l, B);
+        soma_maxpool_forward(out, soma__slot_idx(n, l, slot), in, &ps);
+        break;
+    }
+    case SOMA_LAYER_AVGPOOL: {
+        soma_pool_shape ps;
+        pool_shape(&ps, l, B);
+        soma_avgpool_forward(out, in, &ps);
+        break;
+    }
+    case SOMA_LAYER_FLATTEN:
+        memcpy(out, in, count * sizeof(float));
+        break;
+    case SOMA_LAYER_ACT:
+        soma_act_forward(out, in, count, l->act);
+        break;
+    case SOMA_LAYER_DROPOUT:
+        if (n->train && l->p > 0) {
+            if (!n->spiking) { /* static: a fresh mask per batch */
+                if (!rng) return soma__fail(SOMA_ERR_ARG, "dropout in training mode needs an rng");
+                soma_dropout_mask(l->mask, count, l->p, rng);
+            }
+            soma_dropout_forward(out, in, l->mask, count);
+        } else {
+            memcpy(out, in, count * sizeof(float));
+        }
+        break;
+    case SOMA_LAYER_BATCHNORM: {
+        float *rm = n->buffers.value + n->buffers.p[l->run_mean].offset;
+        float *rv = n->buffers.value + n->buffers.p[l->run_var].offset;
+        if (n->train && B < 2 && l->out_h * l->out_w == 1)
+            return soma__fail(SOMA_ERR_ARG, "batchnorm in training needs more than 1 value per channel (batch %d)", B);
+        soma_batchnorm_forward(out, &l->bn, rm, rv, in, soma__param_value(n, l->w),
+                               soma__param_value(n, l->b), B, l->out_c, l->out_h * l->out_w,
+                               l->eps, l->momentum, n->train);
+        break;
+    }
+    case SOMA_LAYER_CELL: {
+        soma_cell_state ps, ns;
+        cell_state(&ps, n, l, prev);
+        cell_state(&ns, n, l, slot);
+        soma_cell_cache cc = { soma__slot(n, l, l->cv, slot), l->cth ? soma__slot(n, l, l->cth, slot) : NULL };
+        soma__cell_forward_spike(&ns, &cc, &ps, in, NULL, NULL, &l->cell, &n->spike, count);
+        break;
+    }
+    default:
+        return soma__fail(SOMA_ERR_UNSUPPORTED, "layer kind %d", (int)l->kind);
+    }
+    return SOMA_OK;
+}
+
+/* Backward of layer i at step `slot`: d (B, in_size) = dL/d(input), written
+ * (d may be NULL when nobody needs it); parameter gradients accumulate.  For
+ * CELL layers the state carries gu/ga/gs[cur] hold dL/d(state at this step)
+ * and receive into [!cur] dL/d(state one step back). */
+static soma_status layer_backward(soma_net *n, int i, float *d, const float *dy, const float *in,
+                                  int slot, int prev, int B, int cur)
+{
+    soma_layer *l = &n->layers[i];
+    float *out = soma__slot(n, l, l->out, slot);
+    size_t count = (size_t)B * l->in_size;
+    if (d) memset(d, 0, count * sizeof(float));
+    switch (l->kind) {
+    case SOMA_LAYER_DENSE:
+        soma_dense_backward(d, soma__param_grad(n, l->w), soma__param_grad(n, l->b), dy, in,
+                            soma__param_value(n, l->w), B, (int)l->in_size, l->out_c);
+        if (l->rec >= 0) {
+            const soma_layer *src = &n->layers[l->rec_src];
+            const float *sp = soma__slot(n, src, src->out, prev);
+            /* dR += dy^T s_{t-1};  dL/ds_{t-1} += dy R  (into the cell's previous-step carry) */
+            soma_gemm(1, 0, l->out_c, l->out_c, B, 1.0f, dy, l->out_c, sp, l->out_c, 1.0f,
+                      soma__param_grad(n, l->rec), l->out_c);
+            soma_gemm(0, 0, B, l->out_c, l->out_c, 1.0f, dy, l->out_c, soma__param_value(n, l->rec),
+                      l->out_c, 1.0f, src->gs[!cur], l->out_c);
+        }
+        break;
+    case SOMA_LAYER_CONV: {
+        soma_conv_shape cs;
+        conv_shape(&cs, l, B);
+        soma_conv2d_backward(d, soma__param_grad(n, l->w), soma__param_grad(n, l->b), n->ws, dy, in,
+                             soma__param_value(n, l->w), &cs);
+        break;
+    }
+    case SOMA_LAYER_MAXPOOL: {
+        soma_pool_shape ps;
+        pool_shape(&ps, l, B);
+        if (d) soma_maxpool_backward(d, dy, soma__slot_idx(n, l, slot), &ps);
+        break;
+    }
+    case SOMA_LAYER_AVGPOOL: {
+        soma_pool_shape ps;
+        pool_shape(&ps, l, B);
+        if (d) soma_avgpool_backward(d, dy, &ps);
+        break;
+    }
+    case SOMA_LAYER_FLATTEN:
+        if (d) memcpy(d, dy, count * sizeof(float));
+        break;
+    case SOMA_LAYER_ACT:
+        if (d) soma_act_backward(d, dy, in, out, count, l->act);
+        break;
+    case SOMA_LAYER_DROPOUT:
+        if (!d) break;
+        if (n->train && l->p > 0) soma_dropout_backward(d, dy, l->mask, count);
+        else memcpy(d, dy, count * sizeof(float));
+        break;
+    case SOMA_LAYER_BATCHNORM:
+        soma_batchnorm_backward(d, soma__param_grad(n, l->w), soma__param_grad(n, l->b), dy, &l->bn,
+                                soma__param_value(n, l->w), B, l->out_c, l->out_h * l->out_w, n->train);
+        break;
+    case SOMA_LAYER_CELL: {
+        /* dL/d(output)_t = from the layer above (dy) + carried from step t+1;
+         * the output is s_t, or u_t for a leaky-integrator readout */
+        float *go = l->cell.kind == SOMA_NEURON_LI ? l->gu[cur] : l->gs[cur];
+        if (dy) for (size_t k = 0; k < count; k++) go[k] += dy[k];
+        soma_cell_state ps, dnext = { l->gu[cur], l->ga[cur], l->gs[cur] }, dprev = { l->gu[!cur], l->ga[!cur], l->gs[!cur] };
+        cell_state(&ps, n, l, prev);
+        soma_cell_cache cc = { soma__slot(n, l, l->cv, slot), l->cth ? soma__slot(n, l, l->cth, slot) : NULL };
+        float *dI = d;
+        soma__cell_backward_spike(&dprev, dI, NULL, NULL, &dnext, &cc, &ps, in, NULL, NULL, &l->cell,
+                                  &n->spike, count);
+        break;
+    }
+    default:
+        return soma__fail(SOMA_ERR_UNSUPPORTED, "layer kind %d", (int)l->kind);
+    }
+    return SOMA_OK;
+}
+
+/* ---- static nets ---------------------------------------------------------- */
+
+static soma_status check_batch(const soma_net *n, int B)
 {
     if (B <= 0 || B > n->max_batch)
         return soma__fail(SOMA_ERR_ARG, "batch %d outside 1..%d (prepared size)", B, n->max_batch);
     if (n->ws && soma_get_threads() > n->ws_threads)
         return soma__fail(SOMA_ERR_ARG, "thread count raised to %d after the net was prepared for %d",
                           soma_get_threads(), n->ws_threads);
+    return SOMA_OK;
+}
+
+soma_status soma_net_forward(soma_net *n, const float *x, int B, soma_rng *rng,
+                             const float **logits)
+{
+    soma_status st = check_batch(n, B);
+    if (st) return st;
+    if (n->spiking) return soma__fail(SOMA_ERR_ARG, "net '%s' has neuron cells: step it with soma_net_step", n->spec);
     const float *in = x;
-    n->x = x;
+    n->xs[0] = x;
     for (int i = 0; i < n->n_layers; i++) {
-        soma_layer *l = &n->layers[i];
-        size_t count = (size_t)B * l->out_size;
-        switch (l->kind) {
-        case SOMA_LAYER_DENSE:
-            soma_dense_forward(l->out, in, soma__param_value(n, l->w), soma__param_value(n, l->b),
-                               B, (int)l->in_size, l->out_c);
-            break;
-        case SOMA_LAYER_CONV: {
-            soma_conv_shape cs;
-            conv_shape(&cs, l, B);
-            soma_conv2d_forward(l->out, n->ws, in, soma__param_value(n, l->w),
-                                soma__param_value(n, l->b), &cs);
-            break;
-        }
-        case SOMA_LAYER_MAXPOOL: {
-            soma_pool_shape ps;
-            pool_shape(&ps, l, B);
-            soma_maxpool_forward(l->out, l->idx, in, &ps);
-            break;
-        }
-        case SOMA_LAYER_AVGPOOL: {
-            soma_pool_shape ps;
-            pool_shape(&ps, l, B);
-            soma_avgpool_forward(l->out, in, &ps);
-            break;
-        }
-        case SOMA_LAYER_FLATTEN:
-            memcpy(l->out, in, count * sizeof(float));
-            break;
-        case SOMA_LAYER_ACT:
-            soma_act_forward(l->out, in, count, l->act);
-            break;
-        case SOMA_LAYER_DROPOUT:
-            if (n->train && l->p > 0) {
-                if (!rng) return soma__fail(SOMA_ERR_ARG, "dropout in training mode needs an rng");
-                soma_dropout_mask(l->mask, count, l->p, rng);
-                soma_dropout_forward(l->out, in, l->mask, count);
-            } else {
-                memcpy(l->out, in, count * sizeof(float));
-            }
-            break;
-        case SOMA_LAYER_BATCHNORM: {
-            float *rm = n->buffers.value + n->buffers.p[l->run_mean].offset;
-            float *rv = n->buffers.value + n->buffers.p[l->run_var].offset;
-            if (n->train && B < 2 && l->out_h * l->out_w == 1)
-                return soma__fail(SOMA_ERR_ARG, "batchnorm in training needs more than 1 value per channel (batch %d)", B);
-            soma_batchnorm_forward(l->out, &l->bn, rm, rv, in, soma__param_value(n, l->w),
-                                   soma__param_value(n, l->b), B, l->out_c,
-                                   l->out_h * l->out_w, l->eps, l->momentum, n->train);
-            break;
-        }
-        default:
-            return soma__fail(SOMA_ERR_UNSUPPORTED, "layer kind %d", (int)l->kind);
-        }
-        in = l->out;
+        if ((st = layer_forward(n, i, in, 0, 0, B, rng))) return st;
+        in = n->layers[i].out;
     }
     *logits = in;
     return SOMA_OK;
@@ -341,68 +540,137 @@ void soma_net_zero_grad(soma_net *n)
 
 soma_status soma_net_backward(soma_net *n, const float *dlogits, int B, float *dx)
 {
-    if (B <= 0 || B > n->max_batch)
-        return soma__fail(SOMA_ERR_ARG, "batch %d outside 1..%d (prepared size)", B, n->max_batch);
+    soma_status st = check_batch(n, B);
+    if (st) return st;
     const float *dy = dlogits;
     int cur = 0;
     for (int i = n->n_layers - 1; i >= 0; i--) {
-        soma_layer *l = &n->layers[i];
-        const float *in = i > 0 ? n->layers[i - 1].out : n->x;
-        int need_dx = i > 0 || dx;
+        const float *in = i > 0 ? n->layers[i - 1].out : n->xs[0];
         float *d = i > 0 ? n->dbuf[cur] : dx;
-        size_t count = (size_t)B * l->in_size;
-        if (need_dx) memset(d, 0, count * sizeof(float));
-        switch (l->kind) {
-        case SOMA_LAYER_DENSE:
-            soma_dense_backward(need_dx ? d : NULL, soma__param_grad(n, l->w),
-                                soma__param_grad(n, l->b), dy, in, soma__param_value(n, l->w),
-                                B, (int)l->in_size, l->out_c);
-            break;
-        case SOMA_LAYER_CONV: {
-            soma_conv_shape cs;
-            conv_shape(&cs, l, B);
-            soma_conv2d_backward(need_dx ? d : NULL, soma__param_grad(n, l->w),
-                                 soma__param_grad(n, l->b), n->ws, dy, in,
-                                 soma__param_value(n, l->w), &cs);
-            break;
-        }
-        case SOMA_LAYER_MAXPOOL: {
-            soma_pool_shape ps;
-            pool_shape(&ps, l, B);
-            if (need_dx) soma_maxpool_backward(d, dy, l->idx, &ps);
-            break;
-        }
-        case SOMA_LAYER_AVGPOOL: {
-            soma_pool_shape ps;
-            pool_shape(&ps, l, B);
-            if (need_dx) soma_avgpool_backward(d, dy, &ps);
-            break;
-        }
-        case SOMA_LAYER_FLATTEN:
-            if (need_dx) memcpy(d, dy, count * sizeof(float));
-            break;
-        case SOMA_LAYER_ACT:
-            if (need_dx) soma_act_backward(d, dy, in, l->out, count, l->act);
-            break;
-        case SOMA_LAYER_DROPOUT:
-            if (!need_dx) break;
-            if (n->train && l->p > 0) soma_dropout_backward(d, dy, l->mask, count);
-            else memcpy(d, dy, count * sizeof(float));
-            break;
-        case SOMA_LAYER_BATCHNORM:
-            soma_batchnorm_backward(need_dx ? d : NULL, soma__param_grad(n, l->w),
-                                    soma__param_grad(n, l->b), dy, &l->bn,
-                                    soma__param_value(n, l->w), B, l->out_c,
-                                    l->out_h * l->out_w, n->train);
-            break;
-        default:
-            return soma__fail(SOMA_ERR_UNSUPPORTED, "layer kind %d", (int)l->kind);
-        }
+        if ((st = layer_backward(n, i, d, dy, in, 0, 0, B, 0))) return st;
         dy = d;
         cur ^= 1;
     }
     return SOMA_OK;
 }
+
+/* ---- temporal nets: one step at a time ------------------------------------- */
+
+soma_status soma_net_reset_state(soma_net *n, int B, soma_rng *rng)
+{
+    if (!n->spiking || n->slots < 2)
+        return soma__fail(SOMA_ERR_ARG, "soma_net_reset_state needs soma_net_prepare_time first");
+    soma_status st = check_batch(n, B);
+    if (st) return st;
+    n->t = 0;
+    n->cur_b = B;
+    int s0 = soma__slot_of(n, -1);
+    for (int i = 0; i < n->n_layers; i++) {
+        soma_layer *l = &n->layers[i];
+        size_t one = (size_t)n->max_batch * l->out_size;
+        if (l->kind == SOMA_LAYER_CELL) {
+            /* all states start at zero */
+            memset(soma__slot(n, l, l->out, s0), 0, one * sizeof(float));
+            memset(l->cell.kind == SOMA_NEURON_LI ? l->cu : soma__slot(n, l, l->cu, s0), 0, one * sizeof(float));
+            if (l->ca) memset(soma__slot(n, l, l->ca, s0), 0, one * sizeof(float));
+        } else if (l->kind == SOMA_LAYER_DROPOUT && n->train && l->p > 0) {
+            /* variational: one mask for the whole sequence */
+            if (!rng) return soma__fail(SOMA_ERR_ARG, "dropout in training mode needs an rng");
+            soma_dropout_mask(l->mask, (size_t)B * l->out_size, l->p, rng);
+        }
+    }
+    return SOMA_OK;
+}
+
+soma_status soma_net_step(soma_net *n, const float *x_t, int B, const float **out)
+{
+    if (!n->spiking || n->slots < 2)
+        return soma__fail(SOMA_ERR_ARG, "soma_net_step needs soma_net_prepare_time and soma_net_reset_state");
+    if (B != n->cur_b)
+        return soma__fail(SOMA_ERR_ARG, "batch %d differs from the sequence's %d (reset the state first)", B, n->cur_b);
+    int slot = soma__slot_of(n, n->t), prev = soma__slot_of(n, n->t - 1);
+    n->xs[slot] = x_t;
+    const float *in = x_t;
+    soma_status st;
+    for (int i = 0; i < n->n_layers; i++) {
+        if ((st = layer_forward(n, i, in, slot, prev, B, NULL))) return st;
+        in = soma__slot(n, &n->layers[i], n->layers[i].out, slot);
+    }
+    n->t++;
+    *out = in;
+    return SOMA_OK;
+}
+
+soma_status soma_net_backward_time(soma_net *n, int steps, const float *const *dout, int B,
+                                   int trunc)
+{
+    if (!n->spiking || n->slots < 2) return soma__fail(SOMA_ERR_ARG, "not a temporal net");
+    if (B != n->cur_b) return soma__fail(SOMA_ERR_ARG, "batch %d differs from the sequence's %d", B, n->cur_b);
+    if (steps <= 0 || steps > n->t || steps > n->slots - 1)
+        return soma__fail(SOMA_ERR_ARG, "backward over %d steps: %d taken, window %d", steps, n->t, n->slots - 1);
+    if (trunc < 0) return soma__fail(SOMA_ERR_ARG, "truncation must be >= 0, got %d", trunc);
+    /* no gradient arrives from after the last step */
+    for (int i = 0; i < n->n_layers; i++) {
+        soma_layer *l = &n->layers[i];
+        if (l->kind != SOMA_LAYER_CELL) continue;
+        size_t one = (size_t)B * l->out_size * sizeof(float);
+        for (int k = 0; k < 2; k++) {
+            memset(l->gu[k], 0, one);
+            memset(l->gs[k], 0, one);
+            if (l->ga[k]) memset(l->ga[k], 0, one);
+        }
+    }
+    int cur = 0;
+    soma_status st;
+    for (int j = steps - 1; j >= 0; j--) {
+        int t = n->t - steps + j;
+        int slot = soma__slot_of(n, t), prev = soma__slot_of(n, t - 1);
+        /* the previous-step carries receive fresh sums */
+        for (int i = 0; i < n->n_layers; i++) {
+            soma_layer *l = &n->layers[i];
+            if (l->kind != SOMA_LAYER_CELL) continue;
+            size_t one = (size_t)B * l->out_size * sizeof(float);
+            memset(l->gu[!cur], 0, one);
+            memset(l->gs[!cur], 0, one);
+            if (l->ga[!cur]) memset(l->ga[!cur], 0, one);
+        }
+        const float *dy = dout ? dout[j] : NULL;
+        int bcur = 0;
+        for (int i = n->n_layers - 1; i >= 0; i--) {
+            soma_layer *l = &n->layers[i];
+            const float *in = i > 0 ? soma__slot(n, &n->layers[i - 1], n->layers[i - 1].out, slot) : n->xs[slot];
+            float *d = i > 0 ? n->dbuf[bcur] : NULL;
+            if (!dy && l->kind != SOMA_LAYER_CELL) {
+                /* nothing flows down from here at this step, except what
+                 * cells below carry in time: a zero gradient */
+                if (d) memset(d, 0, (size_t)B * l->in_size * sizeof(float));
+                dy = d;
+                bcur ^= 1;
+                continue;
+            }
+            if ((st = layer_backward(n, i, d, dy, in, slot, prev, B, cur))) return st;
+            dy = d;
+            bcur ^= 1;
+        }
+        /* truncated BPTT: the state entering step t is detached when t is a
+         * multiple of trunc */
+        if (trunc > 0 && t % trunc == 0) {
+            for (int i = 0; i < n->n_layers; i++) {
+                soma_layer *l = &n->layers[i];
+                if (l->kind != SOMA_LAYER_CELL) continue;
+                size_t one = (size_t)B * l->out_size * sizeof(float);
+                memset(l->gu[!cur], 0, one);
+                memset(l->gs[!cur], 0, one);
+                if (l->ga[!cur]) memset(l->ga[!cur], 0, one);
+            }
+        }
+        cur ^= 1;
+    }
+    return SOMA_OK;
+}
+
+int soma_net_time(const soma_net *n) { return n->t; }
+int soma_net_is_spiking(const soma_net *n) { return n->spiking; }
 
 /* ---- access ------------------------------------------------------------- */
 

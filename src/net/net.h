@@ -12,6 +12,7 @@
 #define SOMA_NET_H
 
 #include "../soma_internal.h"
+#include "../neuron/neuron.h"
 
 typedef enum soma_layer_kind {
     SOMA_LAYER_DENSE = 0,
@@ -22,6 +23,7 @@ typedef enum soma_layer_kind {
     SOMA_LAYER_ACT,
     SOMA_LAYER_DROPOUT,
     SOMA_LAYER_BATCHNORM,
+    SOMA_LAYER_CELL,           /* a neuron cell (spiking nets): stateful over time */
     SOMA_LAYER_COUNT
 } soma_layer_kind;
 
@@ -48,16 +50,23 @@ typedef struct soma_layer {
     size_t in_size, out_size;  /* c*h*w */
     /* parameters: indices into net->params (-1 if none) */
     int w, b;                  /* dense/conv weight and bias; batchnorm gamma/beta */
+    int rec;                   /* DENSE: recurrent weight (N,N) on rec_src's s_{t-1}, -1 */
+    int rec_src;               /* DENSE with rec: the cell layer fed back */
     int run_mean, run_var;     /* batchnorm: indices into net->buffers */
     soma_act act;              /* ACT */
     float p;                   /* DROPOUT probability */
     int k, stride, pad;        /* CONV, POOL */
     float eps, momentum;       /* BATCHNORM */
-    /* caches for the current batch, sized for net->max_batch */
-    float   *out;              /* (B, out_size) */
+    soma_cell_params cell;     /* CELL */
+    /* caches, net->slots copies of (max_batch, out_size) each: slot 0 in a
+     * static net; in a temporal net step t uses slot (t+1) % slots and the
+     * slot of t = -1 holds the initial state. */
+    float   *out;              /* layer output (a cell's: its spikes, or LI membrane) */
     int32_t *idx;              /* MAXPOOL argmax */
-    float   *mask;             /* DROPOUT keep mask */
-    soma_bn_cache bn;          /* BATCHNORM */
+    float   *mask;             /* DROPOUT keep mask, one per sequence (variational) */
+    soma_bn_cache bn;          /* BATCHNORM (static nets only) */
+    float   *cu, *ca, *cv, *cth; /* CELL: membrane u, adaptation a, v_t, th_t per slot */
+    float   *gu[2], *ga[2], *gs[2]; /* CELL: state-gradient carries (this step, previous) */
 } soma_layer;
 
 struct soma_net {
@@ -75,8 +84,24 @@ struct soma_net {
     size_t      ws_floats, act_bytes;
     int         ws_threads;     /* threads the conv workspace was sized for */
     int         train;          /* dropout on, batchnorm batch statistics */
-    const float *x;             /* input of the last forward (caller-owned; backward reads it) */
+    int         spiking;        /* has CELL layers: use soma_net_step */
+    soma_net_options opts;      /* as built (checkpoints record them) */
+    soma__spike spike;          /* STEP; tests switch to a smooth sigmoid for finite differences */
+    int         slots;          /* cache copies: 1 static, window + 1 temporal */
+    int         t;              /* temporal: steps taken since soma_net_reset_state */
+    int         cur_b;          /* temporal: batch of the current sequence */
+    const float **xs;           /* input of each slot (caller-owned; backward reads it) */
 };
+
+static inline float *soma__slot(const soma_net *n, const soma_layer *l, float *base, int slot)
+{
+    return base + (size_t)slot * n->max_batch * l->out_size;
+}
+static inline int soma__slot_of(const soma_net *n, int t) { return (t + 1) % n->slots; }
+static inline int32_t *soma__slot_idx(const soma_net *n, const soma_layer *l, int slot)
+{
+    return l->idx + (size_t)slot * n->max_batch * l->out_size;
+}
 
 /* Pointer to a parameter's values / grads. */
 static inline float *soma__param_value(soma_net *n, int i) { return n->params.value + n->params.p[i].offset; }

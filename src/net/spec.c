@@ -20,6 +20,7 @@ typedef struct spec_builder {
     int c, h, w;          /* current per-sample shape */
     int flat;             /* current shape is a feature vector */
     int last_linear;      /* index of the last dense/conv layer, -1 */
+    const soma_net_options *o;
 } spec_builder;
 
 static soma_layer *push(spec_builder *b, soma_layer_kind kind)
@@ -34,7 +35,7 @@ static soma_layer *push(spec_builder *b, soma_layer_kind kind)
     soma_layer *l = &b->layers[b->n++];
     memset(l, 0, sizeof *l);
     l->kind = kind;
-    l->w = l->b = l->run_mean = l->run_var = -1;
+    l->w = l->b = l->run_mean = l->run_var = l->rec = l->rec_src = -1;
     l->in_c = b->c; l->in_h = b->h; l->in_w = b->w;
     l->in_size = (size_t)b->c * b->h * b->w;
     return l;
@@ -74,12 +75,13 @@ static soma_status add_flatten_if_needed(spec_builder *b)
     return SOMA_OK;
 }
 
-static soma_status add_dense(spec_builder *b, int units)
+static soma_status add_dense(spec_builder *b, int units, int recurrent)
 {
     soma_status st = add_flatten_if_needed(b);
     if (st) return st;
     soma_layer *l = push(b, SOMA_LAYER_DENSE);
     if (!l) return SOMA_ERR_NOMEM;
+    l->rec = recurrent; /* a flag here; net.c makes it a parameter index */
     set_out(b, l, units, 1, 1);
     b->last_linear = b->n - 1;
     return SOMA_OK;
@@ -144,27 +146,33 @@ static soma_status parse_pool(spec_builder *b, const char *tok, int pos, int avg
     return SOMA_OK;
 }
 
-/* Adds the hidden activation after the layer just finished, unless it was
- * the last linear layer of the spec. */
+/* Adds the hidden nonlinearity after the layer just finished: the
+ * activation, or in a spiking net a neuron cell (which a recurrent dense
+ * layer just before it feeds back from). */
 static soma_status add_act(spec_builder *b, soma_act act)
 {
-    soma_layer *l = push(b, SOMA_LAYER_ACT);
+    soma_layer *l = push(b, b->o->spiking ? SOMA_LAYER_CELL : SOMA_LAYER_ACT);
     if (!l) return SOMA_ERR_NOMEM;
     l->act = act;
+    if (b->o->spiking) l->cell = b->o->cell;
     set_out(b, l, b->c, b->h, b->w);
+    soma_layer *prev = &b->layers[b->n - 2];
+    if (prev->kind == SOMA_LAYER_DENSE && prev->rec) prev->rec_src = b->n - 1;
     return SOMA_OK;
 }
 
 /* Builds the layer list.  *layers is allocated with soma__malloc. */
 soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spec,
-                             int in_c, int in_h, int in_w, soma_act act)
+                             const soma_net_options *o)
 {
+    int in_c = o->in_c, in_h = o->in_h, in_w = o->in_w;
+    soma_act act = o->act;
     *layers = NULL;
     *n_layers = 0;
     if (!spec || !*spec) return soma__fail(SOMA_ERR_ARG, "net spec is empty");
     if (strlen(spec) > 4096) return soma__fail(SOMA_ERR_ARG, "net spec is longer than 4096 characters");
     spec_builder b = { .c = in_c, .h = in_h, .w = in_w, .flat = in_h == 1 && in_w == 1,
-                       .last_linear = -1 };
+                       .last_linear = -1, .o = o };
     /* Split into tokens first: whether a linear layer is the last one decides
      * if it gets an activation. */
     char toks[256][MAX_TOKEN];
@@ -186,7 +194,7 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
     for (int i = 0; i < nt; i++) {
         int dummy;
         if ((parse_int(toks[i], &dummy) && i > 0) || !strncmp(toks[i], "fc", 2) ||
-            !strncmp(toks[i], "conv", 4))
+            !strncmp(toks[i], "conv", 4) || (toks[i][0] == 'r' && parse_int(toks[i] + 1, &dummy)))
             last_lin_tok = i;
     }
     soma_status st = SOMA_OK;
@@ -208,14 +216,20 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
             if ((st = add_act(&b, act))) break;
             pending_act = 0;
         }
-        if (parse_int(t, &v)) st = add_dense(&b, v);
+        int is_rec = t[0] == 'r' && parse_int(t + 1, &v);
+        if (is_rec) {
+            if (!o->spiking) { st = bad(t, i + 1, "recurrent layers (rN) need a spiking net (--neuron)"); break; }
+            if (i == last_lin_tok) { st = bad(t, i + 1, "the output layer cannot be recurrent"); break; }
+            st = add_dense(&b, v, 1);
+        } else if (parse_int(t, &v)) st = add_dense(&b, v, 0);
         else if (!strncmp(t, "fc", 2)) {
             if (!parse_int(t + 2, &v)) { st = bad(t, i + 1, "expected fcN with N a positive integer"); break; }
-            st = add_dense(&b, v);
+            st = add_dense(&b, v, 0);
         } else if (!strncmp(t, "conv", 4)) st = parse_conv(&b, t, i + 1);
         else if (!strncmp(t, "avgpool", 7)) st = parse_pool(&b, t, i + 1, 1);
         else if (!strncmp(t, "pool", 4)) st = parse_pool(&b, t, i + 1, 0);
         else if (is_bn) {
+            if (o->spiking) { st = bad(t, i + 1, "batchnorm is not supported in spiking nets yet"); break; }
             if (b.last_linear < 0 || b.last_linear != b.n - 1) {
                 st = bad(t, i + 1, "bn must directly follow a conv or dense layer");
                 break;
@@ -242,11 +256,19 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
             st = bad(t, i + 1, "unknown layer (expected N, fcN, convKxC, poolK, avgpoolK, bn, dropP)");
             break;
         }
-        if (!st && (parse_int(t, &v) || !strncmp(t, "fc", 2) || !strncmp(t, "conv", 4)) &&
+        if (!st && (is_rec || parse_int(t, &v) || !strncmp(t, "fc", 2) || !strncmp(t, "conv", 4)) &&
             i != last_lin_tok)
             pending_act = 1;
     }
     if (!st && pending_act) st = add_act(&b, act);
+    if (!st && o->spiking && o->readout != SOMA_READOUT_NONE) {
+        soma_layer *l = push(&b, SOMA_LAYER_CELL);
+        if (!l) st = SOMA_ERR_NOMEM;
+        else {
+            l->cell = o->readout == SOMA_READOUT_LI ? o->readout_cell : o->cell;
+            set_out(&b, l, b.c, b.h, b.w);
+        }
+    }
     if (!st && b.last_linear < 0)
         st = soma__fail(SOMA_ERR_ARG, "net spec '%s' has no dense or conv layer", spec);
     if (!st && b.last_linear >= 0 && b.layers[b.last_linear].kind == SOMA_LAYER_CONV)

@@ -16,6 +16,9 @@ typedef struct bp_state {
 
 static soma_status bp_init(soma_rule *r, int max_batch)
 {
+    if (soma_net_is_spiking(r->net))
+        return soma__fail(SOMA_ERR_ARG, "rule bp is for static nets; net '%s' has neuron cells "
+                          "(use bptt)", soma_net_spec(r->net));
     bp_state *s = soma__calloc(1, sizeof *s);
     if (!s) return SOMA_ERR_NOMEM;
     r->state = s;

@@ -9,6 +9,7 @@
 /* One line per rule. */
 static const soma_rule_ops *const rules[] = {
     &soma__rule_bp,
+    &soma__rule_bptt,
 };
 #define N_RULES ((int)(sizeof rules / sizeof *rules))
 
@@ -28,6 +29,22 @@ soma_status soma_loss_from_name(soma_loss_kind *out, const char *name)
     return soma__fail(SOMA_ERR_ARG, "unknown loss '%s' (valid: ce, mse)", name);
 }
 
+static const char *const reduce_names[SOMA_REDUCE_COUNT] = {
+    [SOMA_REDUCE_MEAN] = "mean", [SOMA_REDUCE_LAST] = "last", [SOMA_REDUCE_SUM] = "sum",
+};
+
+const char *soma_reduce_name(soma_reduce r)
+{
+    return (unsigned)r < SOMA_REDUCE_COUNT ? reduce_names[r] : "?";
+}
+
+soma_status soma_reduce_from_name(soma_reduce *out, const char *name)
+{
+    for (int i = 0; i < SOMA_REDUCE_COUNT; i++)
+        if (!strcmp(name, reduce_names[i])) { *out = (soma_reduce)i; return SOMA_OK; }
+    return soma__fail(SOMA_ERR_ARG, "unknown reduce '%s' (valid: mean, last, sum)", name);
+}
+
 int soma_rule_count(void) { return N_RULES; }
 const char *soma_rule_name_at(int i) { return i >= 0 && i < N_RULES ? rules[i]->name : NULL; }
 const char *soma_rule_about_at(int i) { return i >= 0 && i < N_RULES ? rules[i]->about : NULL; }
@@ -37,6 +54,10 @@ void soma_rule_config_default(soma_rule_config *c)
     memset(c, 0, sizeof *c);
     soma_optim_config_default(&c->optim, SOMA_OPTIM_SGD);
     c->loss = SOMA_LOSS_CE;
+    c->T = 25;
+    c->encoding = SOMA_ENC_DIRECT;
+    c->gain = 1.0f;
+    c->reduce = SOMA_REDUCE_MEAN;
 }
 
 soma_status soma_rule_new(soma_rule **out, const char *name, soma_net *net,
@@ -64,7 +85,7 @@ soma_status soma_rule_new(soma_rule **out, const char *name, soma_net *net,
     r->cfg = *cfg;
     r->max_batch = max_batch;
     soma_status st = soma_optim_new(&r->optim, &cfg->optim, soma_net_param_floats(net));
-    if (!st) st = soma_net_prepare(net, max_batch);
+    if (!st && !soma_net_is_spiking(net)) st = soma_net_prepare(net, max_batch);
     if (!st) st = ops->init(r, max_batch);
     if (st) { soma_rule_free(r); return st; }
     *out = r;
@@ -86,10 +107,10 @@ static soma_status check_batch(const soma_rule *r, const soma_batch *b)
 {
     if (b->n <= 0 || b->n > r->max_batch)
         return soma__fail(SOMA_ERR_ARG, "batch of %d samples outside 1..%d", b->n, r->max_batch);
-    if (b->c * b->h * b->w != soma_net_inputs(r->net))
+    int want = r->cfg.sample_size ? r->cfg.sample_size : soma_net_inputs(r->net);
+    if (b->c * b->h * b->w != want)
         return soma__fail(SOMA_ERR_SHAPE, "batch samples are %dx%dx%d = %d values, net '%s' expects %d",
-                          b->c, b->h, b->w, b->c * b->h * b->w, soma_net_spec(r->net),
-                          soma_net_inputs(r->net));
+                          b->c, b->h, b->w, b->c * b->h * b->w, soma_net_spec(r->net), want);
     int C = soma_net_outputs(r->net);
     for (int i = 0; i < b->n; i++)
         if (b->y[i] < 0 || b->y[i] >= C)

@@ -35,6 +35,7 @@ struct soma_rule {
 };
 
 extern const soma_rule_ops soma__rule_bp;
+extern const soma_rule_ops soma__rule_bptt;
 
 /* Shared helpers for rules: loss forward+backward on the class scores, and
  * accuracy counting; NaN/Inf checks. */

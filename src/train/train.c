@@ -39,6 +39,9 @@ void soma_train_config_default(soma_train_config *c)
     c->sched.step_size = 1;
     c->epochs = 1;
     c->batch = 64;
+    soma_cell_params_default(&c->cell, SOMA_NEURON_LIF);
+    soma_cell_params_default(&c->readout_cell, SOMA_NEURON_LI);
+    c->readout = SOMA_READOUT_LI;
     c->threads = 0;
     c->verify = 1;
 }
@@ -160,6 +163,16 @@ static soma_status build(run *r)
     o.act = c->act;
     o.init = c->init;
     o.seed = c->seed;
+    o.spiking = c->spiking;
+    o.cell = c->cell;
+    o.readout = c->readout;
+    o.readout_cell = c->readout_cell;
+    int sample = o.in_c * o.in_h * o.in_w;
+    if (c->spiking && (c->rule_cfg.encoding == SOMA_ENC_SEQUENTIAL ||
+                       c->rule_cfg.encoding == SOMA_ENC_PERMUTED)) {
+        /* one pixel per step: the net sees a 1-value input */
+        o.in_c = 1; o.in_h = 1; o.in_w = 1;
+    }
     if (c->resume) {
         soma_net *ck;
         if ((st = soma_checkpoint_load(&ck, &r->resume_st, c->resume))) return st;
@@ -185,7 +198,7 @@ static soma_status build(run *r)
     } else {
         if ((st = soma_net_new(&r->net, c->net, &o))) return st;
     }
-    if (soma_net_inputs(r->net) != r->train->c * r->train->h * r->train->w)
+    if (!c->spiking && soma_net_inputs(r->net) != r->train->c * r->train->h * r->train->w)
         return soma__fail(SOMA_ERR_SHAPE, "net '%s' takes %d inputs, %s samples have %d",
                           soma_net_spec(r->net), soma_net_inputs(r->net), c->data,
                           r->train->c * r->train->h * r->train->w);
@@ -194,6 +207,7 @@ static soma_status build(run *r)
                           soma_net_spec(r->net), soma_net_outputs(r->net), c->data, r->train->classes);
     soma_rule_config rc = c->rule_cfg;
     rc.optim.lr = c->sched.base_lr;
+    rc.sample_size = sample;
     if ((st = soma_rule_new(&r->rule, c->rule, r->net, &rc, c->batch))) return st;
     if (r->resume_st) {
         const char *on = soma_st_meta(r->resume_st, "soma.optim");
@@ -241,10 +255,18 @@ static soma_status save_checkpoint(run *r, int epochs_done)
     snprintf(ep, sizeof ep, "%d", epochs_done);
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)c->seed);
     snprintf(batch, sizeof batch, "%d", c->batch);
+    char T[32], gain[32], eseed[32], trunc[32];
+    snprintf(T, sizeof T, "%d", c->rule_cfg.T);
+    snprintf(gain, sizeof gain, "%.9g", c->rule_cfg.gain);
+    snprintf(eseed, sizeof eseed, "%llu", (unsigned long long)c->rule_cfg.enc_seed);
+    snprintf(trunc, sizeof trunc, "%d", c->rule_cfg.trunc);
     const char *meta[] = {
         "soma.epoch", ep, "soma.seed", seed, "soma.rule", c->rule,
         "soma.optim", soma_optim_name(c->rule_cfg.optim.kind), "soma.data", c->data,
         "soma.batch", batch, "soma.git", c->git ? c->git : "",
+        "soma.T", T, "soma.encoding", soma_encoding_name(c->rule_cfg.encoding),
+        "soma.gain", gain, "soma.enc_seed", eseed, "soma.reduce", soma_reduce_name(c->rule_cfg.reduce),
+        "soma.trunc", trunc, "soma.loss", soma_loss_name(c->rule_cfg.loss),
     };
     return soma_checkpoint_save(c->save, r->net, soma_rule_optim(r->rule), meta,
                                 (int)(sizeof meta / sizeof *meta / 2));
@@ -438,6 +460,24 @@ soma_status soma_evaluate(const char *checkpoint, const char *data, const char *
     if (rule) snprintf(rule_buf, sizeof rule_buf, "%s", rule);
     soma_optim_kind ok = SOMA_OPTIM_SGD;
     if (optim && soma_optim_from_name(&ok, optim)) ok = SOMA_OPTIM_SGD;
+    /* temporal settings the net was trained with */
+    const char *v;
+    if ((v = soma_st_meta(probe, "soma.T"))) c.rule_cfg.T = atoi(v);
+    if ((v = soma_st_meta(probe, "soma.gain"))) c.rule_cfg.gain = strtof(v, NULL);
+    if ((v = soma_st_meta(probe, "soma.enc_seed"))) c.rule_cfg.enc_seed = strtoull(v, NULL, 10);
+    if ((v = soma_st_meta(probe, "soma.encoding")) && soma_encoding_from_name(&c.rule_cfg.encoding, v)) {
+        soma_st_free(probe);
+        return soma__fail(SOMA_ERR_FORMAT, "%s: %s", checkpoint, soma_last_error());
+    }
+    if ((v = soma_st_meta(probe, "soma.reduce")) && soma_reduce_from_name(&c.rule_cfg.reduce, v)) {
+        soma_st_free(probe);
+        return soma__fail(SOMA_ERR_FORMAT, "%s: %s", checkpoint, soma_last_error());
+    }
+    if ((v = soma_st_meta(probe, "soma.loss")) && soma_loss_from_name(&c.rule_cfg.loss, v)) {
+        soma_st_free(probe);
+        return soma__fail(SOMA_ERR_FORMAT, "%s: %s", checkpoint, soma_last_error());
+    }
+    c.spiking = soma_st_meta(probe, "soma.cell") != NULL;
     soma_st_free(probe);
     c.rule = rule_buf;
     soma_optim_config_default(&c.rule_cfg.optim, ok);
