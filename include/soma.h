@@ -577,7 +577,8 @@ typedef struct soma_cell_cache { float *v, *th; } soma_cell_cache;
 
 /* Step forward: next <- f(prev, I).  alpha_v / rho_v: per-element decays
  * (n values, e.g. LTC's input-dependent ones) or NULL for the scalars in p.
- * next may not alias prev. */
+ * next may not alias prev.  With no backward to follow, cache (or its
+ * fields) may be NULL; next->s may be NULL when the spikes are not wanted. */
 void soma_cell_forward(soma_cell_state *next, soma_cell_cache *cache,
                        const soma_cell_state *prev, const float *I,
                        const float *alpha_v, const float *rho_v,

@@ -27,6 +27,10 @@ void  soma__free_aligned(void *p);
 /* Test hook: make the n-th allocation from now fail (0 = never). Per thread. */
 void  soma__fault_after(long n);
 
+/* Reads a whole file (at most max_bytes) into *out (caller frees with
+ * soma__free); errors name the path. src/base/file.c */
+soma_status soma__read_file(const char *path, size_t max_bytes, uint8_t **out, size_t *n);
+
 /* strdup through soma__malloc. */
 char *soma__strdup(const char *s);
 

@@ -106,6 +106,32 @@ expect 1 "NaN" -- $SOMA train $D --net 784-32-10 --epochs 2 --batch 32 --lr 1e30
 cmp -s "$T/a.st" "$T/good.st" && ok || bad "checkpoint changed although training diverged"
 grep -q '"type":"error"' "$T/m.jsonl" && ok || bad "NaN not recorded in the metrics log"
 
+# --- spiking nets and BPTT ---------------------------------------------------
+S="$D --neuron lif --rule bptt --batch 32"
+expect 2 "--T" -- $SOMA train $S --net 784-32-10 --T 0
+expect 2 "unknown surrogate 'wiggly'" -- $SOMA train $S --net 784-32-10 --surrogate wiggly
+expect 2 "tau must be > 0" -- $SOMA train $S --net 784-32-10 --tau -5
+expect 2 "alpha" -- $SOMA train $S --net 784-32-10 --alpha 1.5
+expect 2 "threshold" -- $SOMA train $S --net 784-32-10 --threshold 0
+expect 2 "unknown neuron" -- $SOMA train $S --net 784-32-10 --neuron hodgkin
+expect 2 "spiking" -- $SOMA train $D --net 784-r32-10 --rule bp
+expect 2 "use bptt" -- $SOMA train $D --net 784-32-10 --neuron lif --rule bp
+expect 0 "test accuracy" -- $SOMA train $S --net 784-r32-10 --T 6 --epochs 1 --opt adam --lr 0.002 --save $T/s.st
+expect 0 "soma.cell" -- $SOMA info $T/s.st
+expect 0 "confusion matrix" -- $SOMA eval --ckpt $T/s.st --data mnist --data-dir $T/d --no-verify
+expect 0 "test accuracy" -- $SOMA train $S --net 784-24-10 --neuron alif --T 5 --encoding poisson --reduce last --trunc 2 --epochs 1
+expect 0 "test accuracy" -- $SOMA train $S --net 1-16-10 --T 784 --encoding sequential --train-limit 64 --test-limit 32 --epochs 1
+# BPTT memory grows with T; the dry run says by how much
+a=$($SOMA train $S --net 784-64-10 --T 10 --dry-run | sed -n 's/^  activations *\([0-9]*\).*/\1/p')
+b=$($SOMA train $S --net 784-64-10 --T 100 --dry-run | sed -n 's/^  activations *\([0-9]*\).*/\1/p')
+if [ -n "$a" ] && [ -n "$b" ] && [ "$b" -gt $((a * 5)) ]; then ok; else bad "bptt activations T=10: '$a', T=100: '$b' (expected growth with T)"; fi
+# resume of a spiking run is bit-identical too
+R3="$S --net 784-r24-10 --T 5 --opt adam --lr 0.002 --seed 5"
+$SOMA train $R3 --epochs 2 --save $T/sf.st >/dev/null 2>&1 || bad "spiking full run failed"
+$SOMA train $R3 --epochs 1 --save $T/sp.st >/dev/null 2>&1 || bad "spiking part run failed"
+$SOMA train $R3 --epochs 2 --resume $T/sp.st --save $T/sp.st >/dev/null 2>&1 || bad "spiking resumed run failed"
+cmp -s "$T/sf.st" "$T/sp.st" && ok || bad "spiking resumed checkpoint differs"
+
 # --- dry run prints the memory plan -----------------------------------------
 expect 0 "activations" -- $SOMA train $D --net 784-512-512-10 --dry-run
 

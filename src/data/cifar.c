@@ -33,45 +33,7 @@
 
 static soma_status read_all(const char *path, uint8_t **out, size_t *out_n)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return soma__fail(SOMA_ERR_IO, "%s: %s", path, strerror(errno));
-    struct stat st;
-    size_t cap = 1 << 16;
-    if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= 0) {
-        if ((uint64_t)st.st_size > CIFAR_MAX_BYTES) {
-            fclose(f);
-            return soma__fail(SOMA_ERR_FORMAT, "%s: file is %llu bytes, more than the %zu-byte limit",
-                              path, (unsigned long long)st.st_size, CIFAR_MAX_BYTES);
-        }
-        cap = (size_t)st.st_size + 1;
-    }
-    uint8_t *buf = soma__malloc(cap);
-    if (!buf) { fclose(f); return SOMA_ERR_NOMEM; }
-    size_t n = 0;
-    for (;;) {
-        if (n == cap) {
-            if (cap > CIFAR_MAX_BYTES) {
-                soma__free(buf); fclose(f);
-                return soma__fail(SOMA_ERR_FORMAT, "%s: more than the %zu-byte limit", path,
-                                  CIFAR_MAX_BYTES);
-            }
-            uint8_t *nb = soma__realloc(buf, cap * 2);
-            if (!nb) { soma__free(buf); fclose(f); return SOMA_ERR_NOMEM; }
-            buf = nb; cap *= 2;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) break;
-    }
-    if (ferror(f)) {
-        int e = errno;
-        soma__free(buf); fclose(f);
-        return soma__fail(SOMA_ERR_IO, "%s: read error: %s", path, strerror(e));
-    }
-    fclose(f);
-    *out = buf;
-    *out_n = n;
-    return SOMA_OK;
+    return soma__read_file(path, CIFAR_MAX_BYTES, out, out_n);
 }
 
 static int is_xz(const uint8_t *p, size_t n)

@@ -77,46 +77,7 @@ soma_status soma_nmnist_parse(soma_event **ev, size_t *n, const uint8_t *buf, si
 
 static soma_status read_all(const char *path, uint8_t **out, size_t *out_n)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return soma__fail(SOMA_ERR_IO, "%s: %s", path, strerror(errno));
-    struct stat st;
-    size_t cap = 1 << 16;
-    if (fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= 0) {
-        if ((uint64_t)st.st_size > EVENTS_MAX_BYTES) {
-            fclose(f);
-            return soma__fail(SOMA_ERR_FORMAT, "%s: file is %llu bytes, more than the %zu-byte limit",
-                              path, (unsigned long long)st.st_size, EVENTS_MAX_BYTES);
-        }
-        cap = (size_t)st.st_size + 1;   /* +1: EOF is seen without a regrow */
-    }
-    uint8_t *buf = soma__malloc(cap);
-    if (!buf) { fclose(f); return SOMA_ERR_NOMEM; }
-    size_t n = 0;
-    for (;;) {
-        if (n == cap) {
-            if (cap > EVENTS_MAX_BYTES) {
-                soma__free(buf); fclose(f);
-                return soma__fail(SOMA_ERR_FORMAT, "%s: more than the %zu-byte limit",
-                                  path, EVENTS_MAX_BYTES);
-            }
-            uint8_t *nb = soma__realloc(buf, cap * 2);
-            if (!nb) { soma__free(buf); fclose(f); return SOMA_ERR_NOMEM; }
-            buf = nb;
-            cap *= 2;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) break;
-    }
-    if (ferror(f)) {
-        int err = errno;
-        soma__free(buf); fclose(f);
-        return soma__fail(SOMA_ERR_IO, "%s: read error: %s", path, strerror(err));
-    }
-    fclose(f);
-    *out = buf;
-    *out_n = n;
-    return SOMA_OK;
+    return soma__read_file(path, EVENTS_MAX_BYTES, out, out_n);
 }
 
 soma_status soma_nmnist_read(soma_event **ev, size_t *n, const char *path,

@@ -601,6 +601,22 @@ soma_status soma_net_step(soma_net *n, const float *x_t, int B, const float **ou
     return SOMA_OK;
 }
 
+/* Zeroes the state-gradient carries of every cell: k = 0/1 one side, 2 both. */
+static void zero_carries(soma_net *n, int B, int k)
+{
+    for (int i = 0; i < n->n_layers; i++) {
+        soma_layer *l = &n->layers[i];
+        if (l->kind != SOMA_LAYER_CELL) continue;
+        size_t one = (size_t)B * l->out_size * sizeof(float);
+        for (int j = 0; j < 2; j++) {
+            if (k != 2 && j != k) continue;
+            memset(l->gu[j], 0, one);
+            memset(l->gs[j], 0, one);
+            if (l->ga[j]) memset(l->ga[j], 0, one);
+        }
+    }
+}
+
 soma_status soma_net_backward_time(soma_net *n, int steps, const float *const *dout, int B,
                                    int trunc)
 {
@@ -609,31 +625,13 @@ soma_status soma_net_backward_time(soma_net *n, int steps, const float *const *d
     if (steps <= 0 || steps > n->t || steps > n->slots - 1)
         return soma__fail(SOMA_ERR_ARG, "backward over %d steps: %d taken, window %d", steps, n->t, n->slots - 1);
     if (trunc < 0) return soma__fail(SOMA_ERR_ARG, "truncation must be >= 0, got %d", trunc);
-    /* no gradient arrives from after the last step */
-    for (int i = 0; i < n->n_layers; i++) {
-        soma_layer *l = &n->layers[i];
-        if (l->kind != SOMA_LAYER_CELL) continue;
-        size_t one = (size_t)B * l->out_size * sizeof(float);
-        for (int k = 0; k < 2; k++) {
-            memset(l->gu[k], 0, one);
-            memset(l->gs[k], 0, one);
-            if (l->ga[k]) memset(l->ga[k], 0, one);
-        }
-    }
+    zero_carries(n, B, 2); /* no gradient arrives from after the last step */
     int cur = 0;
     soma_status st;
     for (int j = steps - 1; j >= 0; j--) {
         int t = n->t - steps + j;
         int slot = soma__slot_of(n, t), prev = soma__slot_of(n, t - 1);
-        /* the previous-step carries receive fresh sums */
-        for (int i = 0; i < n->n_layers; i++) {
-            soma_layer *l = &n->layers[i];
-            if (l->kind != SOMA_LAYER_CELL) continue;
-            size_t one = (size_t)B * l->out_size * sizeof(float);
-            memset(l->gu[!cur], 0, one);
-            memset(l->gs[!cur], 0, one);
-            if (l->ga[!cur]) memset(l->ga[!cur], 0, one);
-        }
+        zero_carries(n, B, !cur); /* the previous-step carries receive fresh sums */
         const float *dy = dout ? dout[j] : NULL;
         int bcur = 0;
         for (int i = n->n_layers - 1; i >= 0; i--) {
@@ -654,16 +652,7 @@ soma_status soma_net_backward_time(soma_net *n, int steps, const float *const *d
         }
         /* truncated BPTT: the state entering step t is detached when t is a
          * multiple of trunc */
-        if (trunc > 0 && t % trunc == 0) {
-            for (int i = 0; i < n->n_layers; i++) {
-                soma_layer *l = &n->layers[i];
-                if (l->kind != SOMA_LAYER_CELL) continue;
-                size_t one = (size_t)B * l->out_size * sizeof(float);
-                memset(l->gu[!cur], 0, one);
-                memset(l->gs[!cur], 0, one);
-                if (l->ga[!cur]) memset(l->ga[!cur], 0, one);
-            }
-        }
+        if (trunc > 0 && t % trunc == 0) zero_carries(n, B, !cur);
         cur ^= 1;
     }
     return SOMA_OK;

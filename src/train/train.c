@@ -217,8 +217,10 @@ static soma_status build(run *r)
         if ((st = soma_checkpoint_restore_optim(soma_rule_optim(r->rule), r->resume_st, c->resume)))
             return st;
     }
+    /* Poisson rates need pixels in [0,1]: no mean/std normalisation there */
+    int poisson = c->spiking && c->rule_cfg.encoding == SOMA_ENC_POISSON;
     soma_loader_config lc = { .batch = c->batch, .seed = c->seed, .shuffle = 1,
-                              .normalize = 1, .crop_pad = c->augment ? 4 : 0, .hflip = c->augment };
+                              .normalize = !poisson, .crop_pad = c->augment ? 4 : 0, .hflip = c->augment };
     if ((st = soma_loader_new(&r->ltrain, r->train, &lc))) return st;
     lc.shuffle = 0; lc.crop_pad = 0; lc.hflip = 0;
     if ((st = soma_loader_new(&r->ltest, r->test, &lc))) return st;
