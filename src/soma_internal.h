@@ -31,6 +31,14 @@ void  soma__fault_after(long n);
  * soma__free); errors name the path. src/base/file.c */
 soma_status soma__read_file(const char *path, size_t max_bytes, uint8_t **out, size_t *n);
 
+/* An optimizer step in pieces (small-batch BP forms each weight row's
+ * gradient in a scratch row and updates it at once, so the gradient never
+ * reaches memory): begin counts the step, then range updates parameters
+ * off..off+n of the flat array w with their gradient g[0..n).  Every
+ * parameter must be covered exactly once per step.  src/optim/optim.c */
+void soma__optim_begin(soma_optim *o);
+void soma__optim_range(soma_optim *o, float *w, const float *g, float lr, size_t off, size_t n);
+
 /* strdup through soma__malloc. */
 char *soma__strdup(const char *s);
 

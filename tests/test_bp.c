@@ -131,8 +131,56 @@ static void run_model(const char *path)
     soma_st_free(st);
 }
 
+/* Small batches take the fused path (gradient formed row by row inside the
+ * update); a clip norm too large to clip forces the stored-gradient path
+ * without changing the update.  Batch 1: identical bits; batch 5: rounding. */
+static void fused_vs_stored(soma_optim_kind kind, int B, const char *spec)
+{
+    soma_net_options o;
+    soma_net_options_default(&o);
+    o.in_c = 12; o.in_h = 1; o.in_w = 1;
+    o.seed = 3;
+    soma_net *a, *b;
+    CHECK(soma_net_new(&a, spec, &o) == SOMA_OK);
+    CHECK(soma_net_new(&b, spec, &o) == SOMA_OK);
+    soma_rule_config rc;
+    soma_rule_config_default(&rc);
+    soma_optim_config_default(&rc.optim, kind);
+    rc.optim.lr = 0.05f;
+    if (kind == SOMA_OPTIM_SGD) { rc.optim.momentum = 0.9f; rc.optim.weight_decay = 1e-3f; }
+    soma_rule *ra, *rb;
+    CHECK(soma_rule_new(&ra, "bp", a, &rc, B) == SOMA_OK);
+    rc.clip_norm = 1e30f;
+    CHECK(soma_rule_new(&rb, "bp", b, &rc, B) == SOMA_OK);
+    soma_rng rng, ga, gb;
+    soma_rng_seed(&rng, 9);
+    soma_rng_seed(&ga, 4);
+    soma_rng_seed(&gb, 4);
+    float x[8 * 12];
+    int32_t y[8];
+    for (int s = 0; s < 4; s++) {
+        for (int i = 0; i < B * 12; i++) x[i] = soma_rng_normal(&rng);
+        for (int i = 0; i < B; i++) y[i] = (int32_t)soma_rng_below(&rng, 4);
+        soma_batch bt = { .n = B, .c = 12, .h = 1, .w = 1, .x = x, .y = y };
+        CHECK(soma_rule_train_batch(ra, &bt, 0.05f, &ga, NULL) == SOMA_OK);
+        CHECK(soma_rule_train_batch(rb, &bt, 0.05f, &gb, NULL) == SOMA_OK);
+    }
+    char label[96];
+    snprintf(label, sizeof label, "fused vs stored %s B=%d %s", soma_optim_name(kind), B, spec);
+    size_t n = soma_net_param_floats(a);
+    check_close_f(label, soma_net_param_values(a), soma_net_param_values(b), n,
+                  B == 1 ? 0 : 1e-5, B == 1 ? 0 : 1e-6);
+    soma_rule_free(ra); soma_rule_free(rb);
+    soma_net_free(a); soma_net_free(b);
+}
+
 int main(void)
 {
+    fused_vs_stored(SOMA_OPTIM_SGD, 1, "12-20-16-4");
+    fused_vs_stored(SOMA_OPTIM_ADAM, 1, "12-20-16-4");
+    fused_vs_stored(SOMA_OPTIM_ADAMAX, 1, "12-20-drop0.3-16-4");
+    fused_vs_stored(SOMA_OPTIM_SGD, 5, "12-20-16-4");
+    fused_vs_stored(SOMA_OPTIM_ADAM, 5, "12-20-drop0.3-16-4");
     run_model("tests/fixtures/bp_mlp.safetensors");
     run_model("tests/fixtures/bp_mlp_plain.safetensors");
     run_model("tests/fixtures/bp_cnn.safetensors");

@@ -66,12 +66,6 @@ static float *frand_new(size_t n, float lo, float hi)
     frand(a, n, lo, hi);
     return a;
 }
-static float *fcopy(const float *a, size_t n)
-{
-    float *c = fnew(n);
-    memcpy(c, a, n * sizeof *c);
-    return c;
-}
 
 /* the last error contains want */
 static int err_has(const char *want)
@@ -1006,6 +1000,15 @@ static void test_cell_params(void)
 /* ------------------------------------------------------------------------ */
 /* thread-count independence                                                */
 /* ------------------------------------------------------------------------ */
+
+#ifdef _OPENMP
+static float *fcopy(const float *a, size_t n)
+{
+    float *c = fnew(n);
+    memcpy(c, a, n * sizeof *c);
+    return c;
+}
+#endif
 
 static void test_cell_threads(void)
 {

@@ -211,6 +211,8 @@ static void free_caches(soma_net *n)
         soma__free_aligned(l->ca);
         soma__free_aligned(l->cv);
         soma__free_aligned(l->cth);
+        soma__free_aligned(l->delta);
+        l->delta = NULL;
         for (int k = 0; k < 2; k++) {
             soma__free_aligned(l->gu[k]);
             soma__free_aligned(l->ga[k]);
@@ -225,6 +227,8 @@ static void free_caches(soma_net *n)
     soma__free_aligned(n->dbuf[1]);
     soma__free_aligned(n->ws);
     soma__free(n->xs);
+    soma__free_aligned(n->rowbuf);
+    n->rowbuf = NULL;
     n->dbuf[0] = n->dbuf[1] = n->ws = NULL;
     n->xs = NULL;
     n->max_batch = 0;
@@ -295,6 +299,31 @@ static soma_status prepare_slots(soma_net *n, int B, int slots)
                 if (alif && !(l->ga[k] = plan_alloc(one, &bytes))) goto nomem;
             }
         }
+    }
+    n->fusable = !n->spiking;
+    size_t maxin = 0;
+    for (int i = 0; i < n->n_layers; i++) {
+        soma_layer *l = &n->layers[i];
+        if (l->kind != SOMA_LAYER_DENSE && l->kind != SOMA_LAYER_FLATTEN &&
+            l->kind != SOMA_LAYER_ACT && l->kind != SOMA_LAYER_DROPOUT)
+            n->fusable = 0;
+        if (l->kind == SOMA_LAYER_DENSE && l->in_size > maxin) maxin = l->in_size;
+    }
+    if (n->fusable && B <= SOMA__FUSED_MAX_BATCH) {
+        for (int i = 0; i < n->n_layers; i++) {
+            soma_layer *l = &n->layers[i];
+            if (l->kind == SOMA_LAYER_DENSE && !(l->delta = plan_alloc((size_t)B * l->out_size, &bytes)))
+                goto nomem;
+        }
+        /* a row of weights, or a layer's biases, per thread */
+        size_t maxout = 0;
+        for (int i = 0; i < n->n_layers; i++)
+            if (n->layers[i].kind == SOMA_LAYER_DENSE && n->layers[i].out_size > maxout)
+                maxout = n->layers[i].out_size;
+        n->rowbuf_stride = maxin > maxout ? maxin : maxout;
+        if (!(n->rowbuf = plan_alloc((size_t)threads * n->rowbuf_stride, &bytes))) goto nomem;
+    } else {
+        n->fusable = 0;
     }
     for (int k = 0; k < 2; k++)
         if (!(n->dbuf[k] = plan_alloc((size_t)B * maxsz, &bytes))) goto nomem;
@@ -550,6 +579,115 @@ soma_status soma_net_backward(soma_net *n, const float *dlogits, int B, float *d
         if ((st = layer_backward(n, i, d, dy, in, 0, 0, B, 0))) return st;
         dy = d;
         cur ^= 1;
+    }
+    return SOMA_OK;
+}
+
+/* ---- small-batch BP without a stored gradient ------------------------------
+ *
+ * At batch 1..8 a training step is memory-bound: the weights, the gradient
+ * and the optimizer state are each read and written once per step, and the
+ * arithmetic is a rank-B update.  Here the gradient never reaches memory:
+ *   pass 1: the deltas dL/dy of every dense layer, top to bottom, with the
+ *           weights as they were in the forward pass (kept in l->delta);
+ *   check:  deltas and cached activations finite (O(B x units)), else
+ *           SOMA_ERR_NUMERIC with every parameter untouched;
+ *   pass 2: for each weight row, g = sum_b delta[b,o] x[b,:] in a per-thread
+ *           row buffer, then the optimizer updates that row at once.
+ * The optimizer code is the same elementwise code as soma_optim_step's; at
+ * batch 1 the gradient values are the same products, so the two paths agree
+ * bit for bit, and at batch 2..8 to rounding (the sum over the batch runs in
+ * another order than in GEMM).  test_bp compares the paths. */
+
+static int finite_all(const float *x, size_t n)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], sizeof u);
+        bad |= (u & 0x7f800000u) + 0x00800000u;
+    }
+    return !(bad & 0x80000000u);
+}
+
+soma_status soma__net_fused_update(soma_net *n, const float *dlogits, int B, soma_optim *o, float lr)
+{
+    soma_status st = check_batch(n, B);
+    if (st) return st;
+    if (!n->fusable || B > SOMA__FUSED_MAX_BATCH)
+        return soma__fail(SOMA_ERR_UNSUPPORTED, "fused update: net '%s' at batch %d", n->spec, B);
+    int lowest = -1;
+    for (int i = 0; i < n->n_layers; i++)
+        if (n->layers[i].kind == SOMA_LAYER_DENSE) { lowest = i; break; }
+    const float *dy = dlogits;
+    int cur = 0;
+    for (int i = n->n_layers - 1; i >= lowest; i--) {
+        soma_layer *l = &n->layers[i];
+        const float *in = i > 0 ? n->layers[i - 1].out : n->xs[0];
+        float *d = n->dbuf[cur];
+        size_t count = (size_t)B * l->in_size;
+        switch (l->kind) {
+        case SOMA_LAYER_DENSE:
+            memcpy(l->delta, dy, (size_t)B * l->out_size * sizeof(float));
+            if (i > lowest) /* dx = dy W */
+                soma_gemm(0, 0, B, (int)l->in_size, l->out_c, 1.0f, dy, l->out_c,
+                          soma__param_value(n, l->w), (int)l->in_size, 0.0f, d, (int)l->in_size);
+            break;
+        case SOMA_LAYER_ACT:
+            memset(d, 0, count * sizeof(float));
+            soma_act_backward(d, dy, in, l->out, count, l->act);
+            break;
+        case SOMA_LAYER_DROPOUT:
+            if (n->train && l->p > 0) {
+                memset(d, 0, count * sizeof(float));
+                soma_dropout_backward(d, dy, l->mask, count);
+            } else {
+                memcpy(d, dy, count * sizeof(float));
+            }
+            break;
+        default: /* FLATTEN */
+            memcpy(d, dy, count * sizeof(float));
+            break;
+        }
+        dy = d;
+        cur ^= 1;
+    }
+    for (int i = lowest; i < n->n_layers; i++) {
+        soma_layer *l = &n->layers[i];
+        if (l->kind != SOMA_LAYER_DENSE) continue;
+        const float *in = i > 0 ? n->layers[i - 1].out : n->xs[0];
+        if (!finite_all(l->delta, (size_t)B * l->out_size) || !finite_all(in, (size_t)B * l->in_size))
+            return soma__fail(SOMA_ERR_NUMERIC, "gradient contains NaN or Inf (layer %d)", i);
+    }
+    soma__optim_begin(o);
+    float *values = n->params.value;
+    for (int i = lowest; i < n->n_layers; i++) {
+        soma_layer *l = &n->layers[i];
+        if (l->kind != SOMA_LAYER_DENSE) continue;
+        const float *in = i > 0 ? n->layers[i - 1].out : n->xs[0];
+        const int I = (int)l->in_size, O = l->out_c;
+        const float *delta = l->delta;
+        size_t w_off = n->params.p[l->w].offset, b_off = n->params.p[l->b].offset;
+#pragma omp parallel for schedule(static) if ((size_t)O * I >= 32768)
+        for (int r = 0; r < O; r++) {
+            float *g = n->rowbuf + (size_t)omp_get_thread_num() * n->rowbuf_stride;
+            float d0 = delta[r];
+            const float *x0 = in;
+            for (int j = 0; j < I; j++) g[j] = d0 * x0[j];
+            for (int b = 1; b < B; b++) {
+                float db = delta[(size_t)b * O + r];
+                const float *xb = in + (size_t)b * I;
+                for (int j = 0; j < I; j++) g[j] += db * xb[j];
+            }
+            soma__optim_range(o, values, g, lr, w_off + (size_t)r * I, (size_t)I);
+        }
+        float *gb = n->rowbuf;
+        for (int r = 0; r < O; r++) {
+            float acc = delta[r];
+            for (int b = 1; b < B; b++) acc += delta[(size_t)b * O + r];
+            gb[r] = acc;
+        }
+        soma__optim_range(o, values, gb, lr, b_off, (size_t)O);
     }
     return SOMA_OK;
 }

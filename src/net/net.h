@@ -67,6 +67,7 @@ typedef struct soma_layer {
     soma_bn_cache bn;          /* BATCHNORM (static nets only) */
     float   *cu, *ca, *cv, *cth; /* CELL: membrane u, adaptation a, v_t, th_t per slot */
     float   *gu[2], *ga[2], *gs[2]; /* CELL: state-gradient carries (this step, previous) */
+    float   *delta;            /* DENSE, static nets: dL/d(output) kept by the fused update */
 } soma_layer;
 
 struct soma_net {
@@ -83,6 +84,9 @@ struct soma_net {
     float      *ws;             /* conv im2col workspace */
     size_t      ws_floats, act_bytes;
     int         ws_threads;     /* threads the conv workspace was sized for */
+    int         fusable;        /* static, only flatten/dense/act/dropout layers */
+    float      *rowbuf;         /* fused update: one gradient row per thread */
+    size_t      rowbuf_stride;
     int         train;          /* dropout on, batchnorm batch statistics */
     int         spiking;        /* has CELL layers: use soma_net_step */
     soma_net_options opts;      /* as built (checkpoints record them) */
@@ -106,5 +110,9 @@ static inline int32_t *soma__slot_idx(const soma_net *n, const soma_layer *l, in
 /* Pointer to a parameter's values / grads. */
 static inline float *soma__param_value(soma_net *n, int i) { return n->params.value + n->params.p[i].offset; }
 static inline float *soma__param_grad(soma_net *n, int i) { return n->params.grad + n->params.p[i].offset; }
+
+/* Small-batch BP step that never stores the gradient (see net.c). */
+#define SOMA__FUSED_MAX_BATCH 8
+soma_status soma__net_fused_update(soma_net *n, const float *dlogits, int B, soma_optim *o, float lr);
 
 #endif

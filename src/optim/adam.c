@@ -25,13 +25,12 @@ static void adam_defaults(soma_optim_config *c)
 
 static int adam_state_count(const soma_optim_config *c) { (void)c; return 2; }
 
-static void adam_step(soma_optim *o, float *w_, const float *g_, float lr)
+static void adam_step(soma_optim *o, float *w_, const float *g_, float lr, size_t off, size_t n)
 {
     float *restrict w = w_;
     const float *restrict g = g_;
-    float *restrict m = o->state[0];
-    float *restrict v = o->state[1];
-    const size_t n = o->n;
+    float *restrict m = o->state[0] + off;
+    float *restrict v = o->state[1] + off;
     const float b1 = o->cfg.beta1, b2 = o->cfg.beta2, eps = o->cfg.eps;
     const float wd = o->cfg.weight_decay;
     const float c1 = (float)(1.0 - o->beta1), c2 = (float)(1.0 - o->beta2);

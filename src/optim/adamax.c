@@ -24,13 +24,12 @@ static void adamax_defaults(soma_optim_config *c)
 
 static int adamax_state_count(const soma_optim_config *c) { (void)c; return 2; }
 
-static void adamax_step(soma_optim *o, float *w_, const float *g_, float lr)
+static void adamax_step(soma_optim *o, float *w_, const float *g_, float lr, size_t off, size_t n)
 {
     float *restrict w = w_;
     const float *restrict g = g_;
-    float *restrict m = o->state[0];
-    float *restrict u = o->state[1];
-    const size_t n = o->n;
+    float *restrict m = o->state[0] + off;
+    float *restrict u = o->state[1] + off;
     const float b1 = o->cfg.beta1, b2 = o->cfg.beta2, eps = o->cfg.eps;
     const float wd = o->cfg.weight_decay;
     /* scalars in double from the betas as written, rounded once (see adam.c) */

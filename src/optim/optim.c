@@ -164,7 +164,7 @@ void soma_optim_step(soma_optim *o, float *w, const float *g, float lr)
 {
     assert(o && w && g);
     o->t++;   /* torch counts the step before using it in bias corrections */
-    o->impl->step(o, w, g, lr);
+    o->impl->step(o, w, g, lr, 0, o->n);
 }
 
 int soma_optim_state_count(const soma_optim *o) { return o ? o->n_state : 0; }
@@ -190,4 +190,11 @@ void soma_optim_set_step(soma_optim *o, int64_t t)
 size_t soma_optim_size(const soma_optim *o)
 {
     return o ? (size_t)o->n_state * o->n * sizeof(float) : 0;
+}
+
+void soma__optim_begin(soma_optim *o) { o->t++; }
+
+void soma__optim_range(soma_optim *o, float *w, const float *g, float lr, size_t off, size_t n)
+{
+    o->impl->step(o, w + off, g, lr, off, n);
 }

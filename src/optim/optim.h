@@ -53,8 +53,10 @@ typedef struct soma__optim_impl {
      * (torch's state_dict keys, so checkpoints read the same in both). */
     int (*state_count)(const soma_optim_config *c);
     const char *state_names[SOMA__OPTIM_MAX_STATE];
-    /* w -= update(g); o->t already counts this step (1 on the first). */
-    void (*step)(soma_optim *o, float *w, const float *g, float lr);
+    /* w[0..n) -= update(g[0..n)) for the parameters off..off+n of the flat
+     * array (w and g already point at element off; state is indexed off+i);
+     * o->t already counts this step (1 on the first). */
+    void (*step)(soma_optim *o, float *w, const float *g, float lr, size_t off, size_t n);
 } soma__optim_impl;
 
 extern const soma__optim_impl soma__optim_sgd;

@@ -46,11 +46,10 @@ static soma_status sgd_check(const soma_optim_config *c)
 /* Plain SGD keeps no buffer, as torch keeps none when momentum == 0. */
 static int sgd_state_count(const soma_optim_config *c) { return c->momentum != 0.0f; }
 
-static void sgd_step(soma_optim *o, float *w_, const float *g_, float lr)
+static void sgd_step(soma_optim *o, float *w_, const float *g_, float lr, size_t off, size_t n)
 {
     float *restrict w = w_;
     const float *restrict g = g_;
-    const size_t n = o->n;
     const float wd = o->cfg.weight_decay;
 
     if (o->n_state == 0) {
@@ -59,7 +58,7 @@ static void sgd_step(soma_optim *o, float *w_, const float *g_, float lr)
         return;
     }
 
-    float *restrict buf = o->state[0];
+    float *restrict buf = o->state[0] + off;
     const float mom = o->cfg.momentum;
     const float keep = (float)(1.0 - o->dampening);   /* torch's alpha = 1 - dampening */
     /* update = a*d + c*buf: (1, mom) is Nesterov, (0, 1) is buf itself, both

@@ -50,6 +50,12 @@ static soma_status bp_train_batch(soma_rule *r, const soma_batch *b, float lr, s
     soma_step_stats local = { 0 };
     if ((e = soma__loss_and_grad(s->dscores, s->probs, scores, b->y, b->n, C, r->cfg.loss, &local)))
         return e;
+    if (net->fusable && b->n <= SOMA__FUSED_MAX_BATCH && r->cfg.clip_norm == 0) {
+        /* small batch: the gradient is formed row by row inside the update */
+        if ((e = soma__net_fused_update(net, s->dscores, b->n, r->optim, lr))) return e;
+        if (st) { st->loss += local.loss; st->correct += local.correct; st->n += local.n; }
+        return SOMA_OK;
+    }
     soma_net_zero_grad(net);
     if ((e = soma_net_backward(net, s->dscores, b->n, NULL))) return e;
     size_t np = soma_net_param_floats(net);

@@ -1,0 +1,183 @@
+"""The same benchmarks as bench_bptt.c in PyTorch: spiking nets trained with
+BPTT through a hand-written LIF loop (no snnTorch), autograd for the
+gradients, torch.optim.Adam (lr 1e-3), cross-entropy.  Prints one line in
+bench_bptt's format.
+
+Per step t, elementwise, every state starting at 0 (soma's equations):
+  I_t = x_t W^T + b [+ s_{t-1} R^T]      (R: recurrent weight, r512 only)
+  v_t = alpha u_{t-1} + I_t               alpha 0.9
+  s_t = H(v_t - th)                       th 1, H(0) = 0; dH/dx := 1/(25|x| + 1)^2
+  u_t = v_t - th s_t                      reset by subtraction, not detached
+  o_t = alpha o_{t-1} + s_t W_o^T + b_o   leaky-integrator readout, alpha 0.9
+  scores = mean_t o_t
+As in soma, the input layer runs at every step (for direct encoding x_t is
+the same image each step, and x W^T is recomputed, as soma does).  MNIST is
+kept as bytes and each batch is normalised when drawn, as soma's loader does.
+
+usage: /usr/bin/python3 bench/torch_snn.py mlp|smnist THREADS STEPS [REPEATS] [BATCH]
+       /usr/bin/python3 bench/torch_snn.py rss T [HIDDEN] [BATCH] [THREADS]
+  mlp     784-1000-10, direct encoding, T = 25, batch 128 by default
+  smnist  1-r512-10, one pixel per step, T = 784, batch 32 by default
+  rss     1-rH-10 (H 512), batch 32: one training step over T steps of random
+          inputs (after a T = 1 warm-up step, which sets the baseline); run
+          each T in a fresh process
+"""
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ALPHA, THRESHOLD, SLOPE, READOUT_ALPHA = 0.9, 1.0, 25.0, 0.9
+
+
+def load_idx(path):
+    raw = open(path, "rb").read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+class FastSigmoidSpike(torch.autograd.Function):
+    """Forward: strict Heaviside (x > 0).  Backward: g / (slope |x| + 1)^2."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g / (SLOPE * x.abs() + 1.0) ** 2
+
+
+spike = FastSigmoidSpike.apply
+
+
+class SNN(nn.Module):
+    """inputs -> LIF hidden layer (optionally recurrent) -> LI readout."""
+
+    def __init__(self, inputs, hidden, outputs, recurrent):
+        super().__init__()
+        self.fc = nn.Linear(inputs, hidden)
+        self.rec = nn.Linear(hidden, hidden, bias=False) if recurrent else None
+        self.out = nn.Linear(hidden, outputs)
+
+    def forward(self, x, T, sequential):
+        B = x.shape[0]
+        H, C = self.fc.out_features, self.out.out_features
+        u = x.new_zeros(B, H)
+        s = x.new_zeros(B, H)
+        o = x.new_zeros(B, C)
+        acc = x.new_zeros(B, C)
+        for t in range(T):
+            xt = x[:, t:t + 1] if sequential else x
+            i = self.fc(xt)
+            if self.rec is not None:
+                i = i + self.rec(s)
+            v = ALPHA * u + i
+            s = spike(v - THRESHOLD)
+            u = v - THRESHOLD * s
+            o = READOUT_ALPHA * o + self.out(s)
+            acc = acc + o
+        return acc / T
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cur_rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / (1024.0 * 1024.0)
+
+
+def train_step(model, opt, xb, yb, T, sequential):
+    opt.zero_grad()
+    loss = F.cross_entropy(model(xb, T, sequential), yb)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def bench_mnist(mode, argv):
+    smnist = mode == "smnist"
+    threads, steps = int(argv[0]), int(argv[1])
+    repeats = int(argv[2]) if len(argv) > 2 else 3
+    B = int(argv[3]) if len(argv) > 3 else (32 if smnist else 128)
+    torch.set_num_threads(threads)
+    x = torch.from_numpy(load_idx("data/mnist/train-images-idx3-ubyte").reshape(-1, 784).copy())
+    y = torch.from_numpy(load_idx("data/mnist/train-labels-idx1-ubyte").astype(np.int64))
+    torch.manual_seed(0)
+    if smnist:
+        spec, T, model = "1-r512-10", 784, SNN(1, 512, 10, True)
+    else:
+        spec, T, model = "784-1000-10", 25, SNN(784, 1000, 10, False)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    perm = torch.randperm(x.shape[0])
+    pos = 0
+    times = []
+    loss = 0.0
+    for r in range(-1, repeats):  # r = -1: one warm-up step
+        n = 1 if r < 0 else steps
+        t0 = time.perf_counter()
+        for _ in range(n):
+            if pos + B > x.shape[0]:
+                perm = torch.randperm(x.shape[0])
+                pos = 0
+            idx = perm[pos:pos + B]
+            pos += B
+            xb = (x[idx].float() / 255.0 - 0.1307) / 0.3081
+            loss = train_step(model, opt, xb, y[idx], T, smnist)
+        if r >= 0:
+            times.append((time.perf_counter() - t0) / n)
+    times.sort()
+    step_s = times[len(times) // 2]
+    print(f"torch {mode} net={spec} batch={B} T={T} threads={threads} steps={steps} "
+          f"repeats={repeats} step_ms={step_s * 1e3:.3f} ms_per_sample={step_s * 1e3 / B:.3f} "
+          f"samples_per_s={B / step_s:.1f} peak_rss_mib={peak_rss_mib():.1f} loss={loss:.4f} "
+          f"torch={torch.__version__}")
+
+
+def bench_rss(argv):
+    T = int(argv[0])
+    H = int(argv[1]) if len(argv) > 1 else 512
+    B = int(argv[2]) if len(argv) > 2 else 32
+    threads = int(argv[3]) if len(argv) > 3 else 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = SNN(1, H, 10, True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    x = 2.0 * torch.randn(B, T, generator=g)
+    y = torch.randint(0, 10, (B,), generator=g)
+    # warm-up at T = 1: autograd, BLAS and Adam's state set up before the
+    # baseline, so the delta is what grows with T
+    train_step(model, opt, x[:, :1], y, 1, True)
+    base = cur_rss_mib()
+    t0 = time.perf_counter()
+    train_step(model, opt, x, y, T, True)
+    step_s = time.perf_counter() - t0
+    peak = peak_rss_mib()
+    print(f"torch rss net=1-r{H}-10 batch={B} T={T} threads={threads} step_ms={step_s * 1e3:.1f} "
+          f"base_rss_mib={base:.1f} peak_rss_mib={peak:.1f} delta_rss_mib={peak - base:.1f} "
+          f"torch={torch.__version__}")
+
+
+def main():
+    if len(sys.argv) < 3 or sys.argv[1] not in ("mlp", "smnist", "rss"):
+        print("usage: torch_snn.py mlp|smnist THREADS STEPS [REPEATS] [BATCH]\n"
+              "       torch_snn.py rss T [HIDDEN] [BATCH] [THREADS]", file=sys.stderr)
+        sys.exit(2)
+    if sys.argv[1] == "rss":
+        bench_rss(sys.argv[2:])
+    else:
+        bench_mnist(sys.argv[1], sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()
