@@ -40,8 +40,8 @@ SMNIST_STEPS=${SMNIST_STEPS:-1}
 SMNIST_BATCH=${SMNIST_BATCH:-32}
 RSS_TS=${RSS_TS:-"100 200 500 1000"}
 bout=$(mktemp)
-# value of key=VALUE in a result line
-field() { echo "$1" | sed -nE "s/.*[ ^]$2=([^ ]+).*/\1/p"; }
+# value of key=VALUE in a result line; "-" for no line
+field() { if [ -n "$1" ]; then echo "$1" | sed -nE "s/.* $2=([^ ]+).*/\1/p"; else echo -; fi; }
 emit() { echo "$1"; echo "$1" >> "$bout"; }
 bptt_fail=0
 echo "bptt: LIF 784-1000-10 (T=25, batch 128) and 1-r512-10 on S-MNIST (T=784, batch $SMNIST_BATCH)"
@@ -79,20 +79,21 @@ for mode in mlp smnist; do
         t=$(grep "^torch $mode .* threads=$threads " "$bout")
         r=$(grep "^ratio soma/torch $mode .*threads=$threads:" "$bout" | sed -E 's/.*: //')
         printf '%-7s %7s %5s %12s %12s %11s %11s %6s %9s %9s\n' $mode $threads "$(field "$s" batch)" \
-            "$(field "$s" step_ms)" "${t:+$(field "$t" step_ms)}" "$(field "$s" ms_per_sample)" \
-            "${t:+$(field "$t" ms_per_sample)}" "${r:--}" "$(field "$s" peak_rss_mib)" "${t:+$(field "$t" peak_rss_mib)}"
+            "$(field "$s" step_ms)" "$(field "$t" step_ms)" "$(field "$s" ms_per_sample)" \
+            "$(field "$t" ms_per_sample)" "${r:--}" "$(field "$s" peak_rss_mib)" "$(field "$t" peak_rss_mib)"
     done
 done
 echo
-echo "BPTT peak RSS vs T, MiB (1-r512-10, batch 32, one training step; delta = peak - RSS before the rule/step)"
+echo "BPTT peak RSS vs T, MiB (1-r512-10, batch 32, one training step; delta = peak - RSS before it:"
+echo "soma: before the rule is built, so the delta is comparable with the plan; torch: after a T=1 warm-up step)"
 printf '%5s %9s %9s %9s %10s %10s %11s %11s\n' T soma_plan soma_peak soma_delta soma_ms torch_peak torch_delta torch_ms
 for T in $RSS_TS; do
     s=$(grep "^soma rss .* T=$T " "$bout")
     [ -n "$s" ] || continue
     t=$(grep "^torch rss .* T=$T " "$bout")
     printf '%5s %9s %9s %9s %10s %10s %11s %11s\n' $T "$(field "$s" plan_mib)" "$(field "$s" peak_rss_mib)" \
-        "$(field "$s" delta_rss_mib)" "$(field "$s" step_ms)" "${t:+$(field "$t" peak_rss_mib)}" \
-        "${t:+$(field "$t" delta_rss_mib)}" "${t:+$(field "$t" step_ms)}"
+        "$(field "$s" delta_rss_mib)" "$(field "$s" step_ms)" "$(field "$t" peak_rss_mib)" \
+        "$(field "$t" delta_rss_mib)" "$(field "$t" step_ms)"
 done
 rm -f "$bout"
 [ $bptt_fail = 0 ] || { echo "bench: a BPTT benchmark failed" >&2; exit 1; }

@@ -725,6 +725,13 @@ soma_status soma_net_step(soma_net *n, const float *x_t, int B, const float **ou
 soma_status soma_net_backward_time(soma_net *n, int steps, const float *const *dout, int B,
                                    int trunc);
 int soma_net_time(const soma_net *n);       /* steps since the last reset */
+/* A promise that every step of a sequence gets the same x pointer and values
+ * (direct encoding).  The leading layers that hold no state (before the first
+ * cell or recurrent layer) then run once per sequence in forward, and once
+ * per window in backward on the summed gradient, which is exact because they
+ * are linear in their output gradient for a fixed input.  soma_net_step
+ * rejects a different x while it is on. */
+void soma_net_set_static_input(soma_net *n, int on);
 int soma_net_is_spiking(const soma_net *n);
 
 int    soma_net_inputs(const soma_net *n);

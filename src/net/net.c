@@ -188,6 +188,9 @@ soma_status soma_net_new(soma_net **out, const char *spec, const soma_net_option
     soma_status st = SOMA_ERR_NOMEM;
     if (!(n->spec = soma__strdup(spec ? spec : ""))) goto fail;
     if ((st = soma__spec_parse(&n->layers, &n->n_layers, spec, o))) goto fail;
+    while (n->prefix < n->n_layers && n->layers[n->prefix].kind != SOMA_LAYER_CELL &&
+           n->layers[n->prefix].rec != 1)  /* spec.c's flag: recurrent dense */
+        n->prefix++;
     if ((st = create_params(n))) goto fail;
     init_params(n, o->seed);
     *out = n;
@@ -228,7 +231,9 @@ static void free_caches(soma_net *n)
     soma__free_aligned(n->ws);
     soma__free(n->xs);
     soma__free_aligned(n->rowbuf);
+    soma__free_aligned(n->psum);
     n->rowbuf = NULL;
+    n->psum = NULL;
     n->dbuf[0] = n->dbuf[1] = n->ws = NULL;
     n->xs = NULL;
     n->max_batch = 0;
@@ -300,6 +305,9 @@ static soma_status prepare_slots(soma_net *n, int B, int slots)
             }
         }
     }
+    if (n->spiking && n->prefix > 0 &&
+        !(n->psum = plan_alloc((size_t)B * n->layers[n->prefix - 1].out_size, &bytes)))
+        goto nomem;
     n->fusable = !n->spiking;
     size_t maxin = 0;
     for (int i = 0; i < n->n_layers; i++) {
@@ -727,12 +735,22 @@ soma_status soma_net_step(soma_net *n, const float *x_t, int B, const float **ou
     if (B != n->cur_b)
         return soma__fail(SOMA_ERR_ARG, "batch %d differs from the sequence's %d (reset the state first)", B, n->cur_b);
     int slot = soma__slot_of(n, n->t), prev = soma__slot_of(n, n->t - 1);
+    if (n->static_input && n->t > 0 && x_t != n->xs[prev])
+        return soma__fail(SOMA_ERR_ARG, "static input promised, but step %d got another x", n->t);
     n->xs[slot] = x_t;
     const float *in = x_t;
     soma_status st;
     for (int i = 0; i < n->n_layers; i++) {
-        if ((st = layer_forward(n, i, in, slot, prev, B, NULL))) return st;
-        in = soma__slot(n, &n->layers[i], n->layers[i].out, slot);
+        soma_layer *l = &n->layers[i];
+        if (n->static_input && n->t > 0 && i < n->prefix) {
+            /* same input as last step, no state: same output */
+            size_t one = (size_t)B * l->out_size;
+            memcpy(soma__slot(n, l, l->out, slot), soma__slot(n, l, l->out, prev), one * sizeof(float));
+            if (l->idx) memcpy(soma__slot_idx(n, l, slot), soma__slot_idx(n, l, prev), one * sizeof(int32_t));
+        } else if ((st = layer_forward(n, i, in, slot, prev, B, NULL))) {
+            return st;
+        }
+        in = soma__slot(n, l, l->out, slot);
     }
     n->t++;
     *out = in;
@@ -764,6 +782,11 @@ soma_status soma_net_backward_time(soma_net *n, int steps, const float *const *d
         return soma__fail(SOMA_ERR_ARG, "backward over %d steps: %d taken, window %d", steps, n->t, n->slots - 1);
     if (trunc < 0) return soma__fail(SOMA_ERR_ARG, "truncation must be >= 0, got %d", trunc);
     zero_carries(n, B, 2); /* no gradient arrives from after the last step */
+    /* static input: the stateless prefix sees the same input every step and
+     * is linear in its output gradient, so its backward runs once, on the
+     * gradient summed over the window */
+    int lo = n->static_input ? n->prefix : 0;
+    if (lo) memset(n->psum, 0, (size_t)B * n->layers[lo - 1].out_size * sizeof(float));
     int cur = 0;
     soma_status st;
     for (int j = steps - 1; j >= 0; j--) {
@@ -772,7 +795,7 @@ soma_status soma_net_backward_time(soma_net *n, int steps, const float *const *d
         zero_carries(n, B, !cur); /* the previous-step carries receive fresh sums */
         const float *dy = dout ? dout[j] : NULL;
         int bcur = 0;
-        for (int i = n->n_layers - 1; i >= 0; i--) {
+        for (int i = n->n_layers - 1; i >= lo; i--) {
             soma_layer *l = &n->layers[i];
             const float *in = i > 0 ? soma__slot(n, &n->layers[i - 1], n->layers[i - 1].out, slot) : n->xs[slot];
             float *d = i > 0 ? n->dbuf[bcur] : NULL;
@@ -788,15 +811,32 @@ soma_status soma_net_backward_time(soma_net *n, int steps, const float *const *d
             dy = d;
             bcur ^= 1;
         }
+        if (lo && dy) {
+            size_t m = (size_t)B * n->layers[lo - 1].out_size;
+            for (size_t k = 0; k < m; k++) n->psum[k] += dy[k];
+        }
         /* truncated BPTT: the state entering step t is detached when t is a
          * multiple of trunc */
         if (trunc > 0 && t % trunc == 0) zero_carries(n, B, !cur);
         cur ^= 1;
     }
+    if (lo) {
+        int slot = soma__slot_of(n, n->t - 1), bcur = 0;
+        const float *dy = n->psum;
+        for (int i = lo - 1; i >= 0; i--) {
+            const float *in = i > 0 ? soma__slot(n, &n->layers[i - 1], n->layers[i - 1].out, slot) : n->xs[slot];
+            float *d = i > 0 ? n->dbuf[bcur] : NULL;
+            if ((st = layer_backward(n, i, d, dy, in, slot, slot, B, cur))) return st;
+            dy = d;
+            bcur ^= 1;
+        }
+    }
     return SOMA_OK;
 }
 
 int soma_net_time(const soma_net *n) { return n->t; }
+
+void soma_net_set_static_input(soma_net *n, int on) { n->static_input = on != 0; }
 int soma_net_is_spiking(const soma_net *n) { return n->spiking; }
 
 /* ---- access ------------------------------------------------------------- */

@@ -95,6 +95,9 @@ struct soma_net {
     int         t;              /* temporal: steps taken since soma_net_reset_state */
     int         cur_b;          /* temporal: batch of the current sequence */
     const float **xs;           /* input of each slot (caller-owned; backward reads it) */
+    int         prefix;         /* leading layers with no state and no recurrence */
+    int         static_input;   /* the caller feeds the same x every step of a sequence */
+    float      *psum;           /* static input: dL/d(prefix output) summed over the window */
 };
 
 static inline float *soma__slot(const soma_net *n, const soma_layer *l, float *base, int slot)

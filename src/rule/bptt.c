@@ -43,6 +43,7 @@ static soma_status bptt_init(soma_rule *r, int max_batch)
         return soma__fail(SOMA_ERR_SHAPE, "encoding %s gives %d value(s) per step, net '%s' takes %d",
                           soma_encoding_name(c->encoding), step, soma_net_spec(net), soma_net_inputs(net));
     if ((st = soma_net_prepare_time(net, max_batch, c->T))) return st;
+    soma_net_set_static_input(net, c->encoding == SOMA_ENC_DIRECT);
     int C = soma_net_outputs(net);
     size_t bc = (size_t)max_batch * C;
     if (c->encoding != SOMA_ENC_DIRECT) {
