@@ -8,19 +8,22 @@
  * The same models in PyTorch: bench/torch_snn.py (same output format).
  *
  *   mlp     784-1000-10 on MNIST, direct encoding (the normalised image is
- *           the input current at every step), T = 25, batch 128 by default.
+ *           the input current at every step; rule bptt then runs the stateless
+ *           input layer once per sequence), T = 25, batch 128 by default.
  *           Times whole training steps (soma_rule_train_batch, loader included).
  *   smnist  1-r512-10 (one recurrent LIF layer of 512) on sequential MNIST:
  *           one pixel per step, T = 784, batch 32 by default.  Same timing;
  *           also prints ms per sample.
  *   rss     1-rH-10 (H = 512 by default) with BPTT over T steps of a synthetic
  *           sequential batch (random inputs and labels, no dataset): one
- *           warm-up-free training step, then the planned bytes (soma_rule_plan)
- *           next to the measured peak RSS.  Run each T in a fresh process
- *           (bench/run.sh does) so the peaks do not mask one another.
+ *           training step (no warm-up), then the planned bytes (soma_rule_plan)
+ *           next to the measured peak RSS and its growth over the RSS before
+ *           the rule was built.  Run each T in a fresh process (bench/run.sh
+ *           does) so the peaks do not mask one another.
  *
- * Timing: one warm-up training step (it touches every cache page), then
- * REPEATS repeats of STEPS steps; step_ms is the median over the repeats.
+ * Timing (mlp, smnist): one warm-up training step (it touches every cache
+ * page), then REPEATS repeats of STEPS steps; step_ms is the median over the
+ * repeats; loss is the last step's mean loss (a sign that training runs).
  *
  * usage: bench_bptt mlp    THREADS STEPS [REPEATS] [BATCH]
  *        bench_bptt smnist THREADS STEPS [REPEATS] [BATCH]

@@ -575,6 +575,14 @@ void soma_net_zero_grad(soma_net *n)
     memset(n->params.grad, 0, n->params.total * sizeof(float));
 }
 
+/* 1 if a layer below i has parameters or state, so i's input gradient is used */
+static int grad_below(const soma_net *n, int i)
+{
+    for (int k = 0; k < i; k++)
+        if (n->layers[k].w >= 0 || n->layers[k].kind == SOMA_LAYER_CELL) return 1;
+    return 0;
+}
+
 soma_status soma_net_backward(soma_net *n, const float *dlogits, int B, float *dx)
 {
     soma_status st = check_batch(n, B);
@@ -583,7 +591,7 @@ soma_status soma_net_backward(soma_net *n, const float *dlogits, int B, float *d
     int cur = 0;
     for (int i = n->n_layers - 1; i >= 0; i--) {
         const float *in = i > 0 ? n->layers[i - 1].out : n->xs[0];
-        float *d = i > 0 ? n->dbuf[cur] : dx;
+        float *d = i > 0 ? (dx || grad_below(n, i) ? n->dbuf[cur] : NULL) : dx;
         if ((st = layer_backward(n, i, d, dy, in, 0, 0, B, 0))) return st;
         dy = d;
         cur ^= 1;
@@ -798,7 +806,7 @@ soma_status soma_net_backward_time(soma_net *n, int steps, const float *const *d
         for (int i = n->n_layers - 1; i >= lo; i--) {
             soma_layer *l = &n->layers[i];
             const float *in = i > 0 ? soma__slot(n, &n->layers[i - 1], n->layers[i - 1].out, slot) : n->xs[slot];
-            float *d = i > 0 ? n->dbuf[bcur] : NULL;
+            float *d = grad_below(n, i) ? n->dbuf[bcur] : NULL;
             if (!dy && l->kind != SOMA_LAYER_CELL) {
                 /* nothing flows down from here at this step, except what
                  * cells below carry in time: a zero gradient */
@@ -825,7 +833,7 @@ soma_status soma_net_backward_time(soma_net *n, int steps, const float *const *d
         const float *dy = n->psum;
         for (int i = lo - 1; i >= 0; i--) {
             const float *in = i > 0 ? soma__slot(n, &n->layers[i - 1], n->layers[i - 1].out, slot) : n->xs[slot];
-            float *d = i > 0 ? n->dbuf[bcur] : NULL;
+            float *d = grad_below(n, i) ? n->dbuf[bcur] : NULL;
             if ((st = layer_backward(n, i, d, dy, in, slot, slot, B, cur))) return st;
             dy = d;
             bcur ^= 1;
