@@ -78,6 +78,47 @@ static void store_free(soma_store *s)
     soma__free_aligned(s->grad);
 }
 
+/* Adds a named tensor to the parameter store (is_param) or the buffer store
+ * after construction: a rule's own weights (EP's feedback matrices) or
+ * per-parameter state (FPTT's running average).  The flat arrays are
+ * reallocated, so pointers taken earlier are invalid afterwards: rules add
+ * everything in init, before the optimizer is created, and keep indices.
+ * New values start at 0.  Returns the tensor's index in its store, or a
+ * negative status. */
+int soma__net_add_tensor(soma_net *n, int is_param, const char *name, int ndim,
+                         const int64_t *shape)
+{
+    soma_store *s = is_param ? &n->params : &n->buffers;
+    for (int i = 0; i < s->count; i++)
+        if (!strcmp(s->p[i].name, name))
+            return soma__fail(SOMA_ERR_ARG, "tensor '%s' already exists", name);
+    int cap = s->count; /* store_add doubles when full */
+    size_t old = s->total;
+    int idx = store_add(s, &cap, name, ndim, shape);
+    if (idx < 0) return SOMA_ERR_NOMEM;
+    size_t total = s->total ? s->total : 1;
+    float *v = soma__malloc_aligned(total * sizeof(float));
+    float *g = is_param ? soma__malloc_aligned(total * sizeof(float)) : NULL;
+    if (!v || (is_param && !g)) {
+        soma__free_aligned(v);
+        soma__free_aligned(g);
+        s->count--;
+        s->total = old;
+        return SOMA_ERR_NOMEM;
+    }
+    memcpy(v, s->value, old * sizeof(float));
+    memset(v + old, 0, (s->total - old) * sizeof(float));
+    soma__free_aligned(s->value);
+    s->value = v;
+    if (is_param) {
+        memcpy(g, s->grad, old * sizeof(float));
+        memset(g + old, 0, (s->total - old) * sizeof(float));
+        soma__free_aligned(s->grad);
+        s->grad = g;
+    }
+    return idx;
+}
+
 /* ---- construction -------------------------------------------------------- */
 
 static soma_status create_params(soma_net *n)

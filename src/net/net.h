@@ -114,6 +114,10 @@ static inline int32_t *soma__slot_idx(const soma_net *n, const soma_layer *l, in
 static inline float *soma__param_value(soma_net *n, int i) { return n->params.value + n->params.p[i].offset; }
 static inline float *soma__param_grad(soma_net *n, int i) { return n->params.grad + n->params.p[i].offset; }
 
+/* A rule's own tensors, added in its init (see net.c). */
+int soma__net_add_tensor(soma_net *n, int is_param, const char *name, int ndim, const int64_t *shape);
+static inline float *soma__buffer_value(soma_net *n, int i) { return n->buffers.value + n->buffers.p[i].offset; }
+
 /* Small-batch BP step that never stores the gradient (see net.c). */
 #define SOMA__FUSED_MAX_BATCH 8
 soma_status soma__net_fused_update(soma_net *n, const float *dlogits, int B, soma_optim *o, float lr);

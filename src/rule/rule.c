@@ -84,9 +84,12 @@ soma_status soma_rule_new(soma_rule **out, const char *name, soma_net *net,
     r->net = net;
     r->cfg = *cfg;
     r->max_batch = max_batch;
-    soma_status st = soma_optim_new(&r->optim, &cfg->optim, soma_net_param_floats(net));
-    if (!st && !soma_net_is_spiking(net)) st = soma_net_prepare(net, max_batch);
+    /* init first: a rule may add tensors of its own to the net, which the
+     * optimizer must then cover */
+    soma_status st = SOMA_OK;
+    if (!soma_net_is_spiking(net)) st = soma_net_prepare(net, max_batch);
     if (!st) st = ops->init(r, max_batch);
+    if (!st) st = soma_optim_new(&r->optim, &cfg->optim, soma_net_param_floats(net));
     if (st) { soma_rule_free(r); return st; }
     *out = r;
     return SOMA_OK;

@@ -15,7 +15,9 @@
 typedef struct soma_rule_ops {
     const char *name;
     const char *about;
-    /* Allocates r->state; every buffer sized for max_batch here. */
+    /* Allocates r->state; every buffer sized for max_batch here.  May add
+     * tensors to the net (soma__net_add_tensor: trainable ones join the
+     * optimizer, all are checkpointed); runs before r->optim exists. */
     soma_status (*init)(soma_rule *r, int max_batch);
     soma_status (*train_batch)(soma_rule *r, const soma_batch *b, float lr, soma_rng *rng,
                                soma_step_stats *st);

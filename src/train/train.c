@@ -226,6 +226,8 @@ static soma_status build(run *r)
     rc.sample_size = sample;
     if ((st = soma_rule_new(&r->rule, c->rule, r->net, &rc, c->batch))) return st;
     if (r->resume_st) {
+        /* again, now that the rule's own tensors exist */
+        if ((st = soma_checkpoint_restore_net(r->net, r->resume_st, c->resume))) return st;
         const char *on = soma_st_meta(r->resume_st, "soma.optim");
         if (on && strcmp(on, soma_optim_name(rc.optim.kind)))
             return soma__fail(SOMA_ERR_ARG, "%s was trained with optimizer '%s', not '%s'", c->resume,
