@@ -603,8 +603,11 @@ int main(int argc, char **argv)
     /* A time step is many short parallel regions.  OpenMP threads that spin
      * between them starve each other when the cores are shared (another job,
      * two soma runs): measured 20-40x slower.  Sleeping waits cost a few
-     * percent on an idle machine.  An explicit OMP_WAIT_POLICY wins. */
-    setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
+     * percent on an idle machine.  An explicit OMP_WAIT_POLICY wins.  The
+     * OpenMP runtime reads its environment when it is loaded, before main,
+     * so the setting takes effect by running this program again once. */
+    if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0)
+        execv("/proc/self/exe", argv); /* on failure: carry on as we are */
     if (argc < 2) { main_help(); return EXIT_USAGE; }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) { main_help(); return 0; }
