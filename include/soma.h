@@ -792,6 +792,8 @@ typedef enum soma_reduce {
     SOMA_REDUCE_MEAN = 0,   /* mean over the T steps */
     SOMA_REDUCE_LAST,       /* the last step's output */
     SOMA_REDUCE_SUM,        /* sum over steps (spike count with a spiking readout) */
+    SOMA_REDUCE_EACH,       /* a loss at every step, averaged over T (online-style);
+                               scores for accuracy are the mean over steps */
     SOMA_REDUCE_COUNT
 } soma_reduce;
 const char *soma_reduce_name(soma_reduce r);

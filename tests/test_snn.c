@@ -377,6 +377,63 @@ static void static_prefix(const char *spec, int c, int h, int w)
     soma_net_free(a); soma_net_free(b);
 }
 
+/* reduce "each": L = (1/T) sum_t CE(out_t, y); the rule's SGD step must equal
+ * one done by hand through the net API. */
+static void reduce_each(void)
+{
+    const int B = 4, T = 5, D = 6;
+    soma_net_options o;
+    soma_net_options_default(&o);
+    o.in_c = D; o.in_h = 1; o.in_w = 1;
+    o.spiking = 1;
+    o.seed = 21;
+    o.cell.threshold = 0.4f;
+    soma_net *a, *b;
+    CHECK(soma_net_new(&a, "6-r9-4", &o) == SOMA_OK);
+    CHECK(soma_net_new(&b, "6-r9-4", &o) == SOMA_OK);
+    soma_rule_config rc;
+    soma_rule_config_default(&rc);
+    rc.optim.lr = 0.5f;
+    rc.T = T;
+    rc.reduce = SOMA_REDUCE_EACH;
+    soma_rule *r;
+    if (!CHECK(soma_rule_new(&r, "bptt", a, &rc, B) == SOMA_OK)) { fprintf(stderr, "%s\n", soma_last_error()); return; }
+    float x[4 * 6];
+    int32_t y[4] = { 0, 3, 1, 2 };
+    soma_rng rng;
+    soma_rng_seed(&rng, 3);
+    for (int i = 0; i < B * D; i++) x[i] = 2.0f * soma_rng_normal(&rng);
+    soma_batch bt = { .n = B, .c = D, .h = 1, .w = 1, .x = x, .y = y };
+    soma_step_stats st = { 0 };
+    CHECK(soma_rule_train_batch(r, &bt, 0.5f, NULL, &st) == SOMA_OK);
+    /* by hand on net b */
+    CHECK(soma_net_prepare_time(b, B, T) == SOMA_OK);
+    CHECK(soma_net_reset_state(b, B, NULL) == SOMA_OK);
+    int C = soma_net_outputs(b);
+    float dl[5][16], probs[16];
+    const float *dout[5];
+    double total = 0;
+    for (int t = 0; t < T; t++) {
+        const float *out;
+        CHECK(soma_net_step(b, x, B, &out) == SOMA_OK);
+        total += soma_ce_forward(probs, out, y, B, C);
+        memset(dl[t], 0, sizeof dl[t]);
+        soma_ce_backward(dl[t], probs, y, B, C, 1.0f / (float)T);
+        dout[t] = dl[t];
+    }
+    soma_net_zero_grad(b);
+    CHECK(soma_net_backward_time(b, T, dout, B, 0) == SOMA_OK);
+    size_t np = soma_net_param_floats(b);
+    float *wb = soma_net_param_values(b), *gb = soma_net_param_grads(b);
+    for (size_t i = 0; i < np; i++) wb[i] -= 0.5f * gb[i];
+    check_close_f("bptt reduce=each update", soma_net_param_values(a), wb, np, 1e-5, 1e-6);
+    double got = st.loss / st.n, want = total / T;
+    check_close_d("bptt reduce=each loss", &got, &want, 1, 1e-5, 1e-7);
+    soma_rule_free(r);
+    soma_net_free(a);
+    soma_net_free(b);
+}
+
 /* Bad input: a spiking API on a static net, and the reverse. */
 static void test_errors(void)
 {
@@ -410,6 +467,7 @@ int main(void)
     run("tests/fixtures/snn_rlif.safetensors");
     run("tests/fixtures/snn_alif.safetensors");
     test_errors();
+    reduce_each();
     static_prefix("18-10-r6-3", 2, 3, 3);
     static_prefix("conv2x3-pool2-8-3", 2, 5, 5);
     fd_bptt("6-r8-r7-3", SOMA_NEURON_LIF, SOMA_RESET_SUBTRACT, 0);

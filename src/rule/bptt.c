@@ -20,6 +20,8 @@ typedef struct bptt_state {
     float  *xs;                 /* (T, B, step_size) encoded inputs; NULL for DIRECT */
     float  *scores, *dscores, *probs, *dstep;   /* (B, C) each */
     const float **dout;         /* (T) per-step gradient pointers */
+    const float **outs;         /* (T) per-step outputs (valid: the window is T) */
+    float  *deach;              /* REDUCE_EACH: (T, B, C) per-step loss gradients */
     size_t  xs_bytes;
 } bptt_state;
 
@@ -55,7 +57,10 @@ static soma_status bptt_init(soma_rule *r, int max_batch)
     s->probs = soma__malloc(bc * sizeof(float));
     s->dstep = soma__malloc(bc * sizeof(float));
     s->dout = soma__calloc((size_t)c->T, sizeof *s->dout);
-    if (!s->scores || !s->dscores || !s->probs || !s->dstep || !s->dout) return SOMA_ERR_NOMEM;
+    s->outs = soma__calloc((size_t)c->T, sizeof *s->outs);
+    if (!s->scores || !s->dscores || !s->probs || !s->dstep || !s->dout || !s->outs) return SOMA_ERR_NOMEM;
+    if (c->reduce == SOMA_REDUCE_EACH && !(s->deach = soma__malloc((size_t)c->T * bc * sizeof(float))))
+        return SOMA_ERR_NOMEM;
     return SOMA_OK;
 }
 
@@ -70,6 +75,8 @@ static void bptt_release(soma_rule *r)
     soma__free(s->probs);
     soma__free(s->dstep);
     soma__free((void *)s->dout);
+    soma__free((void *)s->outs);
+    soma__free(s->deach);
     soma__free(s);
 }
 
@@ -93,10 +100,11 @@ static soma_status run_sequence(soma_rule *r, const soma_batch *b, soma_rng *rng
         }
         const float *out;
         if ((st = soma_net_step(net, xt, B, &out))) return st;
+        s->outs[t] = out;
         if (c->reduce == SOMA_REDUCE_LAST) {
             if (t == c->T - 1) memcpy(s->scores, out, bc * sizeof(float));
         } else {
-            float w = c->reduce == SOMA_REDUCE_MEAN ? 1.0f / (float)c->T : 1.0f;
+            float w = c->reduce == SOMA_REDUCE_SUM ? 1.0f : 1.0f / (float)c->T;
             for (size_t i = 0; i < bc; i++) s->scores[i] += w * out[i];
         }
     }
@@ -114,14 +122,33 @@ static soma_status bptt_train_batch(soma_rule *r, const soma_batch *b, float lr,
     soma_status e = run_sequence(r, b, rng);
     if (e) return e;
     soma_step_stats local = { 0 };
-    if ((e = soma__loss_and_grad(s->dscores, s->probs, s->scores, b->y, B, C, c->loss, &local)))
-        return e;
-    /* d scores / d out_t: 1/T (mean), 1 (sum), or only the last step */
     size_t bc = (size_t)B * C;
-    float w = c->reduce == SOMA_REDUCE_MEAN ? 1.0f / (float)c->T : 1.0f;
-    for (size_t i = 0; i < bc; i++) s->dstep[i] = w * s->dscores[i];
-    for (int t = 0; t < c->T; t++)
-        s->dout[t] = c->reduce == SOMA_REDUCE_LAST && t != c->T - 1 ? NULL : s->dstep;
+    if (c->reduce == SOMA_REDUCE_EACH) {
+        /* L = (1/T) sum_t loss(out_t, y); the reported loss is that mean,
+         * the accuracy is that of the mean output */
+        soma_step_stats acc = { 0 };
+        double total = 0;
+        for (int t = 0; t < c->T; t++) {
+            soma_step_stats one = { 0 };
+            float *d = s->deach + (size_t)t * bc;
+            if ((e = soma__loss_and_grad(d, s->probs, s->outs[t], b->y, B, C, c->loss, &one))) return e;
+            for (size_t i = 0; i < bc; i++) d[i] /= (float)c->T;
+            total += one.loss;
+            s->dout[t] = d;
+        }
+        if ((e = soma__loss_and_grad(NULL, s->probs, s->scores, b->y, B, C, c->loss, &acc))) return e;
+        local.loss = total / c->T;
+        local.correct = acc.correct;
+        local.n = acc.n;
+    } else {
+        if ((e = soma__loss_and_grad(s->dscores, s->probs, s->scores, b->y, B, C, c->loss, &local)))
+            return e;
+        /* d scores / d out_t: 1/T (mean), 1 (sum), or only the last step */
+        float w = c->reduce == SOMA_REDUCE_MEAN ? 1.0f / (float)c->T : 1.0f;
+        for (size_t i = 0; i < bc; i++) s->dstep[i] = w * s->dscores[i];
+        for (int t = 0; t < c->T; t++)
+            s->dout[t] = c->reduce == SOMA_REDUCE_LAST && t != c->T - 1 ? NULL : s->dstep;
+    }
     soma_net_zero_grad(net);
     if ((e = soma_net_backward_time(net, c->T, s->dout, B, c->trunc))) return e;
     size_t np = soma_net_param_floats(net);

@@ -31,6 +31,7 @@ soma_status soma_loss_from_name(soma_loss_kind *out, const char *name)
 
 static const char *const reduce_names[SOMA_REDUCE_COUNT] = {
     [SOMA_REDUCE_MEAN] = "mean", [SOMA_REDUCE_LAST] = "last", [SOMA_REDUCE_SUM] = "sum",
+    [SOMA_REDUCE_EACH] = "each",
 };
 
 const char *soma_reduce_name(soma_reduce r)
@@ -42,7 +43,7 @@ soma_status soma_reduce_from_name(soma_reduce *out, const char *name)
 {
     for (int i = 0; i < SOMA_REDUCE_COUNT; i++)
         if (!strcmp(name, reduce_names[i])) { *out = (soma_reduce)i; return SOMA_OK; }
-    return soma__fail(SOMA_ERR_ARG, "unknown reduce '%s' (valid: mean, last, sum)", name);
+    return soma__fail(SOMA_ERR_ARG, "unknown reduce '%s' (valid: mean, last, sum, each)", name);
 }
 
 int soma_rule_count(void) { return N_RULES; }
