@@ -114,6 +114,11 @@ refs:
 	/usr/bin/python3 refs/core_ref.py tests/fixtures
 	/usr/bin/python3 refs/optim_ref.py tests/fixtures
 	/usr/bin/python3 refs/st_fixture.py tests/fixtures
+	/usr/bin/python3 refs/snn_ref.py tests/fixtures
+	/usr/bin/python3 refs/fptt_ref.py tests/fixtures
+	/usr/bin/python3 refs/ep_ref.py tests/fixtures
+	/usr/bin/python3 refs/lfp_ref.py tests/fixtures
+	/usr/bin/python3 refs/pc_ref.py tests/fixtures
 
 fuzz:
 	@sh scripts/deps.sh fuzz

@@ -245,6 +245,90 @@ float soma_bce_logits_forward(const float *z, const float *t, int B, int N);
 void  soma_bce_logits_backward(float *dz, const float *z, const float *t, int B, int N, float scale);
 
 /* ======================================================================== */
+/* Relevance (LRP): a layer's output relevance split over its inputs and    */
+/* connections, as layer-wise feedback propagation (rule "lfp") uses it.    */
+/* src/ops/relevance.c; Weber et al. 2023, eqs. 8-13; notes/lfp.md.         */
+/* ======================================================================== */
+
+/* For an output unit j with z_j = sum_i z_ij + b_j, z_ij = w_ij a_i, incoming
+ * relevance R_j, stab(z) = z + eps sgn0(z) with sgn0(0) = +1, and x/0 := 0:
+ *   ZERO, EPSILON  s_j = R_j / stab(z_j)          (ZERO: eps taken as 0)
+ *                  R_i = sum_j z_ij s_j,  fb_ij = |w_ij| a_i s_j,  fb_b = |b_j| s_j
+ *   ALPHABETA      z+_j (z-_j): the sum of the z_ij >= 0 (< 0) and of b_j if
+ *                  >= 0 (< 0); s+_j = alpha sgn0(z_j) R_j / stab(z+_j),
+ *                  s-_j = -beta sgn0(z_j) R_j / (z-_j - eps);  each connection
+ *                  uses s+ if z_ij >= 0 else s- (the bias by the sign of b_j):
+ *                  R_i = sum_j z_ij s(+/-)_j,  fb_ij = |w_ij| a_i s(+/-)_j
+ *   ZPLUSMINUS     s_j = sgn0(z_j) R_j / (z+_j - z-_j + eps);
+ *                  R_i = sum_j |z_ij| s_j,  fb_ij = |w_ij| a_i s_j
+ * fb (parameter feedback) is summed over the batch: an ascent direction.
+ * For ReLU nets with ZERO, s is BP's error signal, so fb = |theta| (-dL/dtheta). */
+typedef enum soma_lrp_rule {
+    SOMA_LRP_EPSILON = 0,   /* "epsilon" (default) */
+    SOMA_LRP_ZERO,          /* "zero": LRP-0 */
+    SOMA_LRP_ALPHABETA,     /* "alphabeta": alpha - beta = 1 (default alpha 2, beta 1) */
+    SOMA_LRP_ZPLUSMINUS,    /* "zplusminus": z+z- */
+    SOMA_LRP_COUNT
+} soma_lrp_rule;
+
+typedef struct soma_lrp_params {
+    soma_lrp_rule rule;
+    float eps;              /* >= 0 */
+    float alpha, beta;      /* ALPHABETA only: alpha - beta = 1, beta >= 0 */
+} soma_lrp_params;
+
+const char *soma_lrp_rule_name(soma_lrp_rule r);
+/* Also accepts "0" (zero), "eps", "ab" and "zpzm"; SOMA_ERR_ARG listing the names. */
+soma_status soma_lrp_rule_from_name(soma_lrp_rule *out, const char *name);
+/* SOMA_ERR_ARG naming the field: unknown rule, eps < 0 or not finite,
+ * alpha - beta != 1 (to 1e-6) or beta < 0 for ALPHABETA. */
+soma_status soma_lrp_params_check(const soma_lrp_params *p);
+
+/* Every kernel: R_in += relevance of the inputs, fbw/fbb += parameter
+ * feedback (NULL skips that part); ws is scratch of the size its
+ * _workspace function gives (conv: with the im2col slices of `threads`
+ * threads, as soma_conv2d_workspace); z/y is the layer's forward output
+ * (with the bias), a its input.  Shapes as the forward kernels. */
+size_t soma_dense_relevance_workspace(int B, int I, int O, const soma_lrp_params *p);
+void soma_dense_relevance(float *R_in, float *fbw, float *fbb, float *ws, const float *R_out,
+                          const float *z, const float *a, const float *w, const float *b,
+                          int B, int I, int O, const soma_lrp_params *p);
+size_t soma_conv2d_relevance_workspace(const soma_conv_shape *s, const soma_lrp_params *p,
+                                       int threads);
+/* The conv backward kernels carry the normalised signal s in place of dL/dy. */
+void soma_conv2d_relevance(float *R_in, float *fbw, float *fbb, float *ws, const float *R_out,
+                           const float *z, const float *a, const float *w, const float *b,
+                           const soma_conv_shape *s, const soma_lrp_params *p);
+/* Max pooling: the window's winner (idx from the forward pass) takes it all, whatever the rule. */
+void soma_maxpool_relevance(float *R_in, const float *R_out, const int32_t *idx,
+                            const soma_pool_shape *s);
+/* Average pooling: the rule over fixed weights 1/k^2 and no bias. */
+size_t soma_avgpool_relevance_workspace(const soma_pool_shape *s, const soma_lrp_params *p);
+void soma_avgpool_relevance(float *R_in, float *ws, const float *R_out, const float *y,
+                            const float *a, const soma_pool_shape *s, const soma_lrp_params *p);
+/* Batchnorm as the per-channel affine map it is for fixed statistics,
+ * y = gamma xhat + beta with xhat = (x - mean) invstd (from the forward
+ * cache), always with the epsilon rule: s = R / stab(y),
+ * R_in += gamma invstd x s, fbg += |gamma| sum xhat s, fbb += |beta| sum s.
+ * x, y, xhat: (B,C,S). */
+void soma_batchnorm_relevance(float *R_in, float *fbg, float *fbb, const float *R_out,
+                              const float *y, const float *x, const float *xhat,
+                              const float *gamma, const float *beta, const float *invstd,
+                              int B, int C, int S, float eps);
+
+/* Feedback functions at the output: r(B,C) from logits o(B,C) and labels. */
+typedef enum soma_lfp_reward_kind {
+    SOMA_LFP_REWARD_SOFTMAX = 0, /* "softmax": o (y - softmax(o)), so s = -dCE/do (default) */
+    SOMA_LFP_REWARD_SIGMOID,     /* "sigmoid": o (y - sigmoid(o)), the seed's eq. 7; s = -dBCE/do */
+    SOMA_LFP_REWARD_PM1,         /* "pm1": the label's unit only, +1 if the argmax is right, else -1 */
+    SOMA_LFP_REWARD_COUNT
+} soma_lfp_reward_kind;
+const char *soma_lfp_reward_name(soma_lfp_reward_kind k);
+soma_status soma_lfp_reward_from_name(soma_lfp_reward_kind *out, const char *name);
+void soma_lfp_reward(float *r, const float *o, const int32_t *labels, int B, int C,
+                     soma_lfp_reward_kind k);
+
+/* ======================================================================== */
 /* Initialisers                                                             */
 /* ======================================================================== */
 
@@ -272,6 +356,8 @@ typedef enum soma_optim_kind {
     SOMA_OPTIM_SGD = 0,   /* momentum, dampening, Nesterov, weight decay (torch.optim.SGD) */
     SOMA_OPTIM_ADAM,      /* torch.optim.Adam (L2 weight decay added to the gradient) */
     SOMA_OPTIM_ADAMAX,    /* torch.optim.Adamax */
+    SOMA_OPTIM_MQ,        /* Matrix Update eQualization (Alonso et al. 2023): one scalar per
+                             parameter group (weight matrix + bias); needs soma_optim_set_groups */
     SOMA_OPTIM_COUNT
 } soma_optim_kind;
 
@@ -283,7 +369,9 @@ typedef struct soma_optim_config {
     int   nesterov;      /* SGD, 0 or 1; needs momentum > 0 and dampening == 0 */
     float weight_decay;  /* >= 0 */
     float beta1, beta2;  /* Adam/Adamax, [0,1) */
-    float eps;           /* Adam/Adamax, > 0 */
+    float eps;           /* Adam/Adamax, > 0; MQ: r, the denominator's floor (1e-6) */
+    float lr_min;        /* MQ: the plain SGD floor added to every step, >= 0 (1e-3) */
+    float rho_max;       /* MQ: cap of the averaging rate, [0,1) (0.9999 MLP; 0.999 conv) */
 } soma_optim_config;
 
 /* Fills the PyTorch defaults for the kind (lr 1e-3, betas 0.9/0.999,
@@ -314,8 +402,25 @@ int    soma_optim_state_count(const soma_optim *o);
 float *soma_optim_state(soma_optim *o, int i, const char **name);
 int64_t soma_optim_get_step(const soma_optim *o);
 void    soma_optim_set_step(soma_optim *o, int64_t t);
-/* Bytes of per-parameter state (state_count * n * sizeof(float)). */
+/* Bytes of state: per-parameter (state_count * n * sizeof(float)) plus
+ * per-group (MQ: one float per group). */
 size_t  soma_optim_size(const soma_optim *o);
+/* Parameter groups: count contiguous, non-overlapping ranges of the flat
+ * array, group i = [offsets[i], offsets[i] + sizes[i]), sizes > 0, within n
+ * (the arrays are copied; calling again replaces the groups and resets the
+ * group state).  MQ keeps one scalar v per group, initialised to cfg.lr:
+ *   N = step counter (after the increment); step = lr / (v + eps) + lr_min;
+ *   w -= step * g over the group; rho = min(N / (N+1), rho_max);
+ *   v = rho v + (1 - rho) mean_group |g|.
+ * Parameters outside every group are left untouched by MQ.  MQ refuses to
+ * step without groups: soma_optim_step then changes nothing, does not count
+ * the step, and sets soma_last_error.  The other kinds accept groups and
+ * ignore them.  SOMA_ERR_ARG for a bad range, SOMA_ERR_NOMEM. */
+soma_status soma_optim_set_groups(soma_optim *o, int count, const size_t *offsets,
+                                  const size_t *sizes);
+int    soma_optim_group_count(const soma_optim *o);
+/* Per-group state (MQ: "v", group_count floats), NULL for the other kinds. */
+float *soma_optim_group_state(soma_optim *o, const char **name);
 
 /* --- learning-rate schedules, as a function of progress t in epochs ------ */
 typedef enum soma_sched_kind {
@@ -447,7 +552,8 @@ typedef struct soma_batch {
     int      n;           /* samples in this batch (last may be smaller) */
     int      c, h, w;
     float   *x;           /* (n, c, h, w), owned by the loader */
-    int32_t *y;           /* (n) */
+    int32_t *y;           /* (n) class labels (classification) */
+    const float *target;  /* (n, outputs) regression targets, or NULL (classification) */
     const uint32_t *index;/* dataset indices of the samples */
 } soma_batch;
 
@@ -455,6 +561,14 @@ typedef struct soma_loader soma_loader;
 soma_status soma_loader_new(soma_loader **out, const soma_dataset *ds,
                             const soma_loader_config *cfg);
 void soma_loader_free(soma_loader *l);
+/* A loader over generated sequences instead of a dataset: the adding task
+ * (soma_adding_batch) of length T, n sequences per epoch, as samples of
+ * c = 2T values ((value, marker) per step: the frames encoding with T
+ * steps feeds 2 per step) with a regression target (n, 1).  The sequences
+ * of epoch e depend only on (seed, e), or only on seed when fixed != 0 (a
+ * test set). */
+soma_status soma_loader_new_adding(soma_loader **out, int T, int n, int batch, uint64_t seed,
+                                   int fixed);
 /* Starts epoch e: the order (and augmentation draws) depend only on
  * (seed, e), so a resumed run sees the same batches. */
 void soma_loader_start_epoch(soma_loader *l, int epoch);
@@ -680,6 +794,11 @@ soma_status soma_events_to_frames(float *frames, const soma_event *ev, size_t n,
  *   poolK / avgpoolK  KxK max / average pooling with stride K
  *   bn         batch normalisation of the previous conv/dense output
  *   dropP      dropout with probability P (e.g. drop0.5)
+ *   ltcN       dense layer of N units followed by a Liquid-Time-Constant
+ *              spiking cell (FPTT paper, eq. 9; cell params o->ltc), whose
+ *              update rates are sigmoid maps of [input current, state]
+ *   rltcN      the same with a recurrent weight on the cell's own spikes
+ *              (an LTC layer makes the net spiking even without o->spiking)
  * Each dense/conv layer except the last is followed by the hidden activation
  * (after its bn, if any); a flatten is inserted before the first dense layer
  * that follows a conv/pool. Examples: "784-512-512-10",
@@ -691,6 +810,9 @@ typedef enum soma_readout {
     SOMA_READOUT_NONE = 0,   /* its output itself */
     SOMA_READOUT_LI,         /* a leaky-integrator membrane (readout cell) */
     SOMA_READOUT_SPIKE,      /* a spiking cell of the hidden kind (count its spikes) */
+    SOMA_READOUT_LTC,        /* a leaky integrator whose rate is liquid (FPTT paper's output
+                                neuron): o_t = (1 - tau_o) o_{t-1} + tau_o z_t,
+                                tau_o = sigmoid(k_o (W_to [z_t, o_{t-1}] + b_to)) */
     SOMA_READOUT_COUNT
 } soma_readout;
 
@@ -707,6 +829,12 @@ typedef struct soma_net_options {
     soma_cell_params cell;
     soma_readout     readout;
     soma_cell_params readout_cell;   /* LI: its alpha is the readout's leak */
+    /* ltcN / rltcN cells: kind ALIF (adaptive threshold b0 + beta_a eta) or
+     * LIF (fixed threshold: the adding-task variant, no tau_adp map).
+     * Default: ALIF, threshold b0 = 0.1, beta_a 1.8, reset ZERO,
+     * input_scale 1, multi-Gaussian surrogate; alpha and rho are unused
+     * (per element from the tau maps). */
+    soma_cell_params ltc;
 } soma_net_options;
 
 void soma_net_options_default(soma_net_options *o);
@@ -799,6 +927,45 @@ typedef enum soma_reduce {
 const char *soma_reduce_name(soma_reduce r);
 soma_status soma_reduce_from_name(soma_reduce *out, const char *name);
 
+/* Equilibrium propagation (rule "ep", docs/ep.md): which dynamics, and how
+ * the feedback matrices of the general (untied) variant start. */
+#define SOMA_EP_MAX_LAYERS 8
+typedef enum soma_ep_variant {
+    SOMA_EP_GENERAL = 0,  /* untied forward/feedback weights, ds/dt = W rho(s) - s
+                             (Scellier, Goyal, Binas, Mesnard, Bengio 2018) */
+    SOMA_EP_CLASSIC,      /* tied weights, Hopfield energy: ds/dt = -dE/ds
+                             (Scellier & Bengio 2017) */
+    SOMA_EP_VARIANT_COUNT
+} soma_ep_variant;
+const char *soma_ep_variant_name(soma_ep_variant v);   /* "general", "classic" */
+soma_status soma_ep_variant_from_name(soma_ep_variant *out, const char *name);
+typedef enum soma_ep_fb_init {
+    SOMA_EP_FB_RANDOM = 0,  /* drawn with the net's init scheme (fans of the feedback matrix) */
+    SOMA_EP_FB_TRANSPOSE,   /* the transpose of the feedforward matrix (a symmetric start) */
+    SOMA_EP_FB_COUNT
+} soma_ep_fb_init;
+const char *soma_ep_fb_init_name(soma_ep_fb_init f);   /* "random", "transpose" */
+soma_status soma_ep_fb_init_from_name(soma_ep_fb_init *out, const char *name);
+
+/* Predictive coding (rule "pc", docs/pc.md): the order in which inference
+ * updates the hidden activities, and how the output is clamped. */
+typedef enum soma_pc_order {
+    SOMA_PC_SEQUENTIAL = 0, /* "sequential": SeqIL, a top-down sweep per iteration (default) */
+    SOMA_PC_SIMULTANEOUS,   /* "simultaneous": standard IL, every error from one snapshot */
+    SOMA_PC_INCREMENTAL,    /* "incremental": iPC, simultaneous + a weight step every iteration */
+    SOMA_PC_ORDER_COUNT
+} soma_pc_order;
+const char *soma_pc_order_name(soma_pc_order o);
+/* Also accepts "seq", "sim", "inc"; SOMA_ERR_ARG listing the names. */
+soma_status soma_pc_order_from_name(soma_pc_order *out, const char *name);
+typedef enum soma_pc_clamp {
+    SOMA_PC_SOFT = 0,       /* "soft": h_L = (softmax(p_L) + beta y) / (1 + beta) (default) */
+    SOMA_PC_HARD,           /* "hard": h_L = y */
+    SOMA_PC_CLAMP_COUNT
+} soma_pc_clamp;
+const char *soma_pc_clamp_name(soma_pc_clamp c);
+soma_status soma_pc_clamp_from_name(soma_pc_clamp *out, const char *name);
+
 typedef struct soma_rule_config {
     soma_optim_config optim;
     soma_loss_kind    loss;       /* CE on logits, or MSE against one-hot */
@@ -812,8 +979,62 @@ typedef struct soma_rule_config {
     int               trunc;      /* BPTT: detach the state every trunc steps (0 = never) */
     int               sample_size;/* values per data sample when the encoder feeds the net
                                      fewer per step (S-MNIST: 784 -> 1); 0 = the net's inputs */
+    /* FPTT (rule "fptt"): one update per window of fptt_k steps (1: every
+     * step, state detached between steps; T must be a multiple of it) with
+     * the dynamic regulariser alpha (W - Wbar) - lambda; Wbar's rate beta. */
+    float             fptt_alpha; /* > 0 (default 0.1) */
+    float             fptt_beta;  /* in (0, 1] (default 0.5) */
+    int               fptt_k;     /* >= 1 (default 1) */
+    /* LFP (rule "lfp"): LRP rule per layer kind (a composite), the
+     * stabiliser, alpha-beta, the feedback function, the optional backward
+     * normalisation and unit-wise adaptive clipping (docs/lfp.md). */
+    soma_lrp_rule     lfp_dense;  /* dense layers (default epsilon) */
+    soma_lrp_rule     lfp_conv;   /* conv layers (default epsilon) */
+    soma_lrp_rule     lfp_pool;   /* average pooling (default epsilon); max pooling:
+                                     the winner takes all, batchnorm: epsilon */
+    float             lfp_eps;    /* >= 0 (default 1e-6) */
+    float             lfp_alpha, lfp_beta; /* alphabeta: alpha - beta = 1 (default 2, 1) */
+    soma_lfp_reward_kind lfp_reward; /* default softmax */
+    int               lfp_norm;   /* 1: divide the feedback entering every dense, conv
+                                     and batchnorm layer by its max |.| over the batch */
+    float             lfp_agc;    /* unit-wise adaptive clipping lambda, 0 = off (0.06 in the
+                                     authors' SNN runs); clip_norm applies too */
+    /* EP (rule "ep", docs/ep.md); soma_ep_config_default fills these.  The
+     * loss picks the output: mse = the last dense layer is a dynamical layer
+     * nudged by beta (y - s) (the papers' cost 1/2 |y - s|^2); ce = a softmax
+     * readout outside the dynamics (Laborieux et al. 2021). */
+    soma_ep_variant   ep_variant;     /* default general */
+    float             ep_beta;        /* nudging strength, > 0 (default 1) */
+    int               ep_free_steps;  /* Euler steps of the free phase, >= 1 (default 100) */
+    int               ep_nudge_steps; /* Euler steps of each nudged phase, >= 1 (default 20) */
+    int               ep_eval_steps;  /* free steps at inference, 0 = ep_free_steps */
+    float             ep_eps;         /* Euler step size, in (0, 1) (default 0.5) */
+    int               ep_symmetric;   /* 1: +beta and -beta phases, both from the free
+                                         point, difference / 2 beta (Laborieux 2021) */
+    int               ep_random_sign; /* 1: one-sided, the sign of beta drawn per batch */
+    int               ep_particles;   /* > 0: persistent free states ("particles") for
+                                         dataset indices 0..ep_particles-1 (classic EP) */
+    soma_ep_fb_init   ep_fb_init;     /* general variant: feedback start (default random) */
+    int               ep_n_lrs;       /* 0: every layer 1; else one factor per dense layer */
+    float             ep_lrs[SOMA_EP_MAX_LAYERS]; /* per-layer learning-rate factors, input
+                                         side first; a feedback matrix uses its pair's */
+    float             ep_tol;         /* > 0: a batch whose free phase ends with RMS |mu|
+                                         above it fails (SOMA_ERR_NUMERIC); 0 = only logged */
+    /* PC (rule "pc", docs/pc.md); soma_pc_config_default fills these.
+     * States are the dense/conv outputs (pre-activations), initialised by a
+     * feedforward pass; T inference iterations of step pc_gamma / (1 + t). */
+    int               pc_T;           /* inference iterations, >= 1 (default 3) */
+    float             pc_gamma;       /* activity step, > 0 (default 0.05) */
+    float             pc_beta;        /* soft clamp strength, >= 0 (default 100) */
+    soma_pc_order     pc_order;       /* default sequential */
+    soma_pc_clamp     pc_clamp;       /* default soft */
+    int               pc_autoencoder; /* 1: the target is the input itself, the top energy
+                                         is BCE through a sigmoid (outputs must equal inputs) */
 } soma_rule_config;
 void soma_rule_config_default(soma_rule_config *c);
+/* "epsilon", "zero", "alphabeta", "zplusminus" for every layer kind, or a
+ * composite "dense=R,conv=R,pool=R" (kinds not named keep their rule). */
+soma_status soma_lfp_composite_from_name(soma_rule_config *c, const char *spec);
 
 typedef struct soma_rule soma_rule;
 
@@ -846,6 +1067,44 @@ soma_status soma_rule_predict(soma_rule *r, const soma_batch *b, const float **s
 soma_optim *soma_rule_optim(soma_rule *r);
 /* Memory the rule needs, by kind. */
 void soma_rule_plan(const soma_rule *r, soma_mem_plan *plan);
+/* LFP without the update (r must be rule "lfp"): the forward pass on b in
+ * training mode, the feedback function, and the relevance pass; writes
+ * -fb (the direction soma_rule_train_batch hands the optimizer, before any
+ * clipping) into the net's grad store, and the input relevance (b->n,
+ * inputs) into R_in when it is non-NULL.  Adds loss/hits to *st (may be NULL). */
+soma_status soma_lfp_feedback(soma_rule *r, const soma_batch *b, soma_rng *rng, float *R_in,
+                              soma_step_stats *st);
+/* Tells the rule an epoch of training is over; call it after the last
+ * soma_rule_train_batch of every epoch, before evaluating and saving.
+ * FPTT sets W <- Wbar here (so evaluation and the next epoch use the
+ * running average); rules with nothing to do ignore it.  NULL is a no-op. */
+void soma_rule_epoch_end(soma_rule *r);
+/* EP: fills the ep_* fields of c with the defaults above (soma_rule_config_default
+ * calls it). */
+void soma_ep_config_default(soma_rule_config *c);
+/* PC: fills the pc_* fields of c with the defaults above (the paper's MLP
+ * settings: T 3, gamma 0.05, beta 100, sequential, soft clamp). */
+void soma_pc_config_default(soma_rule_config *c);
+/* EP diagnostics (r must be rule "ep"): alignment tr(W_fwd W_bwd) per layer
+ * pair with a feedback matrix (the 2018 paper's Fig. 3; classic: |W|^2), and
+ * the relaxation residual, RMS over units and samples of the projected
+ * |mu| = |s_next - s| / eps at the last step of each phase, averaged over the
+ * batches since the last reset (and the worst free phase).  reset != 0
+ * clears the residual counters after reading. */
+typedef struct soma_ep_diag {
+    int     pairs;                        /* entries of align (dense layers 2..) */
+    double  align[SOMA_EP_MAX_LAYERS];
+    double  res_free, res_nudge, res_free_max;
+    int64_t batches, unconverged;         /* batches seen; free phases above ep_tol */
+} soma_ep_diag;
+soma_status soma_ep_diagnostics(soma_rule *r, soma_ep_diag *d, int reset);
+/* EP: the angle in degrees between the rule's update on batch b (relaxed
+ * from zeros, as predict) and the true descent direction -dJ/dW of the cost
+ * at the free fixed point, computed by recurrent backpropagation (the
+ * adjoint system iterated to its fixed point; units clipped at 0 or 1 held
+ * fixed).  Changes no parameter.  *rbp_res receives the adjoint's final
+ * residual (may be NULL). */
+soma_status soma_ep_grad_angle(soma_rule *r, const soma_batch *b, double *degrees, double *rbp_res);
 
 
 /* ======================================================================== */
@@ -876,7 +1135,9 @@ soma_status soma_checkpoint_restore_optim(soma_optim *o, const soma_st *st, cons
 #define SOMA_MAX_CLASSES 100
 
 typedef struct soma_train_config {
-    const char *data;         /* "mnist", "fashion", "cifar10", "cifar10-4k", "nmnist" */
+    const char *data;         /* "mnist", "fashion", "cifar10", "cifar10-4k", "nmnist", or
+                                 "adding" (generated: T steps, --train-limit/--test-limit
+                                 sequences, default 10000/1000) */
     const char *data_dir;     /* NULL: data/<data> */
     const char *net;          /* spec; NULL with resume: the checkpoint's */
     const char *rule;         /* "bp", ... */
@@ -917,11 +1178,13 @@ typedef struct soma_progress {
     double  samples_per_s, eta_s;   /* eta: this epoch */
     int     epoch_done;             /* 1 once per epoch, with the fields below */
     double  test_loss, test_acc, val_acc, lr, seconds;
+    int     regression;             /* losses are MSE; accuracies do not apply */
 } soma_progress;
 typedef void (*soma_progress_fn)(void *user, const soma_progress *p);
 
 typedef struct soma_train_result {
     double test_acc, test_loss, val_acc;
+    int    regression;    /* the task was a regression: test_loss is the MSE */
     int    epochs_done;
     double seconds;
     soma_mem_plan plan;

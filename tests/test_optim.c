@@ -342,9 +342,10 @@ static void test_state_and_resume(void)
         for (int s = 0; s < STEPS; s++) g[s][i] = cosf(0.11f * (float)(i * (s + 1)));
     }
     const char *want_names[SOMA_OPTIM_COUNT][2] = {
-        {"momentum_buffer", NULL}, {"exp_avg", "exp_avg_sq"}, {"exp_avg", "exp_inf"}};
+        {"momentum_buffer", NULL}, {"exp_avg", "exp_avg_sq"}, {"exp_avg", "exp_inf"}, {NULL, NULL}};
 
     for (int k = 0; k < SOMA_OPTIM_COUNT; k++) {
+        if (k == SOMA_OPTIM_MQ) continue; /* per-matrix state and groups: test_pc covers it */
         soma_optim_config c;
         soma_optim_config_default(&c, (soma_optim_kind)k);
         if (k == SOMA_OPTIM_SGD) c.momentum = 0.9f;
@@ -406,6 +407,7 @@ static void test_threads_agree(void)
     float *w1 = malloc(n * sizeof *w1), *w2 = malloc(n * sizeof *w2), *g = malloc(n * sizeof *g);
     if (!CHECK(w1 && w2 && g)) { free(w1); free(w2); free(g); return; }
     for (int k = 0; k < SOMA_OPTIM_COUNT; k++) {
+        if (k == SOMA_OPTIM_MQ) continue; /* per-matrix state and groups: test_pc covers it */
         soma_optim_config c;
         soma_optim_config_default(&c, (soma_optim_kind)k);
         if (k == SOMA_OPTIM_SGD) { c.momentum = 0.9f; c.nesterov = 1; }

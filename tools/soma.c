@@ -122,8 +122,9 @@ static void train_help(void)
            "Trains a network and prints the test accuracy. Every option can also be given\n"
            "in a config file (--config FILE, lines 'key = value'); the command line wins.\n\n"
            "data:\n"
-           "  --data NAME          mnist, fashion, cifar10, cifar10-4k, nmnist (default mnist;\n"
-           "                       nmnist: events binned into --T frames, needs --encoding frames)\n"
+           "  --data NAME          mnist, fashion, cifar10, cifar10-4k, nmnist, adding (default mnist;\n"
+           "                       nmnist: events binned into --T frames; adding: the adding task of\n"
+           "                       length --T, generated; both need --encoding frames)\n"
            "  --data-dir DIR       where the files are (default data/NAME; see make data)\n"
            "  --train-limit N      train on the first N samples only (default 0 = all)\n"
            "  --test-limit N       evaluate on the first N test samples (default 0 = all)\n"
@@ -402,6 +403,13 @@ static void print_plan(const soma_mem_plan *p)
 static void progress_cb(void *user, const soma_progress *p)
 {
     int tty = *(int *)user;
+    if (p->epoch_done && p->regression) {
+        if (tty) fprintf(stderr, "\r\033[K");
+        printf("epoch %d/%d  train MSE %.5f  test MSE %.5f  lr %.4g  %.0f samples/s  %.1fs\n", p->epoch,
+               p->epochs, p->loss, p->test_loss, p->lr, p->samples_per_s, p->seconds);
+        fflush(stdout);
+        return;
+    }
     if (p->epoch_done) {
         if (tty) fprintf(stderr, "\r\033[K");
         printf("epoch %d/%d  loss %.4f  train acc %.2f%%  test loss %.4f  test acc %.2f%%%s  "
@@ -479,7 +487,11 @@ static int cmd_train(int argc, char **argv)
         soma_train_result res;
         st = soma_train(c, t.quiet ? NULL : progress_cb, &tty, &res);
         if (st) rc = runtime_error(st);
-        else {
+        else if (res.regression) {
+            printf("test MSE: %.5f after %d epoch%s, %.1fs; log %s%s%s\n", res.test_loss, res.epochs_done,
+                   res.epochs_done == 1 ? "" : "s", res.seconds, c->metrics, c->save ? ", checkpoint " : "",
+                   c->save ? c->save : "");
+        } else {
             printf("test accuracy: %.2f%% (loss %.4f) after %d epoch%s, %.1fs; log %s%s%s\n",
                    100 * res.test_acc, res.test_loss, res.epochs_done, res.epochs_done == 1 ? "" : "s",
                    res.seconds, c->metrics, c->save ? ", checkpoint " : "", c->save ? c->save : "");
@@ -516,8 +528,9 @@ static int cmd_eval(int argc, char **argv)
             printf("usage: soma eval --ckpt PATH [--data NAME] [options]\n"
                    "Evaluates a checkpoint on the test split: accuracy, loss, confusion matrix.\n"
                    "  --ckpt PATH          checkpoint written by soma train --save\n"
-                   "  --data NAME          mnist, fashion, cifar10, cifar10-4k, nmnist (default mnist;\n"
-           "                       nmnist: events binned into --T frames, needs --encoding frames)\n"
+                   "  --data NAME          mnist, fashion, cifar10, cifar10-4k, nmnist, adding (default mnist;\n"
+           "                       nmnist: events binned into --T frames; adding: the adding task of\n"
+           "                       length --T, generated; both need --encoding frames)\n"
                    "  --data-dir DIR       (default data/NAME)\n"
                    "  --batch N            (default 256)\n"
                    "  --test-limit N       first N test samples (default 0 = all)\n"

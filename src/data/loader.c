@@ -39,6 +39,9 @@ struct soma_loader {
     float     lut[3][256]; /* per channel: value of pixel byte v (raw: lut[0] only) */
     soma_rng  rng;       /* the current epoch's generator */
     int64_t   pos;       /* next position in perm */
+    /* generated sequences (ds == NULL): the adding task */
+    int       gen_T, gen_n, gen_fixed;
+    float    *target;    /* (batch) */
 };
 
 /* Per-epoch seed.  The golden-ratio multiplier spreads consecutive seeds;
@@ -103,12 +106,41 @@ void soma_loader_free(soma_loader *l)
     soma__free(l->perm);
     soma__free_aligned(l->x);
     soma__free(l->y);
+    soma__free(l->target);
     soma__free(l);
+}
+
+soma_status soma_loader_new_adding(soma_loader **out, int T, int n, int batch, uint64_t seed,
+                                   int fixed)
+{
+    *out = NULL;
+    if (T < 2) return soma__fail(SOMA_ERR_ARG, "adding task: T must be >= 2, got %d", T);
+    if (n <= 0) return soma__fail(SOMA_ERR_ARG, "adding task: sequences per epoch must be > 0, got %d", n);
+    if (batch <= 0) return soma__fail(SOMA_ERR_ARG, "batch must be > 0, got %d", batch);
+    soma_loader *l = soma__calloc(1, sizeof *l);
+    if (!l) return SOMA_ERR_NOMEM;
+    l->cfg.batch = batch;
+    l->cfg.seed = seed;
+    l->gen_T = T;
+    l->gen_n = n;
+    l->gen_fixed = fixed;
+    l->x = soma__malloc_aligned((size_t)batch * T * 2 * sizeof(float));
+    l->y = soma__calloc((size_t)batch, sizeof *l->y);
+    l->target = soma__malloc((size_t)batch * sizeof(float));
+    if (!l->x || !l->y || !l->target) { soma_loader_free(l); return SOMA_ERR_NOMEM; }
+    soma_loader_start_epoch(l, 0);
+    *out = l;
+    return SOMA_OK;
 }
 
 void soma_loader_start_epoch(soma_loader *l, int epoch)
 {
     if (!l) return;
+    if (!l->ds) { /* generated: a stream from (seed, epoch) */
+        soma_rng_seed(&l->rng, epoch_seed(l->cfg.seed, l->gen_fixed ? 0 : epoch));
+        l->pos = 0;
+        return;
+    }
     uint32_t n = (uint32_t)l->ds->n;
     for (uint32_t i = 0; i < n; i++) l->perm[i] = i;
     soma_rng_seed(&l->rng, epoch_seed(l->cfg.seed, epoch));
@@ -119,7 +151,7 @@ void soma_loader_start_epoch(soma_loader *l, int epoch)
 int64_t soma_loader_batches(const soma_loader *l)
 {
     if (!l) return 0;
-    int64_t n = l->ds->n, b = l->cfg.batch;
+    int64_t n = l->ds ? l->ds->n : l->gen_n, b = l->cfg.batch;
     return l->cfg.drop_last ? n / b : (n + b - 1) / b;
 }
 
@@ -158,6 +190,20 @@ static void fill_sample(float *dst, const uint8_t *src, const soma_loader *l, in
 int soma_loader_next(soma_loader *l, soma_batch *b)
 {
     if (!l || !b) return 0;
+    if (!l->ds) {
+        int64_t left = l->gen_n - l->pos;
+        if (left <= 0) return 0;
+        int cnt = left < l->cfg.batch ? (int)left : l->cfg.batch;
+        if (soma_adding_batch(l->x, l->target, cnt, l->gen_T, &l->rng)) return 0;
+        memset(b, 0, sizeof *b);
+        b->n = cnt;
+        b->c = 2 * l->gen_T; b->h = 1; b->w = 1;
+        b->x = l->x;
+        b->y = l->y;             /* zeros: unused by a regression loss */
+        b->target = l->target;
+        l->pos += cnt;
+        return 1;
+    }
     const soma_dataset *ds = l->ds;
     int64_t left = ds->n - l->pos;
     if (left <= 0 || (l->cfg.drop_last && left < l->cfg.batch)) return 0;
@@ -181,6 +227,7 @@ int soma_loader_next(soma_loader *l, soma_batch *b)
     b->c = ds->c; b->h = ds->h; b->w = ds->w;
     b->x = l->x;
     b->y = l->y;
+    b->target = NULL;
     b->index = l->perm + l->pos;
     l->pos += cnt;
     return 1;

@@ -59,13 +59,13 @@ static soma_status cell_from_string(soma_cell_params *p, const char *s, const ch
     return SOMA_OK;
 }
 
-static const char *const readout_names[SOMA_READOUT_COUNT] = { "none", "li", "spike" };
+static const char *const readout_names[SOMA_READOUT_COUNT] = { "none", "li", "spike", "ltc" };
 
 soma_status soma_readout_from_name(soma_readout *out, const char *name)
 {
     for (int i = 0; i < SOMA_READOUT_COUNT; i++)
         if (!strcmp(name, readout_names[i])) { *out = (soma_readout)i; return SOMA_OK; }
-    return soma__fail(SOMA_ERR_ARG, "unknown readout '%s' (valid: none, li, spike)", name);
+    return soma__fail(SOMA_ERR_ARG, "unknown readout '%s' (valid: none, li, spike, ltc)", name);
 }
 
 const char *soma_readout_name(soma_readout r)
@@ -94,6 +94,8 @@ soma_status soma_checkpoint_save(const char *path, soma_net *net, soma_optim *op
         if (!st) st = soma_st_writer_meta(w, "soma.readout", soma_readout_name(net->opts.readout));
         cell_to_string(cb, sizeof cb, &net->opts.readout_cell);
         if (!st) st = soma_st_writer_meta(w, "soma.readout_cell", cb);
+        cell_to_string(cb, sizeof cb, &net->opts.ltc);   /* ltcN / rltcN cells */
+        if (!st) st = soma_st_writer_meta(w, "soma.ltc_cell", cb);
     }
     for (int i = 0; i < n_meta && !st; i++)
         st = soma_st_writer_meta(w, meta[2 * i], meta[2 * i + 1]);
@@ -211,9 +213,11 @@ soma_status soma_checkpoint_load(soma_net **out, soma_st **st_out, const char *p
     const char *cell = soma_st_meta(st, "soma.cell");
     if (cell) {
         const char *ro = soma_st_meta(st, "soma.readout"), *rc = soma_st_meta(st, "soma.readout_cell");
+        const char *lc = soma_st_meta(st, "soma.ltc_cell");
         o.spiking = 1;
         if ((e = cell_from_string(&o.cell, cell, path)) ||
             (rc && (e = cell_from_string(&o.readout_cell, rc, path))) ||
+            (lc && (e = cell_from_string(&o.ltc, lc, path))) ||
             (ro && (e = soma_readout_from_name(&o.readout, ro)))) {
             soma_st_free(st);
             return e;

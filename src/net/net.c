@@ -13,6 +13,7 @@
 
 soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spec,
                              const soma_net_options *o);
+int soma__spec_has_ltc(const char *spec);
 
 static const char *const layer_names[SOMA_LAYER_COUNT] = {
     [SOMA_LAYER_DENSE] = "dense",     [SOMA_LAYER_CONV] = "conv",
@@ -31,6 +32,16 @@ void soma_net_options_default(soma_net_options *o)
     soma_cell_params_default(&o->cell, SOMA_NEURON_LIF);
     soma_cell_params_default(&o->readout_cell, SOMA_NEURON_LI);
     o->readout = SOMA_READOUT_LI;
+    /* the FPTT paper's LTC neuron (notes/fptt.md 2.1): theta = 0.1 + 1.8 eta,
+     * u = (1 - tau_m) u + tau_m I, hard reset, multi-Gaussian surrogate */
+    soma_cell_params_default(&o->ltc, SOMA_NEURON_ALIF);
+    o->ltc.threshold = 0.1f;
+    o->ltc.beta_a = 1.8f;
+    o->ltc.reset = SOMA_RESET_ZERO;
+    o->ltc.input_scale = 1;
+    o->ltc.alpha = 0.5f;   /* unused: per element */
+    o->ltc.rho = 0.5f;     /* unused: per element */
+    soma_surrogate_default(&o->ltc.surr, SOMA_SURR_MULTIGAUSS);
 }
 
 /* ---- stores ------------------------------------------------------------ */
@@ -146,6 +157,22 @@ static soma_status create_params(soma_net *n)
             l->w = store_add(&n->params, &pcap, name, 4, ws);
             snprintf(name, sizeof name, "%d.bias", i);
             l->b = store_add(&n->params, &pcap, name, 1, bs);
+        } else if (l->kind == SOMA_LAYER_CELL && l->ltc) {
+            /* tau maps: dense on [I_t, state_{t-1}] and a scalar slope */
+            int64_t ws[2] = { l->out_c, 2 * (int64_t)l->out_c }, bs[1] = { l->out_c }, ks[1] = { 1 };
+            int alif = l->cell.kind == SOMA_NEURON_ALIF;
+            for (int m = 0; m < 1 + alif; m++) {
+                const char *tn = m ? "tau_adp" : "tau_m";
+                int *idx[3] = { m ? &l->ta_w : &l->tm_w, m ? &l->ta_b : &l->tm_b, m ? &l->ta_k : &l->tm_k };
+                snprintf(name, sizeof name, "%d.%s.weight", i, tn);
+                *idx[0] = store_add(&n->params, &pcap, name, 2, ws);
+                snprintf(name, sizeof name, "%d.%s.bias", i, tn);
+                *idx[1] = store_add(&n->params, &pcap, name, 1, bs);
+                snprintf(name, sizeof name, "%d.%s.k", i, tn);
+                *idx[2] = store_add(&n->params, &pcap, name, 1, ks);
+                if (*idx[0] < 0 || *idx[1] < 0 || *idx[2] < 0) return SOMA_ERR_NOMEM;
+            }
+            continue;
         } else if (l->kind == SOMA_LAYER_BATCHNORM) {
             int64_t cs[1] = { l->out_c };
             snprintf(name, sizeof name, "%d.weight", i);
@@ -190,6 +217,16 @@ static void init_params(soma_net *n, uint64_t seed)
             if (l->rec >= 0) /* recurrent weights: same scheme, fan = units */
                 soma_init_fill(soma__param_value(n, l->rec), n->params.p[l->rec].n, l->out_c,
                                l->out_c, n->init, &rng);
+        } else if (l->kind == SOMA_LAYER_CELL && l->ltc) {
+            /* as the authors' code: Xavier-normal W (fans 2N in, N out), b = 0, k = 1 */
+            int w3[2][3] = { { l->tm_w, l->tm_b, l->tm_k }, { l->ta_w, l->ta_b, l->ta_k } };
+            for (int m = 0; m < 2; m++) {
+                if (w3[m][0] < 0) continue;
+                soma_init_fill(soma__param_value(n, w3[m][0]), n->params.p[w3[m][0]].n, 2 * l->out_c,
+                               l->out_c, SOMA_INIT_XAVIER_NORMAL, &rng);
+                memset(soma__param_value(n, w3[m][1]), 0, (size_t)l->out_c * sizeof(float));
+                soma__param_value(n, w3[m][2])[0] = 1.0f;
+            }
         } else if (l->kind == SOMA_LAYER_BATCHNORM) {
             float *g = soma__param_value(n, l->w), *bb = soma__param_value(n, l->b);
             float *rv = n->buffers.value + n->buffers.p[l->run_var].offset;
@@ -208,6 +245,20 @@ soma_status soma_net_new(soma_net **out, const char *spec, const soma_net_option
                           o->in_c, o->in_h, o->in_w);
     if ((unsigned)o->act >= SOMA_ACT_COUNT) return soma__fail(SOMA_ERR_ARG, "unknown activation %d", (int)o->act);
     if ((unsigned)o->init >= SOMA_INIT_COUNT) return soma__fail(SOMA_ERR_ARG, "unknown init %d", (int)o->init);
+    soma_net_options ltc_o;
+    if (!o->spiking && spec && soma__spec_has_ltc(spec)) {
+        /* an LTC layer is a cell: the net steps through time */
+        ltc_o = *o;
+        ltc_o.spiking = 1;
+        o = &ltc_o;
+    }
+    if (o->spiking && spec && soma__spec_has_ltc(spec)) {
+        soma_status e = soma_cell_params_check(&o->ltc);
+        if (e) return e;
+        if (o->ltc.kind != SOMA_NEURON_ALIF && o->ltc.kind != SOMA_NEURON_LIF)
+            return soma__fail(SOMA_ERR_ARG, "LTC cells are alif (adaptive threshold) or lif (fixed "
+                              "threshold), not %s", soma_neuron_name(o->ltc.kind));
+    }
     if (o->spiking) {
         soma_status e;
         if ((e = soma_cell_params_check(&o->cell)) ||
@@ -257,6 +308,10 @@ static void free_caches(soma_net *n)
         soma__free_aligned(l->cth);
         soma__free_aligned(l->delta);
         l->delta = NULL;
+        soma__free_aligned(l->chm);
+        soma__free_aligned(l->cha);
+        soma__free_aligned(l->lsc);
+        l->chm = l->cha = l->lsc = NULL;
         for (int k = 0; k < 2; k++) {
             soma__free_aligned(l->gu[k]);
             soma__free_aligned(l->ga[k]);
@@ -344,6 +399,9 @@ static soma_status prepare_slots(soma_net *n, int B, int slots)
                     goto nomem;
                 if (alif && !(l->ga[k] = plan_alloc(one, &bytes))) goto nomem;
             }
+            if (l->ltc && (!(l->chm = plan_alloc(sz, &bytes)) || !(l->lsc = plan_alloc(4 * one, &bytes))))
+                goto nomem;
+            if (l->ltc && l->ta_w >= 0 && !(l->cha = plan_alloc(sz, &bytes))) goto nomem;
         }
     }
     if (n->spiking && n->prefix > 0 &&
@@ -496,7 +554,23 @@ static soma_status layer_forward(soma_net *n, int i, const float *in, int slot, 
         cell_state(&ps, n, l, prev);
         cell_state(&ns, n, l, slot);
         soma_cell_cache cc = { soma__slot(n, l, l->cv, slot), l->cth ? soma__slot(n, l, l->cth, slot) : NULL };
-        soma__cell_forward_spike(&ns, &cc, &ps, in, NULL, NULL, &l->cell, &n->spike, count);
+        float *alpha_v = NULL, *rho_v = NULL;
+        if (l->ltc) {
+            /* tau_m = sigmoid(k_m (W_tm [I_t, u_{t-1}] + b_tm)), alpha = 1 - tau_m;
+             * tau_adp = sigmoid(k_a (W_ta [I_t, eta_{t-1}] + b_ta)), rho = tau_adp */
+            const int N = l->out_c;
+            float *hm = soma__slot(n, l, l->chm, slot);
+            alpha_v = l->lsc;
+            soma__ltc_map_forward(hm, in, ps.u, soma__param_value(n, l->tm_w), soma__param_value(n, l->tm_b), B, N);
+            soma__ltc_tau(alpha_v, hm, soma__param_value(n, l->tm_k)[0], count, 1);
+            if (l->ta_w >= 0) {
+                float *ha = soma__slot(n, l, l->cha, slot);
+                rho_v = l->lsc + count;
+                soma__ltc_map_forward(ha, in, ps.a, soma__param_value(n, l->ta_w), soma__param_value(n, l->ta_b), B, N);
+                soma__ltc_tau(rho_v, ha, soma__param_value(n, l->ta_k)[0], count, 0);
+            }
+        }
+        soma__cell_forward_spike(&ns, &cc, &ps, in, alpha_v, rho_v, &l->cell, &n->spike, count);
         break;
     }
     default:
@@ -573,8 +647,38 @@ static soma_status layer_backward(soma_net *n, int i, float *d, const float *dy,
         cell_state(&ps, n, l, prev);
         soma_cell_cache cc = { soma__slot(n, l, l->cv, slot), l->cth ? soma__slot(n, l, l->cth, slot) : NULL };
         float *dI = d;
-        soma__cell_backward_spike(&dprev, dI, NULL, NULL, &dnext, &cc, &ps, in, NULL, NULL, &l->cell,
-                                  &n->spike, count);
+        if (!l->ltc) {
+            soma__cell_backward_spike(&dprev, dI, NULL, NULL, &dnext, &cc, &ps, in, NULL, NULL, &l->cell,
+                                      &n->spike, count);
+            break;
+        }
+        /* LTC: recompute the rates from the stored h, then chain dalpha /
+         * drho through the sigmoid maps into I_t, the previous state (the
+         * carries) and the map parameters */
+        const int N = l->out_c;
+        float *alpha_v = l->lsc, *rho_v = l->lsc + count, *dal = l->lsc + 2 * count, *drh = l->lsc + 3 * count;
+        const float *hm = soma__slot(n, l, l->chm, slot);
+        float km = soma__param_value(n, l->tm_k)[0];
+        soma__ltc_tau(alpha_v, hm, km, count, 1);
+        memset(dal, 0, count * sizeof(float));
+        int adp = l->ta_w >= 0;
+        const float *ha = adp ? soma__slot(n, l, l->cha, slot) : NULL;
+        float ka = adp ? soma__param_value(n, l->ta_k)[0] : 0.0f;
+        if (adp) {
+            soma__ltc_tau(rho_v, ha, ka, count, 0);
+            memset(drh, 0, count * sizeof(float));
+        }
+        soma__cell_backward_spike(&dprev, dI, dal, adp ? drh : NULL, &dnext, &cc, &ps, in, alpha_v,
+                                  adp ? rho_v : NULL, &l->cell, &n->spike, count);
+        /* alpha = 1 - tau_m: dL/dtau_m = -dL/dalpha */
+        for (size_t k = 0; k < count; k++) dal[k] = -dal[k];
+        soma__ltc_map_backward(dI, dprev.u, soma__param_grad(n, l->tm_w), soma__param_grad(n, l->tm_b),
+                               soma__param_grad(n, l->tm_k), dal, hm, km, in, ps.u,
+                               soma__param_value(n, l->tm_w), B, N);
+        if (adp)   /* rho = tau_adp */
+            soma__ltc_map_backward(dI, dprev.a, soma__param_grad(n, l->ta_w), soma__param_grad(n, l->ta_b),
+                                   soma__param_grad(n, l->ta_k), drh, ha, ka, in, ps.a,
+                                   soma__param_value(n, l->ta_w), B, N);
         break;
     }
     default:
@@ -924,8 +1028,14 @@ void soma_net_describe(const soma_net *n, char *buf, size_t size)
         size_t np = 0;
         if (l->w >= 0) np += n->params.p[l->w].n;
         if (l->b >= 0) np += n->params.p[l->b].n;
+        if (l->rec >= 0) np += n->params.p[l->rec].n;
+        const int lt[6] = { l->tm_w, l->tm_b, l->tm_k, l->ta_w, l->ta_b, l->ta_k };
+        for (int k = 0; k < 6; k++)
+            if (l->ltc && lt[k] >= 0) np += n->params.p[lt[k]].n;
         char extra[48] = "";
         if (l->kind == SOMA_LAYER_ACT) snprintf(extra, sizeof extra, " %s", soma_act_name(l->act));
+        else if (l->kind == SOMA_LAYER_CELL) snprintf(extra, sizeof extra, " %s%s", l->ltc ? "ltc-" : "",
+                                                      soma_neuron_name(l->cell.kind));
         else if (l->kind == SOMA_LAYER_CONV) snprintf(extra, sizeof extra, " k%d s%d p%d", l->k, l->stride, l->pad);
         else if (l->kind == SOMA_LAYER_DROPOUT) snprintf(extra, sizeof extra, " p=%g", l->p);
         w = snprintf(buf + used, size - used, "  %2d %-9s%-14s %4dx%3dx%-3d -> %4dx%3dx%-3d %9zu\n", i,

@@ -13,6 +13,7 @@
 
 #include "../soma_internal.h"
 #include "../neuron/neuron.h"
+#include "../neuron/ltc.h"
 
 typedef enum soma_layer_kind {
     SOMA_LAYER_DENSE = 0,
@@ -58,6 +59,15 @@ typedef struct soma_layer {
     int k, stride, pad;        /* CONV, POOL */
     float eps, momentum;       /* BATCHNORM */
     soma_cell_params cell;     /* CELL */
+    /* CELL with liquid time constants (ltcN, rltcN, the LTC readout): the
+     * rates are tau = sigmoid(k (W [I_t, x_{t-1}] + b)) (ltc.h); tau_m
+     * (x = u) gives alpha_v = 1 - tau_m, tau_adp (x = eta, ALIF only) gives
+     * rho_v.  Parameter indices, -1 if absent: "<i>.tau_m.weight" (N,2N),
+     * "<i>.tau_m.bias" (N), "<i>.tau_m.k" (1), the same for tau_adp. */
+    int ltc;
+    int tm_w, tm_b, tm_k, ta_w, ta_b, ta_k;
+    float   *chm, *cha;        /* CELL ltc: h of tau_m / tau_adp per slot */
+    float   *lsc;              /* CELL ltc: scratch, 4 x (max_batch, N) */
     /* caches, net->slots copies of (max_batch, out_size) each: slot 0 in a
      * static net; in a temporal net step t uses slot (t+1) % slots and the
      * slot of t = -1 holds the initial state. */

@@ -36,6 +36,7 @@ static soma_layer *push(spec_builder *b, soma_layer_kind kind)
     memset(l, 0, sizeof *l);
     l->kind = kind;
     l->w = l->b = l->run_mean = l->run_var = l->rec = l->rec_src = -1;
+    l->tm_w = l->tm_b = l->tm_k = l->ta_w = l->ta_b = l->ta_k = -1;
     l->in_c = b->c; l->in_h = b->h; l->in_w = b->w;
     l->in_size = (size_t)b->c * b->h * b->w;
     return l;
@@ -161,6 +162,44 @@ static soma_status add_act(spec_builder *b, soma_act act)
     return SOMA_OK;
 }
 
+/* The LTC cell after an ltcN / rltcN dense layer (a recurrent one feeds
+ * back from it). */
+static soma_status add_ltc_cell(spec_builder *b)
+{
+    soma_layer *l = push(b, SOMA_LAYER_CELL);
+    if (!l) return SOMA_ERR_NOMEM;
+    l->cell = b->o->ltc;
+    l->ltc = 1;
+    set_out(b, l, b->c, b->h, b->w);
+    soma_layer *prev = &b->layers[b->n - 2];
+    if (prev->kind == SOMA_LAYER_DENSE && prev->rec) prev->rec_src = b->n - 1;
+    return SOMA_OK;
+}
+
+/* 1 if t is ltcN (recurrent: rltcN), *units set. */
+static int parse_ltc(const char *t, int *units, int *recurrent)
+{
+    *recurrent = t[0] == 'r';
+    return !strncmp(t + *recurrent, "ltc", 3) && parse_int(t + *recurrent + 3, units);
+}
+
+int soma__spec_has_ltc(const char *spec)
+{
+    char tok[MAX_TOKEN];
+    for (const char *p = spec; p && *p;) {
+        const char *e = strchr(p, '-');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        int u, r;
+        if (len < MAX_TOKEN) {
+            memcpy(tok, p, len);
+            tok[len] = 0;
+            if (parse_ltc(tok, &u, &r)) return 1;
+        }
+        p = e ? e + 1 : NULL;
+    }
+    return 0;
+}
+
 /* Builds the layer list.  *layers is allocated with soma__malloc. */
 soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spec,
                              const soma_net_options *o)
@@ -194,7 +233,8 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
     for (int i = 0; i < nt; i++) {
         int dummy;
         if ((parse_int(toks[i], &dummy) && i > 0) || !strncmp(toks[i], "fc", 2) ||
-            !strncmp(toks[i], "conv", 4) || (toks[i][0] == 'r' && parse_int(toks[i] + 1, &dummy)))
+            !strncmp(toks[i], "conv", 4) || (toks[i][0] == 'r' && parse_int(toks[i] + 1, &dummy)) ||
+            parse_ltc(toks[i], &dummy, &dummy))
             last_lin_tok = i;
     }
     soma_status st = SOMA_OK;
@@ -216,8 +256,14 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
             if ((st = add_act(&b, act))) break;
             pending_act = 0;
         }
-        int is_rec = t[0] == 'r' && parse_int(t + 1, &v);
-        if (is_rec) {
+        int is_rec = t[0] == 'r' && parse_int(t + 1, &v), ltc_rec;
+        if (parse_ltc(t, &v, &ltc_rec)) {
+            if (!o->spiking) { st = bad(t, i + 1, "LTC layers need a spiking net"); break; }
+            if (i == last_lin_tok) { st = bad(t, i + 1, "an LTC layer cannot be the output layer (add a dense layer after it)"); break; }
+            if ((st = add_dense(&b, v, ltc_rec))) break;
+            st = add_ltc_cell(&b);
+            continue;
+        } else if (is_rec) {
             if (!o->spiking) { st = bad(t, i + 1, "recurrent layers (rN) need a spiking net (--neuron)"); break; }
             if (i == last_lin_tok) { st = bad(t, i + 1, "the output layer cannot be recurrent"); break; }
             st = add_dense(&b, v, 1);
@@ -253,7 +299,7 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
             set_out(&b, l, b.c, b.h, b.w);
             continue;
         } else {
-            st = bad(t, i + 1, "unknown layer (expected N, fcN, convKxC, poolK, avgpoolK, bn, dropP)");
+            st = bad(t, i + 1, "unknown layer (expected N, fcN, rN, ltcN, rltcN, convKxC, poolK, avgpoolK, bn, dropP)");
             break;
         }
         if (!st && (is_rec || parse_int(t, &v) || !strncmp(t, "fc", 2) || !strncmp(t, "conv", 4)) &&
@@ -266,6 +312,12 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
         if (!l) st = SOMA_ERR_NOMEM;
         else {
             l->cell = o->readout == SOMA_READOUT_LI ? o->readout_cell : o->cell;
+            if (o->readout == SOMA_READOUT_LTC) {
+                /* o_t = (1 - tau_o) o_{t-1} + tau_o z_t: LI, input_scale, liquid alpha */
+                soma_cell_params_default(&l->cell, SOMA_NEURON_LI);
+                l->cell.input_scale = 1;
+                l->ltc = 1;
+            }
             set_out(&b, l, b.c, b.h, b.w);
         }
     }

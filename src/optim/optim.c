@@ -16,6 +16,7 @@ static const soma__optim_impl *const registry[SOMA_OPTIM_COUNT] = {
     [SOMA_OPTIM_SGD] = &soma__optim_sgd,
     [SOMA_OPTIM_ADAM] = &soma__optim_adam,
     [SOMA_OPTIM_ADAMAX] = &soma__optim_adamax,
+    [SOMA_OPTIM_MQ] = &soma__optim_mq,
 };
 
 static const soma__optim_impl *impl_of(soma_optim_kind k)
@@ -113,6 +114,9 @@ static soma_status check_config(const soma_optim_config *c)
     if (!(c->weight_decay >= 0.0f) || isinf(c->weight_decay))
         return soma__fail(SOMA_ERR_ARG, "%s: weight_decay must be >= 0 and finite, got %g",
                           im->name, c->weight_decay);
+    if (im != &soma__optim_mq && (c->lr_min != 0.0f || c->rho_max != 0.0f))
+        return soma__fail(SOMA_ERR_ARG, "%s: lr_min/rho_max are mq options, must be 0, got %g/%g",
+                          im->name, c->lr_min, c->rho_max);
     return im->check(c);
 }
 
@@ -157,12 +161,25 @@ void soma_optim_free(soma_optim *o)
 {
     if (!o) return;
     soma__free_aligned(o->block);
+    soma__free(o->g_off);
+    soma__free(o->g_len);
+    soma__free(o->g_state);
     soma__free(o);
 }
 
 void soma_optim_step(soma_optim *o, float *w, const float *g, float lr)
 {
     assert(o && w && g);
+    if (o->impl->group_step) {
+        if (!o->n_groups) {
+            soma__fail(SOMA_ERR_ARG, "%s needs parameter groups (soma_optim_set_groups); "
+                       "step refused", o->impl->name);
+            return;
+        }
+        o->t++;
+        o->impl->group_step(o, w, g, lr);
+        return;
+    }
     o->t++;   /* torch counts the step before using it in bias corrections */
     o->impl->step(o, w, g, lr, 0, o->n);
 }
@@ -189,12 +206,64 @@ void soma_optim_set_step(soma_optim *o, int64_t t)
 
 size_t soma_optim_size(const soma_optim *o)
 {
-    return o ? (size_t)o->n_state * o->n * sizeof(float) : 0;
+    return o ? (size_t)o->n_state * o->n * sizeof(float) +
+               (size_t)o->n_groups * o->impl->group_state * sizeof(float) : 0;
+}
+
+soma_status soma_optim_set_groups(soma_optim *o, int count, const size_t *offsets,
+                                  const size_t *sizes)
+{
+    if (!o) return soma__fail(SOMA_ERR_ARG, "soma_optim_set_groups: optimizer is NULL");
+    if (count <= 0 || !offsets || !sizes)
+        return soma__fail(SOMA_ERR_ARG, "soma_optim_set_groups: need count > 0 (got %d) and "
+                          "offsets and sizes", count);
+    for (int i = 0; i < count; i++) {
+        if (sizes[i] == 0 || offsets[i] > o->n || sizes[i] > o->n - offsets[i])
+            return soma__fail(SOMA_ERR_ARG, "soma_optim_set_groups: group %d [%zu, +%zu) is empty "
+                              "or outside the %zu parameters", i, offsets[i], sizes[i], o->n);
+        for (int j = 0; j < i; j++)
+            if (offsets[i] < offsets[j] + sizes[j] && offsets[j] < offsets[i] + sizes[i])
+                return soma__fail(SOMA_ERR_ARG, "soma_optim_set_groups: groups %d and %d overlap", j, i);
+    }
+    int per = o->impl->group_state;
+    size_t *off = soma__malloc((size_t)count * sizeof *off);
+    size_t *len = soma__malloc((size_t)count * sizeof *len);
+    float *gs = per ? soma__malloc((size_t)count * per * sizeof *gs) : NULL;
+    if (!off || !len || (per && !gs)) {
+        soma__free(off); soma__free(len); soma__free(gs);
+        return SOMA_ERR_NOMEM;
+    }
+    memcpy(off, offsets, (size_t)count * sizeof *off);
+    memcpy(len, sizes, (size_t)count * sizeof *len);
+    /* MQ: v starts at the configured learning rate (the authors' IL.py) */
+    for (int i = 0; i < count * per; i++) gs[i] = o->cfg.lr;
+    soma__free(o->g_off); soma__free(o->g_len); soma__free(o->g_state);
+    o->g_off = off;
+    o->g_len = len;
+    o->g_state = gs;
+    o->n_groups = count;
+    return SOMA_OK;
+}
+
+int soma_optim_group_count(const soma_optim *o) { return o ? o->n_groups : 0; }
+
+float *soma_optim_group_state(soma_optim *o, const char **name)
+{
+    if (!o || !o->impl->group_state || !o->g_state) {
+        if (name) *name = NULL;
+        return NULL;
+    }
+    if (name) *name = o->impl->group_state_name;
+    return o->g_state;
 }
 
 void soma__optim_begin(soma_optim *o) { o->t++; }
 
 void soma__optim_range(soma_optim *o, float *w, const float *g, float lr, size_t off, size_t n)
 {
+    if (o->impl->group_step) { /* a per-matrix step cannot be split into rows */
+        soma__fail(SOMA_ERR_UNSUPPORTED, "%s cannot update part of a group", o->impl->name);
+        return;
+    }
     o->impl->step(o, w + off, g, lr, off, n);
 }

@@ -40,6 +40,11 @@ struct soma_optim {
     /* beta1, beta2, dampening as the decimals they were written as (see
      * soma__optim_decimal): the doubles torch would hold for the same input. */
     double beta1, beta2, dampening;
+    /* Parameter groups (soma_optim_set_groups): contiguous ranges of the
+     * flat array; per-group state (impl->group_state floats per group). */
+    int     n_groups;
+    size_t *g_off, *g_len;
+    float  *g_state;
 };
 
 typedef struct soma__optim_impl {
@@ -57,11 +62,18 @@ typedef struct soma__optim_impl {
      * array (w and g already point at element off; state is indexed off+i);
      * o->t already counts this step (1 on the first). */
     void (*step)(soma_optim *o, float *w, const float *g, float lr, size_t off, size_t n);
+    /* Kinds that work per group (MQ): floats of state per group and its name;
+     * such a kind cannot step without groups nor on a part of the array
+     * (soma__optim_range), and soma_optim_step calls group_step instead. */
+    int group_state;
+    const char *group_state_name;
+    void (*group_step)(soma_optim *o, float *w, const float *g, float lr);
 } soma__optim_impl;
 
 extern const soma__optim_impl soma__optim_sgd;
 extern const soma__optim_impl soma__optim_adam;
 extern const soma__optim_impl soma__optim_adamax;
+extern const soma__optim_impl soma__optim_mq;
 
 /* The shortest decimal that rounds to x, as a double: 0.999f -> 0.999, not
  * 0.99900001287.  torch keeps hyperparameters as Python doubles; soma's config

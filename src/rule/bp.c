@@ -48,9 +48,11 @@ static soma_status bp_train_batch(soma_rule *r, const soma_batch *b, float lr, s
     soma_status e = soma_net_forward(net, b->x, b->n, rng, &scores);
     if (e) return e;
     soma_step_stats local = { 0 };
-    if ((e = soma__loss_and_grad(s->dscores, s->probs, scores, b->y, b->n, C, r->cfg.loss, &local)))
+    if ((e = soma__loss_and_grad_t(s->dscores, s->probs, scores, b->y, b->target, b->n, C, r->cfg.loss, &local)))
         return e;
-    if (net->fusable && b->n <= SOMA__FUSED_MAX_BATCH && r->cfg.clip_norm == 0) {
+    /* MQ scales whole matrices by one scalar: it cannot take a row at a time */
+    if (net->fusable && b->n <= SOMA__FUSED_MAX_BATCH && r->cfg.clip_norm == 0 &&
+        r->cfg.optim.kind != SOMA_OPTIM_MQ) {
         /* small batch: the gradient is formed row by row inside the update */
         if ((e = soma__net_fused_update(net, s->dscores, b->n, r->optim, lr))) return e;
         if (st) { st->loss += local.loss; st->correct += local.correct; st->n += local.n; }
@@ -74,7 +76,7 @@ static soma_status bp_predict(soma_rule *r, const soma_batch *b, const float **s
     soma_net_set_train(r->net, 0);
     soma_status e = soma_net_forward(r->net, b->x, b->n, NULL, scores);
     if (e) return e;
-    if (st) e = soma__loss_and_grad(NULL, s->probs, *scores, b->y, b->n,
+    if (st) e = soma__loss_and_grad_t(NULL, s->probs, *scores, b->y, b->target, b->n,
                                     soma_net_outputs(r->net), r->cfg.loss, st);
     return e;
 }

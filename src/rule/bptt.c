@@ -131,17 +131,17 @@ static soma_status bptt_train_batch(soma_rule *r, const soma_batch *b, float lr,
         for (int t = 0; t < c->T; t++) {
             soma_step_stats one = { 0 };
             float *d = s->deach + (size_t)t * bc;
-            if ((e = soma__loss_and_grad(d, s->probs, s->outs[t], b->y, B, C, c->loss, &one))) return e;
+            if ((e = soma__loss_and_grad_t(d, s->probs, s->outs[t], b->y, b->target, B, C, c->loss, &one))) return e;
             for (size_t i = 0; i < bc; i++) d[i] /= (float)c->T;
             total += one.loss;
             s->dout[t] = d;
         }
-        if ((e = soma__loss_and_grad(NULL, s->probs, s->scores, b->y, B, C, c->loss, &acc))) return e;
+        if ((e = soma__loss_and_grad_t(NULL, s->probs, s->scores, b->y, b->target, B, C, c->loss, &acc))) return e;
         local.loss = total / c->T;
         local.correct = acc.correct;
         local.n = acc.n;
     } else {
-        if ((e = soma__loss_and_grad(s->dscores, s->probs, s->scores, b->y, B, C, c->loss, &local)))
+        if ((e = soma__loss_and_grad_t(s->dscores, s->probs, s->scores, b->y, b->target, B, C, c->loss, &local)))
             return e;
         /* d scores / d out_t: 1/T (mean), 1 (sum), or only the last step */
         float w = c->reduce == SOMA_REDUCE_MEAN ? 1.0f / (float)c->T : 1.0f;
@@ -172,7 +172,7 @@ static soma_status bptt_predict(soma_rule *r, const soma_batch *b, const float *
     soma_status e = run_sequence(r, b, &rng);
     if (e) return e;
     *scores = s->scores;
-    if (st) e = soma__loss_and_grad(NULL, s->probs, s->scores, b->y, b->n, soma_net_outputs(r->net),
+    if (st) e = soma__loss_and_grad_t(NULL, s->probs, s->scores, b->y, b->target, b->n, soma_net_outputs(r->net),
                                     r->cfg.loss, st);
     return e;
 }

@@ -3,6 +3,7 @@
  * (loss on class scores, NaN checks, gradient clipping).
  */
 #include "rule.h"
+#include "pc.h"
 #include <math.h>
 #include <string.h>
 
@@ -10,6 +11,10 @@
 static const soma_rule_ops *const rules[] = {
     &soma__rule_bp,
     &soma__rule_bptt,
+    &soma__rule_ep,
+    &soma__rule_fptt,
+    &soma__rule_lfp,
+    &soma__rule_pc,
 };
 #define N_RULES ((int)(sizeof rules / sizeof *rules))
 
@@ -59,6 +64,14 @@ void soma_rule_config_default(soma_rule_config *c)
     c->encoding = SOMA_ENC_DIRECT;
     c->gain = 1.0f;
     c->reduce = SOMA_REDUCE_MEAN;
+    c->fptt_alpha = 0.1f;
+    c->fptt_beta = 0.5f;
+    c->fptt_k = 1;
+    c->lfp_eps = 1e-6f;
+    c->lfp_alpha = 2.0f;
+    c->lfp_beta = 1.0f;
+    soma_ep_config_default(c);
+    soma_pc_config_default(c);
 }
 
 soma_status soma_rule_new(soma_rule **out, const char *name, soma_net *net,
@@ -91,6 +104,8 @@ soma_status soma_rule_new(soma_rule **out, const char *name, soma_net *net,
     if (!soma_net_is_spiking(net)) st = soma_net_prepare(net, max_batch);
     if (!st) st = ops->init(r, max_batch);
     if (!st) st = soma_optim_new(&r->optim, &cfg->optim, soma_net_param_floats(net));
+    /* MQ keeps one scalar per weight matrix: tell it where the matrices are */
+    if (!st && cfg->optim.kind == SOMA_OPTIM_MQ) st = soma__rule_layer_groups(net, r->optim);
     if (st) { soma_rule_free(r); return st; }
     *out = r;
     return SOMA_OK;
@@ -116,7 +131,7 @@ static soma_status check_batch(const soma_rule *r, const soma_batch *b)
         return soma__fail(SOMA_ERR_SHAPE, "batch samples are %dx%dx%d = %d values, net '%s' expects %d",
                           b->c, b->h, b->w, b->c * b->h * b->w, soma_net_spec(r->net), want);
     int C = soma_net_outputs(r->net);
-    for (int i = 0; i < b->n; i++)
+    for (int i = 0; !b->target && i < b->n; i++)
         if (b->y[i] < 0 || b->y[i] >= C)
             return soma__fail(SOMA_ERR_ARG, "label %d of sample %d outside 0..%d (net has %d outputs)",
                               b->y[i], i, C - 1, C);
@@ -138,6 +153,11 @@ soma_status soma_rule_predict(soma_rule *r, const soma_batch *b, const float **s
     soma_status s = check_batch(r, b);
     if (s) return s;
     return r->ops->predict(r, b, scores, st);
+}
+
+void soma_rule_epoch_end(soma_rule *r)
+{
+    if (r && r->ops->epoch_end) r->ops->epoch_end(r);
 }
 
 void soma_rule_plan(const soma_rule *r, soma_mem_plan *p)
@@ -185,7 +205,25 @@ soma_status soma__loss_and_grad(float *dscores, float *probs, const float *score
                                 const int32_t *labels, int B, int C, soma_loss_kind kind,
                                 soma_step_stats *st)
 {
+    return soma__loss_and_grad_t(dscores, probs, scores, labels, NULL, B, C, kind, st);
+}
+
+soma_status soma__loss_and_grad_t(float *dscores, float *probs, const float *scores,
+                                  const int32_t *labels, const float *target, int B, int C,
+                                  soma_loss_kind kind, soma_step_stats *st)
+{
     float loss;
+    if (target) {
+        /* regression: MSE against the targets, whatever the loss kind */
+        loss = soma_mse_forward(scores, target, B, C);
+        if (dscores) {
+            memset(dscores, 0, (size_t)B * C * sizeof(float));
+            soma_mse_backward(dscores, scores, target, B, C, 1.0f);
+        }
+        if (!isfinite(loss)) return soma__fail(SOMA_ERR_NUMERIC, "loss is %s", isnan(loss) ? "NaN" : "Inf");
+        if (st) { st->loss += (double)loss * B; st->n += B; }
+        return SOMA_OK;
+    }
     if (kind == SOMA_LOSS_CE) {
         loss = soma_ce_forward(probs, scores, labels, B, C);
         if (dscores) {

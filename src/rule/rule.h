@@ -25,6 +25,8 @@ typedef struct soma_rule_ops {
                            soma_step_stats *st);
     void (*plan)(const soma_rule *r, soma_mem_plan *plan);  /* fills activations/workspace */
     void (*release)(soma_rule *r);
+    /* Optional: the end of a training epoch (FPTT: W <- Wbar).  NULL: nothing. */
+    void (*epoch_end)(soma_rule *r);
 } soma_rule_ops;
 
 struct soma_rule {
@@ -38,12 +40,25 @@ struct soma_rule {
 
 extern const soma_rule_ops soma__rule_bp;
 extern const soma_rule_ops soma__rule_bptt;
+extern const soma_rule_ops soma__rule_ep;
+extern const soma_rule_ops soma__rule_fptt;
+/* FPTT internals for tests (fptt.c): one window of a training sequence,
+ * and the post-step update of lam and Wbar. */
+soma_status soma__fptt_window(soma_rule *r, const soma_batch *b, int p, float lr, soma_rng *rng,
+                              double *loss);
+void soma__fptt_post_update(float *lam, float *wbar, const float *w, size_t n, float alpha, float beta);
+extern const soma_rule_ops soma__rule_lfp;
+extern const soma_rule_ops soma__rule_pc;
 
 /* Shared helpers for rules: loss forward+backward on the class scores, and
  * accuracy counting; NaN/Inf checks. */
 soma_status soma__loss_and_grad(float *dscores, float *probs, const float *scores,
                                 const int32_t *labels, int B, int C, soma_loss_kind kind,
                                 soma_step_stats *st);
+/* The same with regression targets (B, C): MSE against them when non-NULL. */
+soma_status soma__loss_and_grad_t(float *dscores, float *probs, const float *scores,
+                                  const int32_t *labels, const float *target, int B, int C,
+                                  soma_loss_kind kind, soma_step_stats *st);
 int  soma__all_finite(const float *x, size_t n);
 /* Scales g so its L2 norm is at most max_norm (torch clip_grad_norm_). */
 void soma__clip_norm(float *g, size_t n, float max_norm);

@@ -112,6 +112,7 @@ typedef struct run {
     soma_loader *ltrain, *lval, *ltest;
     soma_st *resume_st;
     int start_epoch;
+    int regression;      /* generated regression task (adding): MSE, no accuracy */
 } run;
 
 static void run_free(run *r)
@@ -136,6 +137,27 @@ static soma_status open_data(run *r)
     if (c->data_dir) snprintf(dir, sizeof dir, "%s", c->data_dir);
     else snprintf(dir, sizeof dir, "data/%s", !strncmp(c->data, "cifar10", 7) ? "cifar10" : c->data);
     soma_status st;
+    if (!strcmp(c->data, "adding")) {
+        /* generated sequences: two descriptors that only carry the shape and
+         * count; build() makes generating loaders for them */
+        if (!c->spiking || c->rule_cfg.encoding != SOMA_ENC_FRAMES)
+            return soma__fail(SOMA_ERR_ARG, "--data adding needs a spiking net (--neuron) with --encoding frames");
+        if (c->val) return soma__fail(SOMA_ERR_ARG, "--val does not apply to --data adding (the test set is generated)");
+        if (c->rule_cfg.T < 2) return soma__fail(SOMA_ERR_ARG, "--data adding needs --T >= 2, got %d", c->rule_cfg.T);
+        soma_dataset **d[2] = { &r->train_all, &r->test_all };
+        int n[2] = { c->train_limit ? c->train_limit : 10000, c->test_limit ? c->test_limit : 1000 };
+        for (int k = 0; k < 2; k++) {
+            if (!(*d[k] = soma__calloc(1, sizeof **d[k]))) return SOMA_ERR_NOMEM;
+            snprintf((*d[k])->name, sizeof (*d[k])->name, "adding");
+            (*d[k])->n = n[k];
+            (*d[k])->c = 2 * c->rule_cfg.T; (*d[k])->h = 1; (*d[k])->w = 1;
+            (*d[k])->owns = 1;
+        }
+        r->train = r->train_all;
+        r->test = r->test_all;
+        r->regression = 1;
+        return SOMA_OK;
+    }
     if (!strcmp(c->data, "nmnist")) {
         /* events are binned into T frames at load time: the frames encoding
          * then feeds one (2, 34, 34) frame per step */
@@ -239,6 +261,13 @@ static soma_status build(run *r)
     int poisson = c->spiking && c->rule_cfg.encoding == SOMA_ENC_POISSON;
     soma_loader_config lc = { .batch = c->batch, .seed = c->seed, .shuffle = 1,
                               .normalize = !poisson, .crop_pad = c->augment ? 4 : 0, .hflip = c->augment };
+    if (r->regression) {
+        if ((st = soma_loader_new_adding(&r->ltrain, c->rule_cfg.T, r->train->n, c->batch, c->seed, 0)) ||
+            (st = soma_loader_new_adding(&r->ltest, c->rule_cfg.T, r->test->n, c->batch,
+                                         c->seed ^ 0x7e57ULL, 1)))
+            return st;
+        return SOMA_OK;
+    }
     if ((st = soma_loader_new(&r->ltrain, r->train, &lc))) return st;
     lc.shuffle = 0; lc.crop_pad = 0; lc.hflip = 0;
     if ((st = soma_loader_new(&r->ltest, r->test, &lc))) return st;
@@ -356,6 +385,7 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
     FILE *log = NULL;
     if ((st = build(&r))) goto done;
     soma_rule_plan(r.rule, &res->plan);
+    res->regression = r.regression;
     if (!(log = open_metrics(c, &r))) {
         st = soma__fail(SOMA_ERR_IO, "%s: cannot open metrics log: %s", c->metrics, strerror(errno));
         goto done;
@@ -396,7 +426,8 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
                 last_report = t;
                 soma_progress p = { .epoch = e + 1, .epochs = c->epochs, .step = step, .steps = steps,
                                     .loss = ts.loss / ts.n, .acc = (double)ts.correct / ts.n,
-                                    .samples_per_s = ts.n / (t - t0 + 1e-9), .lr = lr };
+                                    .samples_per_s = ts.n / (t - t0 + 1e-9), .lr = lr,
+                                    .regression = r.regression };
                 p.eta_s = (steps - step) * (t - t0) / step;
                 progress(user, &p);
             }
@@ -437,7 +468,8 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
                                 .loss = ts.loss / ts.n, .acc = (double)ts.correct / ts.n,
                                 .samples_per_s = ts.n / (train_s + 1e-9), .epoch_done = 1,
                                 .test_loss = res->test_loss, .test_acc = res->test_acc,
-                                .val_acc = res->val_acc, .lr = lr, .seconds = train_s };
+                                .val_acc = res->val_acc, .lr = lr, .seconds = train_s,
+                                .regression = r.regression };
             progress(user, &p);
         }
     }

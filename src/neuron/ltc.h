@@ -1,0 +1,32 @@
+/*
+ * ltc.h - the liquid time-constant maps of the LTC neuron (internal).
+ *
+ * Yin, Corradi, Bohte 2023 (notes/fptt.md 2.1): a cell's per-step update
+ * rate is a sigmoid of a dense map of the input current and one state:
+ *
+ *   h   = W [I_t, x_{t-1}] + b     W (N, 2N) = [W_I | W_x], row-major
+ *   tau = sigmoid(k h)             k: a trainable scalar slope
+ *
+ * tau_m uses x = u (membrane), tau_adp uses x = eta (threshold trace), the
+ * readout's tau_o uses x = o (its membrane).  The cell kernel then runs with
+ * alpha_v = 1 - tau_m (input_scale: v = (1 - tau_m) u + tau_m I) and
+ * rho_v = tau_adp.  net.c stores h per step and recomputes tau from it.
+ */
+#ifndef SOMA_LTC_H
+#define SOMA_LTC_H
+
+#include "soma_internal.h"
+
+/* h(B,N) = I(B,N) W_I^T + x(B,N) W_x^T + b(N);  W (N, 2N). */
+void soma__ltc_map_forward(float *h, const float *I, const float *x, const float *W,
+                           const float *b, int B, int N);
+/* tau(n) = sigmoid(k h), or 1 - sigmoid(k h) when complement. */
+void soma__ltc_tau(float *tau, const float *h, float k, size_t n, int complement);
+/* Backward of tau = sigmoid(k h(I, x)).  dtau (B,N) holds dL/dtau on entry
+ * and dL/dh on return.  Accumulates dI (B,N), dx (B,N), dW (N,2N), db (N),
+ * dk (1); any may be NULL. */
+void soma__ltc_map_backward(float *dI, float *dx, float *dW, float *db, float *dk, float *dtau,
+                            const float *h, float k, const float *I, const float *x,
+                            const float *W, int B, int N);
+
+#endif

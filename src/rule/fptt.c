@@ -1,0 +1,301 @@
+/*
+ * fptt.c - Forward Propagation Through Time (Kag & Saligrama 2021), as used
+ * to train LTC spiking nets online by Yin, Corradi & Bohte 2023
+ * (notes/fptt.md 2.6; the update order of the authors' code).
+ *
+ * Per sequence of T steps, cut into P = T / K windows of K steps (K = 1:
+ * every step, the state detached between steps; K > 1: FPTT-K, BPTT inside
+ * each window, the state detached at window boundaries).  The state itself
+ * runs on across windows; it is reset only at the start of a sequence.
+ * For window p = 0..P-1, after its K forward steps:
+ *
+ *   l_p  = (p+1)/P * loss(out_{last step of the window}, y)
+ *   g    = dl_p/dW (backward through the window)  +  alpha (W - Wbar) - lam
+ *   g    = clip(g, clip_norm)                     (global L2 norm, the sum)
+ *   W    = optimizer(W, g)                        (the shared optimizer, per window)
+ *   lam  = lam - alpha (W - Wbar)                 (new W, old Wbar)
+ *   Wbar = (1 - beta) Wbar + beta W - (beta/alpha) lam     (new lam)
+ *
+ * At the end of every epoch (soma_rule_epoch_end): W = Wbar; lam is kept
+ * (as byin-cwi/sFPTT does).  Every trainable tensor is regularised.  Wbar
+ * and lam are net buffers named "fptt.wbar.<param>" and "fptt.lam.<param>"
+ * (same shapes), so checkpoints carry them and --resume restores them; Wbar
+ * starts as a copy of W and lam at 0 when the rule is created.
+ *
+ * The loss of window p is taken at its last step only (K = 1: every step,
+ * the S-MNIST code; K > 1: the chunk's end, the adding-task code with the
+ * intended (p+1)/P weight, and every chunk trained).  Classification: CE or
+ * MSE against one-hot labels; regression batches (b->target): MSE.  The
+ * reported loss/accuracy are those of the reduced outputs (cfg.reduce over
+ * all T steps, as bptt and predict), the outputs of a sequence whose
+ * weights changed along the way.
+ *
+ * Not implemented: the auxiliary "oracle" divergence loss (notes 2.7) and
+ * per-time-step batchnorm statistics.  The stateless prefix is recomputed
+ * at every step (static-input caching is off): its weights change between
+ * windows.
+ *
+ * Memory: the net keeps K steps (window K) and the encoded inputs of one
+ * window: O(K), independent of T.  Per parameter: W, grad, Wbar, lam and
+ * the optimizer's moments.
+ *
+ * Errors: SOMA_ERR_ARG for alpha <= 0, beta outside (0, 1], K < 1, or a T
+ * that is not a multiple of K.  SOMA_ERR_NUMERIC if a loss or gradient is
+ * NaN/Inf: the windows before it have already updated the parameters.
+ */
+#include "rule.h"
+#include <math.h>
+#include <string.h>
+
+typedef struct fptt_state {
+    soma_encoder *enc;
+    float  *xs;                 /* (K, B, step_size) encoded inputs of one window; NULL for DIRECT */
+    float  *scores, *probs, *dstep;   /* (B, C) each */
+    const float **dout;         /* (K) per-step gradient pointers of a window */
+    int     wbar, lam;          /* buffer index of the first fptt.wbar.* / fptt.lam.* tensor */
+    size_t  xs_bytes;
+} fptt_state;
+
+static float *wbar_of(soma_rule *r) { return soma__buffer_value(r->net, ((fptt_state *)r->state)->wbar); }
+static float *lam_of(soma_rule *r) { return soma__buffer_value(r->net, ((fptt_state *)r->state)->lam); }
+
+/* Adds "<prefix><param name>" for every parameter; returns the first index. */
+static int add_mirror(soma_net *net, const char *prefix)
+{
+    int np = net->params.count, first = -1;
+    for (int i = 0; i < np; i++) {
+        const soma_param *p = &net->params.p[i];
+        char name[96];
+        snprintf(name, sizeof name, "%s%s", prefix, p->name);
+        if (strlen(name) >= sizeof p->name)
+            return soma__fail(SOMA_ERR_ARG, "fptt: tensor name '%s' is too long", name);
+        int idx = soma__net_add_tensor(net, 0, name, p->ndim, p->shape);
+        if (idx < 0) return idx;
+        if (i == 0) first = idx;
+        /* one block mirroring the parameter layout: flat loops index it */
+        if (net->buffers.p[idx].offset != net->buffers.p[first].offset + p->offset)
+            return soma__fail(SOMA_ERR_ARG, "fptt: buffer layout of '%s' does not mirror the parameters", name);
+    }
+    return first;
+}
+
+static soma_status fptt_init(soma_rule *r, int max_batch)
+{
+    const soma_rule_config *c = &r->cfg;
+    soma_net *net = r->net;
+    if (!soma_net_is_spiking(net))
+        return soma__fail(SOMA_ERR_ARG, "rule fptt needs a temporal net (give --neuron, or ltcN layers)");
+    if (c->T <= 0) return soma__fail(SOMA_ERR_ARG, "--T must be > 0, got %d", c->T);
+    if (!(c->fptt_alpha > 0) || isinf(c->fptt_alpha))
+        return soma__fail(SOMA_ERR_ARG, "--fptt-alpha must be > 0 and finite, got %g", (double)c->fptt_alpha);
+    if (!(c->fptt_beta > 0 && c->fptt_beta <= 1))
+        return soma__fail(SOMA_ERR_ARG, "--fptt-beta must be in (0, 1], got %g", (double)c->fptt_beta);
+    if (c->fptt_k < 1) return soma__fail(SOMA_ERR_ARG, "--fptt-k must be >= 1, got %d", c->fptt_k);
+    if (c->T % c->fptt_k)
+        return soma__fail(SOMA_ERR_ARG, "--T %d is not a multiple of the FPTT window --fptt-k %d", c->T, c->fptt_k);
+    if ((unsigned)c->reduce >= SOMA_REDUCE_COUNT) return soma__fail(SOMA_ERR_ARG, "unknown reduce %d", (int)c->reduce);
+    if (net->params.count == 0) return soma__fail(SOMA_ERR_ARG, "rule fptt: net '%s' has no parameters", soma_net_spec(net));
+    fptt_state *s = soma__calloc(1, sizeof *s);
+    if (!s) return SOMA_ERR_NOMEM;
+    r->state = s;
+    const int K = c->fptt_k;
+    int D = c->sample_size ? c->sample_size : soma_net_inputs(net);
+    soma_status st = soma_encoder_new(&s->enc, c->encoding, D, c->T, c->enc_seed, c->gain > 0 ? c->gain : 1.0f);
+    if (st) return st;
+    int step = soma_encoder_step_size(s->enc);
+    if (step != soma_net_inputs(net))
+        return soma__fail(SOMA_ERR_SHAPE, "encoding %s gives %d value(s) per step, net '%s' takes %d",
+                          soma_encoding_name(c->encoding), step, soma_net_spec(net), soma_net_inputs(net));
+    if ((st = soma_net_prepare_time(net, max_batch, K))) return st;
+    /* the weights change between windows: the prefix must be recomputed */
+    soma_net_set_static_input(net, 0);
+    int C = soma_net_outputs(net);
+    size_t bc = (size_t)max_batch * C;
+    if (c->encoding != SOMA_ENC_DIRECT) {
+        s->xs_bytes = (size_t)K * max_batch * step * sizeof(float);
+        if (!(s->xs = soma__malloc_aligned(s->xs_bytes))) return SOMA_ERR_NOMEM;
+    }
+    s->scores = soma__malloc(bc * sizeof(float));
+    s->probs = soma__malloc(bc * sizeof(float));
+    s->dstep = soma__malloc(bc * sizeof(float));
+    s->dout = soma__calloc((size_t)K, sizeof *s->dout);
+    if (!s->scores || !s->probs || !s->dstep || !s->dout) return SOMA_ERR_NOMEM;
+    if ((s->wbar = add_mirror(net, "fptt.wbar.")) < 0) return (soma_status)s->wbar;
+    if ((s->lam = add_mirror(net, "fptt.lam.")) < 0) return (soma_status)s->lam;
+    memcpy(wbar_of(r), soma_net_param_values(net), soma_net_param_floats(net) * sizeof(float));
+    return SOMA_OK;
+}
+
+static void fptt_release(soma_rule *r)
+{
+    fptt_state *s = r->state;
+    if (!s) return;
+    soma_encoder_free(s->enc);
+    soma__free_aligned(s->xs);
+    soma__free(s->scores);
+    soma__free(s->probs);
+    soma__free(s->dstep);
+    soma__free((void *)s->dout);
+    soma__free(s);
+}
+
+/* Step t of the sequence: encodes x_t into the window's slot t % K. */
+static soma_status step_once(soma_rule *r, const soma_batch *b, int t, soma_rng *rng, const float **out)
+{
+    fptt_state *s = r->state;
+    const float *xt = b->x;
+    if (s->xs) {
+        int step = soma_encoder_step_size(s->enc);
+        float *dst = s->xs + (size_t)(t % r->cfg.fptt_k) * b->n * step;
+        soma_encode_step(s->enc, dst, b->x, b->n, t, rng);
+        xt = dst;
+    }
+    return soma_net_step(r->net, xt, b->n, out);
+}
+
+/* scores (+)= reduce contribution of out_t */
+static void reduce_add(const soma_rule_config *c, float *scores, const float *out, int t, size_t bc)
+{
+    if (c->reduce == SOMA_REDUCE_LAST) {
+        if (t == c->T - 1) memcpy(scores, out, bc * sizeof(float));
+    } else {
+        float w = c->reduce == SOMA_REDUCE_SUM ? 1.0f : 1.0f / (float)c->T;
+        for (size_t i = 0; i < bc; i++) scores[i] += w * out[i];
+    }
+}
+
+/* After the optimizer step, in this order (notes 2.6):
+ *   lam  <- lam - alpha (W - Wbar)                          (old Wbar)
+ *   Wbar <- (1 - beta) Wbar + beta W - (beta/alpha) lam     (new lam) */
+void soma__fptt_post_update(float *lam, float *wbar, const float *w, size_t n, float alpha, float beta)
+{
+    const float ba = beta / alpha;
+    for (size_t i = 0; i < n; i++) {
+        lam[i] -= alpha * (w[i] - wbar[i]);
+        wbar[i] = (1.0f - beta) * wbar[i] + beta * w[i] - ba * lam[i];
+    }
+}
+
+/* g += alpha (W - Wbar) - lam; check; clip; optimizer; then lam and Wbar. */
+static soma_status fptt_update(soma_rule *r, float lr)
+{
+    const soma_rule_config *c = &r->cfg;
+    soma_net *net = r->net;
+    size_t np = soma_net_param_floats(net);
+    float *w = soma_net_param_values(net), *g = soma_net_param_grads(net);
+    float *wb = wbar_of(r), *lam = lam_of(r);
+    const float alpha = c->fptt_alpha;
+    for (size_t i = 0; i < np; i++) g[i] += alpha * (w[i] - wb[i]) - lam[i];
+    if (!soma__all_finite(g, np)) return soma__fail(SOMA_ERR_NUMERIC, "gradient contains NaN or Inf");
+    if (c->clip_norm > 0) soma__clip_norm(g, np, c->clip_norm);
+    soma_optim_step(r->optim, w, g, lr);
+    soma__fptt_post_update(lam, wb, w, np, alpha, c->fptt_beta);
+    return SOMA_OK;
+}
+
+/* Window p of the sequence in progress (p = 0 resets the state and the
+ * scores): K steps forward, the loss at the last one, backward through the
+ * window, one update.  *loss (may be NULL) receives the window's unweighted
+ * loss (mean over the batch). */
+soma_status soma__fptt_window(soma_rule *r, const soma_batch *b, int p, float lr, soma_rng *rng,
+                              double *loss)
+{
+    fptt_state *s = r->state;
+    const soma_rule_config *c = &r->cfg;
+    soma_net *net = r->net;
+    const int B = b->n, C = soma_net_outputs(net), K = c->fptt_k, P = c->T / K;
+    const size_t bc = (size_t)B * C;
+    soma_status e;
+    if (p < 0 || p >= P) return soma__fail(SOMA_ERR_ARG, "fptt: window %d outside 0..%d", p, P - 1);
+    if (p == 0) {
+        soma_net_set_train(net, 1);
+        if ((e = soma_net_reset_state(net, B, rng))) return e;
+        memset(s->scores, 0, bc * sizeof(float));
+    } else if (soma_net_time(net) != p * K) {
+        return soma__fail(SOMA_ERR_ARG, "fptt: window %d out of order (%d steps taken)", p, soma_net_time(net));
+    }
+    for (int j = 0; j < K - 1; j++) s->dout[j] = NULL;
+    s->dout[K - 1] = s->dstep;
+    const float *out = NULL;
+    for (int j = 0; j < K; j++) {
+        int t = p * K + j;
+        if ((e = step_once(r, b, t, rng, &out))) return e;
+        reduce_add(c, s->scores, out, t, bc);
+    }
+    /* l_p = (p+1)/P loss(out, y) at the window's last step */
+    soma_step_stats one = { 0 };
+    if ((e = soma__loss_and_grad_t(s->dstep, s->probs, out, b->y, b->target, B, C, c->loss, &one)))
+        return e;
+    if (loss) *loss = one.loss / B;
+    const float wgt = (float)(p + 1) / (float)P;
+    for (size_t i = 0; i < bc; i++) s->dstep[i] *= wgt;
+    soma_net_zero_grad(net);
+    if ((e = soma_net_backward_time(net, K, s->dout, B, 0))) return e;
+    return fptt_update(r, lr);
+}
+
+static soma_status fptt_train_batch(soma_rule *r, const soma_batch *b, float lr, soma_rng *rng,
+                                    soma_step_stats *st)
+{
+    fptt_state *s = r->state;
+    const soma_rule_config *c = &r->cfg;
+    const int B = b->n, C = soma_net_outputs(r->net), P = c->T / c->fptt_k;
+    soma_status e;
+    for (int p = 0; p < P; p++)
+        if ((e = soma__fptt_window(r, b, p, lr, rng, NULL))) return e;
+    soma_step_stats local = { 0 };
+    if ((e = soma__loss_and_grad_t(NULL, s->probs, s->scores, b->y, b->target, B, C, c->loss, &local)))
+        return e;
+    if (st) { st->loss += local.loss; st->correct += local.correct; st->n += local.n; }
+    return SOMA_OK;
+}
+
+static soma_status fptt_predict(soma_rule *r, const soma_batch *b, const float **scores,
+                                soma_step_stats *st)
+{
+    fptt_state *s = r->state;
+    const soma_rule_config *c = &r->cfg;
+    soma_net *net = r->net;
+    size_t bc = (size_t)b->n * soma_net_outputs(net);
+    soma_net_set_train(net, 0);
+    /* Poisson inputs in evaluation draw from a fixed stream (as bptt) */
+    soma_rng rng;
+    soma_rng_seed(&rng, 0x5eed0fULL);
+    soma_status e = soma_net_reset_state(net, b->n, &rng);
+    if (e) return e;
+    memset(s->scores, 0, bc * sizeof(float));
+    for (int t = 0; t < c->T; t++) {
+        const float *out;
+        if ((e = step_once(r, b, t, &rng, &out))) return e;
+        reduce_add(c, s->scores, out, t, bc);
+    }
+    *scores = s->scores;
+    if (st) e = soma__loss_and_grad_t(NULL, s->probs, s->scores, b->y, b->target, b->n,
+                                      soma_net_outputs(net), c->loss, st);
+    return e;
+}
+
+/* W <- Wbar (lam kept). */
+static void fptt_epoch_end(soma_rule *r)
+{
+    memcpy(soma_net_param_values(r->net), wbar_of(r), soma_net_param_floats(r->net) * sizeof(float));
+}
+
+static void fptt_plan(const soma_rule *r, soma_mem_plan *p)
+{
+    const fptt_state *s = r->state;
+    p->activations = r->net->act_bytes + (s ? s->xs_bytes : 0);
+    p->workspace = r->net->ws_floats * sizeof(float) +
+                   3 * (size_t)r->max_batch * soma_net_outputs(r->net) * sizeof(float);
+}
+
+const soma_rule_ops soma__rule_fptt = {
+    .name = "fptt",
+    .about = "forward propagation through time: an update every --fptt-k steps, memory O(k) in T",
+    .init = fptt_init,
+    .train_batch = fptt_train_batch,
+    .predict = fptt_predict,
+    .plan = fptt_plan,
+    .release = fptt_release,
+    .epoch_end = fptt_epoch_end,
+};

@@ -1,0 +1,382 @@
+/*
+ * test_fptt.c - the FPTT rule (src/rule/fptt.c) on LTC spiking nets:
+ *  - golden values from refs/fptt_ref.py (PyTorch, written from the
+ *    equations): three FPTT steps (K = 1) and two FPTT-K windows (K = 3) of
+ *    "4-rltc6-3" with the liquid readout: W, Wbar, lam, membrane, threshold
+ *    trace and loss after every window, within 1e-5 relative;
+ *  - the post-step update on the notes' tiny trace (lam 0.01, Wbar 0.90);
+ *  - K = T with a tiny alpha: one FPTT update equals a BPTT update;
+ *  - the memory plan: FPTT's activation bytes do not depend on T, BPTT's grow;
+ *  - W <- Wbar at the end of an epoch, Wbar/lam as named net buffers;
+ *  - bad input: alpha <= 0, beta outside (0, 1], K < 1, T not a multiple of K.
+ */
+#include "check.h"
+#include "rule/rule.h"
+#include <stdio.h>
+
+static const float *fx(const soma_st *st, const char *name, size_t *n)
+{
+    const soma_st_tensor *t = soma_st_find(st, name);
+    if (!t) { fprintf(stderr, "fixture tensor '%s' missing\n", name); CHECK(t != NULL); return NULL; }
+    if (n) *n = t->nbytes / 4;
+    return t->data;
+}
+
+static soma_net *ltc_net(const char *spec, int D, uint64_t seed)
+{
+    soma_net_options o;
+    soma_net_options_default(&o);
+    o.in_c = D; o.in_h = 1; o.in_w = 1;
+    o.readout = SOMA_READOUT_LTC;
+    o.seed = seed;
+    soma_net *n = NULL;
+    if (!CHECK(soma_net_new(&n, spec, &o) == SOMA_OK)) fprintf(stderr, "%s\n", soma_last_error());
+    return n;
+}
+
+static void rule_cfg(soma_rule_config *c, int T, int K, int D)
+{
+    soma_rule_config_default(c);
+    soma_optim_config_default(&c->optim, SOMA_OPTIM_SGD);
+    c->optim.lr = 0.1f;
+    c->clip_norm = 1.0f;
+    c->T = T;
+    c->fptt_k = K;
+    c->fptt_alpha = 0.1f;
+    c->fptt_beta = 0.5f;
+    c->encoding = SOMA_ENC_FRAMES;
+    c->sample_size = T * D;
+    c->reduce = SOMA_REDUCE_LAST;
+}
+
+/* Compares every parameter (or its Wbar / lam buffer) with fixture key prefix. */
+static void compare_params(soma_net *n, const soma_st *st, const char *prefix, const char *buf_prefix,
+                           const char *label)
+{
+    for (int i = 0; i < soma_net_tensor_count(n); i++) {
+        const char *name;
+        int is_param;
+        float *v = soma_net_tensor(n, i, &name, NULL, NULL, &is_param);
+        const char *pname = name;
+        if (buf_prefix) {
+            if (is_param || strncmp(name, buf_prefix, strlen(buf_prefix))) continue;
+            pname = name + strlen(buf_prefix);
+        } else if (!is_param) {
+            continue;
+        }
+        char key[128], lab[192];
+        snprintf(key, sizeof key, "%s%s", prefix, pname);
+        size_t cnt;
+        const float *want = fx(st, key, &cnt);
+        snprintf(lab, sizeof lab, "%s %s", label, key);
+        if (want) check_close_f(lab, v, want, cnt, 1e-5, 1e-7);
+    }
+}
+
+static void golden(const char *path)
+{
+    soma_st *st;
+    if (!CHECK(soma_st_read(&st, path) == SOMA_OK)) { fprintf(stderr, "%s\n", soma_last_error()); return; }
+    int T = atoi(soma_st_meta(st, "T")), K = atoi(soma_st_meta(st, "K")), D = 4;
+    soma_net *n = ltc_net(soma_st_meta(st, "spec"), D, 1);
+    if (!n) { soma_st_free(st); return; }
+    /* the initial parameters, before the rule copies them into Wbar */
+    for (int i = 0; i < soma_net_tensor_count(n); i++) {
+        const char *name;
+        float *v = soma_net_tensor(n, i, &name, NULL, NULL, NULL);
+        char key[96];
+        snprintf(key, sizeof key, "init.%s", name);
+        size_t cnt;
+        const float *src = fx(st, key, &cnt);
+        if (src) memcpy(v, src, cnt * sizeof(float));
+    }
+    size_t ny;
+    const float *x = fx(st, "x", NULL);
+    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
+    int B = (int)ny;
+    soma_rule_config c;
+    rule_cfg(&c, T, K, D);
+    soma_rule *r;
+    if (!CHECK(soma_rule_new(&r, "fptt", n, &c, B) == SOMA_OK)) {
+        fprintf(stderr, "%s\n", soma_last_error());
+        soma_net_free(n);
+        soma_st_free(st);
+        return;
+    }
+    soma_batch b = { .n = B, .c = T * D, .h = 1, .w = 1, .x = (float *)x, .y = (int32_t *)y };
+    const soma_layer *l = &n->layers[1];
+    for (int p = 0; p < T / K; p++) {
+        double loss;
+        if (!CHECK(soma__fptt_window(r, &b, p, 0.1f, NULL, &loss) == SOMA_OK)) {
+            fprintf(stderr, "%s\n", soma_last_error());
+            break;
+        }
+        char pre[32], label[64];
+        snprintf(label, sizeof label, "fptt T=%d K=%d window %d", T, K, p);
+        snprintf(pre, sizeof pre, "loss%d", p);
+        float lf = (float)loss;
+        char lab[96];
+        snprintf(lab, sizeof lab, "%s loss", label);
+        check_close_f(lab, &lf, fx(st, pre, NULL), 1, 1e-5, 0);
+        int slot = soma__slot_of(n, soma_net_time(n) - 1);
+        snprintf(pre, sizeof pre, "u%d", p);
+        snprintf(lab, sizeof lab, "%s membrane", label);
+        check_close_f(lab, soma__slot(n, l, l->cu, slot), fx(st, pre, NULL), (size_t)B * 6, 1e-5, 1e-7);
+        snprintf(pre, sizeof pre, "eta%d", p);
+        snprintf(lab, sizeof lab, "%s threshold trace", label);
+        check_close_f(lab, soma__slot(n, l, l->ca, slot), fx(st, pre, NULL), (size_t)B * 6, 1e-5, 1e-7);
+        snprintf(pre, sizeof pre, "w%d.", p);
+        compare_params(n, st, pre, NULL, label);
+        snprintf(pre, sizeof pre, "wbar%d.", p);
+        compare_params(n, st, pre, "fptt.wbar.", label);
+        snprintf(pre, sizeof pre, "lam%d.", p);
+        compare_params(n, st, pre, "fptt.lam.", label);
+    }
+    soma_rule_free(r);
+    soma_net_free(n);
+    soma_st_free(st);
+}
+
+/* notes 2.6: alpha 0.1, beta 0.5, W = Wbar = 1, lam = 0, the optimizer moves
+ * W to 0.9 -> lam = 0.01, Wbar = 0.5 + 0.45 - 5 * 0.01 = 0.90 */
+static void tiny_trace(void)
+{
+    float w = 0.9f, wbar = 1.0f, lam = 0.0f;
+    soma__fptt_post_update(&lam, &wbar, &w, 1, 0.1f, 0.5f);
+    const float lw = 0.01f, ww = 0.90f;
+    check_close_f("tiny trace lam", &lam, &lw, 1, 1e-5, 1e-9);
+    check_close_f("tiny trace wbar", &wbar, &ww, 1, 1e-5, 1e-9);
+}
+
+static void fill_batch(float *x, int32_t *y, int B, int n, int C, uint64_t seed)
+{
+    soma_rng g;
+    soma_rng_seed(&g, seed);
+    for (int i = 0; i < B * n; i++) x[i] = 1.5f * soma_rng_normal(&g);
+    for (int i = 0; i < B; i++) y[i] = (int32_t)soma_rng_below(&g, (uint32_t)C);
+}
+
+/* K = T, tiny alpha: at the first update W = Wbar and lam = 0, so the
+ * regulariser adds nothing and FPTT's update is BPTT's (reduce last, same
+ * optimizer and clip). */
+static void fptt_equals_bptt(void)
+{
+    const int T = 8, D = 4, B = 3;
+    soma_net *a = ltc_net("4-rltc6-ltc5-3", D, 3), *bn = ltc_net("4-rltc6-ltc5-3", D, 3);
+    if (!a || !bn) return;
+    soma_rule_config c;
+    rule_cfg(&c, T, T, D);
+    c.fptt_alpha = 1e-6f;
+    c.optim.kind = SOMA_OPTIM_ADAM;
+    soma_optim_config_default(&c.optim, SOMA_OPTIM_ADAM);
+    c.optim.lr = 1e-2f;
+    soma_rule *rf, *rb;
+    CHECK(soma_rule_new(&rf, "fptt", a, &c, B) == SOMA_OK);
+    CHECK(soma_rule_new(&rb, "bptt", bn, &c, B) == SOMA_OK);
+    float x[3 * 32];
+    int32_t y[3];
+    fill_batch(x, y, B, T * D, 3, 9);
+    soma_batch b = { .n = B, .c = T * D, .h = 1, .w = 1, .x = x, .y = y };
+    soma_step_stats sf = { 0 }, sb = { 0 };
+    CHECK(soma_rule_train_batch(rf, &b, 1e-2f, NULL, &sf) == SOMA_OK);
+    CHECK(soma_rule_train_batch(rb, &b, 1e-2f, NULL, &sb) == SOMA_OK);
+    size_t np = soma_net_param_floats(a);
+    CHECK(np == soma_net_param_floats(bn));
+    check_close_f("fptt K=T == bptt: W after one update", soma_net_param_values(a), soma_net_param_values(bn),
+                  np, 1e-6, 1e-8);
+    /* and the parameters moved */
+    soma_net *c0 = ltc_net("4-rltc6-ltc5-3", D, 3);
+    double moved = 0;
+    for (size_t i = 0; i < np; i++) moved += fabs(soma_net_param_values(a)[i] - soma_net_param_values(c0)[i]);
+    CHECK(moved > 1e-3);
+    soma_net_free(c0);
+    /* W <- Wbar at the end of an epoch; the buffers are named tensors */
+    int found = 0;
+    float *wbar = NULL;
+    for (int i = 0; i < soma_net_tensor_count(a); i++) {
+        const char *name;
+        float *v = soma_net_tensor(a, i, &name, NULL, NULL, NULL);
+        if (!strcmp(name, "fptt.wbar.0.weight")) { found++; wbar = v; }
+        if (!strcmp(name, "fptt.lam.1.tau_adp.k")) found++;
+    }
+    CHECK(found == 2);
+    CHECK(wbar && memcmp(wbar, soma_net_param_values(a), 24 * sizeof(float)) != 0);
+    soma_rule_epoch_end(rf);
+    CHECK(wbar && memcmp(wbar, soma_net_param_values(a), 24 * sizeof(float)) == 0);
+    soma_rule_epoch_end(rb);     /* no epoch_end: nothing */
+    soma_rule_epoch_end(NULL);
+    soma_rule_free(rf); soma_rule_free(rb);
+    soma_net_free(a); soma_net_free(bn);
+}
+
+/* Planned activation bytes: FPTT (K = 1 and K = 10) the same at T = 100 and
+ * T = 1000; BPTT's grow with T. */
+static void memory_plan(void)
+{
+    const int D = 2, B = 16;
+    size_t act[2][3];
+    const int Ts[2] = { 100, 1000 };
+    for (int k = 0; k < 2; k++) {
+        for (int m = 0; m < 3; m++) {
+            soma_net *n = ltc_net("2-rltc64-10", D, 1);
+            if (!n) return;
+            soma_rule_config c;
+            rule_cfg(&c, Ts[k], m == 1 ? 10 : 1, D);
+            soma_rule *r;
+            if (!CHECK(soma_rule_new(&r, m == 2 ? "bptt" : "fptt", n, &c, B) == SOMA_OK)) {
+                fprintf(stderr, "%s\n", soma_last_error());
+                soma_net_free(n);
+                return;
+            }
+            soma_mem_plan p;
+            soma_rule_plan(r, &p);
+            act[k][m] = p.activations;
+            if (m == 0) CHECK(p.buffers >= 2 * p.params);   /* Wbar and lam */
+            soma_rule_free(r);
+            soma_net_free(n);
+        }
+    }
+    printf("plan activations (bytes): T=100: fptt %zu, fptt-k10 %zu, bptt %zu; T=1000: %zu, %zu, %zu\n",
+           act[0][0], act[0][1], act[0][2], act[1][0], act[1][1], act[1][2]);
+    CHECK(act[0][0] == act[1][0]);
+    CHECK(act[0][1] == act[1][1]);
+    CHECK(act[1][2] > 8 * act[0][2]);
+    CHECK(act[1][2] > 100 * act[1][0]);
+}
+
+static void bad_input(void)
+{
+    soma_net *n = ltc_net("2-rltc8-3", 2, 1);
+    if (!n) return;
+    soma_rule *r;
+    soma_rule_config c;
+    const float alphas[] = { 0.0f, -0.1f, NAN, INFINITY };
+    for (int i = 0; i < 4; i++) {
+        rule_cfg(&c, 10, 1, 2);
+        c.fptt_alpha = alphas[i];
+        CHECK(soma_rule_new(&r, "fptt", n, &c, 4) == SOMA_ERR_ARG);
+        CHECK(strstr(soma_last_error(), "alpha") != NULL);
+    }
+    const float betas[] = { 0.0f, -0.5f, 1.5f, NAN };
+    for (int i = 0; i < 4; i++) {
+        rule_cfg(&c, 10, 1, 2);
+        c.fptt_beta = betas[i];
+        CHECK(soma_rule_new(&r, "fptt", n, &c, 4) == SOMA_ERR_ARG);
+        CHECK(strstr(soma_last_error(), "beta") != NULL);
+    }
+    rule_cfg(&c, 10, 0, 2);
+    CHECK(soma_rule_new(&r, "fptt", n, &c, 4) == SOMA_ERR_ARG);
+    CHECK(strstr(soma_last_error(), "fptt-k") != NULL);
+    rule_cfg(&c, 10, 3, 2);
+    CHECK(soma_rule_new(&r, "fptt", n, &c, 4) == SOMA_ERR_ARG);
+    CHECK(strstr(soma_last_error(), "multiple") != NULL);
+    /* beta = 1 is allowed: Wbar follows W */
+    rule_cfg(&c, 10, 5, 2);
+    c.fptt_beta = 1.0f;
+    CHECK(soma_rule_new(&r, "fptt", n, &c, 4) == SOMA_OK);
+    soma_rule_free(r);
+    soma_net_free(n);
+    /* a static net */
+    soma_net_options o;
+    soma_net_options_default(&o);
+    o.in_c = 2; o.in_h = 1; o.in_w = 1;
+    CHECK(soma_net_new(&n, "2-8-3", &o) == SOMA_OK);
+    rule_cfg(&c, 10, 1, 2);
+    CHECK(soma_rule_new(&r, "fptt", n, &c, 4) == SOMA_ERR_ARG);
+    soma_net_free(n);
+}
+
+/* A few FPTT-K batches on the full train path run, change W and keep the
+ * loss finite; the window order is enforced. */
+static void train_path(void)
+{
+    const int T = 12, D = 2, B = 4;
+    soma_net *n = ltc_net("2-rltc16-3", D, 5);
+    if (!n) return;
+    soma_rule_config c;
+    rule_cfg(&c, T, 4, D);
+    c.reduce = SOMA_REDUCE_MEAN;
+    soma_rule *r;
+    if (!CHECK(soma_rule_new(&r, "fptt", n, &c, B) == SOMA_OK)) { soma_net_free(n); return; }
+    float x[4 * 24];
+    int32_t y[4];
+    fill_batch(x, y, B, T * D, 3, 4);
+    soma_batch b = { .n = B, .c = T * D, .h = 1, .w = 1, .x = x, .y = y };
+    soma_step_stats st = { 0 };
+    for (int i = 0; i < 3; i++) CHECK(soma_rule_train_batch(r, &b, 0.1f, NULL, &st) == SOMA_OK);
+    CHECK(st.n == 3 * B && isfinite(st.loss));
+    const float *scores;
+    soma_step_stats ev = { 0 };
+    CHECK(soma_rule_predict(r, &b, &scores, &ev) == SOMA_OK);
+    CHECK(ev.n == B && isfinite(ev.loss));
+    CHECK(soma__fptt_window(r, &b, 0, 0.1f, NULL, NULL) == SOMA_OK);
+    CHECK(soma__fptt_window(r, &b, 2, 0.1f, NULL, NULL) == SOMA_ERR_ARG);  /* skipped window 1 */
+    soma_rule_free(r);
+    soma_net_free(n);
+}
+
+/* Checkpoints carry Wbar and lam and the LTC cell parameters: save after
+ * training, load, create the rule (fresh Wbar = W, lam = 0), restore again
+ * as train.c does on --resume: every tensor equals the saved one. */
+static void checkpoint_roundtrip(void)
+{
+    const int T = 6, D = 2, B = 2;
+    soma_net_options o;
+    soma_net_options_default(&o);
+    o.in_c = D; o.in_h = 1; o.in_w = 1;
+    o.readout = SOMA_READOUT_LTC;
+    o.ltc.threshold = 0.25f;
+    soma_net *n;
+    if (!CHECK(soma_net_new(&n, "2-rltc8-3", &o) == SOMA_OK)) return;
+    soma_rule_config c;
+    rule_cfg(&c, T, 2, D);
+    soma_rule *r;
+    if (!CHECK(soma_rule_new(&r, "fptt", n, &c, B) == SOMA_OK)) { soma_net_free(n); return; }
+    float x[2 * 12];
+    int32_t y[2];
+    fill_batch(x, y, B, T * D, 3, 2);
+    soma_batch b = { .n = B, .c = T * D, .h = 1, .w = 1, .x = x, .y = y };
+    CHECK(soma_rule_train_batch(r, &b, 0.1f, NULL, NULL) == SOMA_OK);
+    const char *path = "build/test_fptt_ckpt.st";
+    CHECK(soma_checkpoint_save(path, n, soma_rule_optim(r), NULL, 0) == SOMA_OK);
+    soma_net *m;
+    soma_st *st;
+    if (!CHECK(soma_checkpoint_load(&m, &st, path) == SOMA_OK)) {
+        fprintf(stderr, "%s\n", soma_last_error());
+    } else {
+        CHECK(m->layers[1].ltc && m->layers[1].cell.threshold == 0.25f);
+        soma_rule *r2;
+        CHECK(soma_rule_new(&r2, "fptt", m, &c, B) == SOMA_OK);
+        CHECK(soma_checkpoint_restore_net(m, st, path) == SOMA_OK);
+        CHECK(soma_net_tensor_count(m) == soma_net_tensor_count(n));
+        for (int i = 0; i < soma_net_tensor_count(n); i++) {
+            const char *na, *nb;
+            float *va = soma_net_tensor(n, i, &na, NULL, NULL, NULL);
+            float *vb = soma_net_tensor(m, i, &nb, NULL, NULL, NULL);
+            size_t cnt = n->params.count > i ? n->params.p[i].n : n->buffers.p[i - n->params.count].n;
+            CHECK(!strcmp(na, nb));
+            char label[96];
+            snprintf(label, sizeof label, "checkpoint round trip %s", na);
+            check_close_f(label, vb, va, cnt, 0, 0);
+        }
+        soma_rule_free(r2);
+        soma_net_free(m);
+        soma_st_free(st);
+    }
+    remove(path);
+    soma_rule_free(r);
+    soma_net_free(n);
+}
+
+int main(void)
+{
+    tiny_trace();
+    golden("tests/fixtures/fptt_k1.safetensors");
+    golden("tests/fixtures/fptt_k3.safetensors");
+    fptt_equals_bptt();
+    memory_plan();
+    bad_input();
+    train_path();
+    checkpoint_roundtrip();
+    return check_report("test_fptt");
+}
