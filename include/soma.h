@@ -1082,6 +1082,18 @@ void soma_rule_epoch_end(soma_rule *r);
 /* EP: fills the ep_* fields of c with the defaults above (soma_rule_config_default
  * calls it). */
 void soma_ep_config_default(soma_rule_config *c);
+
+/* The rules' own options by name ("ep-beta", "pc-order", "fptt-k", ...): the
+ * CLI's --KEY VALUE options and config-file keys, and what checkpoints record
+ * so `soma eval` rebuilds a rule exactly. */
+int         soma_rule_option_count(void);
+const char *soma_rule_option_key(int i);
+const char *soma_rule_option_help(int i);
+/* SOMA_ERR_ARG naming the option if the key is unknown or the value bad. */
+soma_status soma_rule_option_set(soma_rule_config *c, const char *key, const char *value);
+/* Every option as "key=value key=value"; soma_rule_options_parse reads it back. */
+void        soma_rule_options_format(const soma_rule_config *c, char *buf, size_t size);
+soma_status soma_rule_options_parse(soma_rule_config *c, const char *s);
 /* PC: fills the pc_* fields of c with the defaults above (the paper's MLP
  * settings: T 3, gamma 0.05, beta 100, sequential, soft clamp). */
 void soma_pc_config_default(soma_rule_config *c);
@@ -1164,6 +1176,8 @@ typedef struct soma_train_config {
     soma_readout     readout;
     soma_cell_params readout_cell;
     int              binary_frames;   /* nmnist: 0/1 frames instead of event counts */
+    soma_cell_params ltc;             /* cells of ltcN / rltcN layers and the ltc readout */
+    int              raw_pixels;      /* pixels in [0,1], no mean/std normalisation */
     const char *argv_line;    /* command line recorded in the log, may be NULL */
 } soma_train_config;
 

@@ -86,7 +86,9 @@ enum {
     O_CONFIG, O_QUIET, O_HELP, O_DAMPENING,
     O_NEURON, O_T, O_ENCODING, O_GAIN, O_READOUT, O_REDUCE, O_ALPHA, O_TAU, O_THRESHOLD,
     O_RESET, O_DETACH_RESET, O_RHO, O_BETA_A, O_SURROGATE, O_SLOPE, O_WIDTH, O_READOUT_ALPHA,
-    O_TRUNC, O_ENC_SEED, O_BINARY_FRAMES
+    O_TRUNC, O_ENC_SEED, O_BINARY_FRAMES, O_NO_NORMALIZE, O_LR_MIN, O_RHO_MAX,
+    O_LTC_NEURON, O_LTC_THRESHOLD, O_LTC_BETA_A,
+    O_RULE_OPT = 1000   /* + index of soma_rule_option_key */
 };
 
 static const struct option train_opts[] = {
@@ -112,7 +114,10 @@ static const struct option train_opts[] = {
     { "beta-a", 1, 0, O_BETA_A }, { "surrogate", 1, 0, O_SURROGATE }, { "slope", 1, 0, O_SLOPE },
     { "width", 1, 0, O_WIDTH }, { "readout-alpha", 1, 0, O_READOUT_ALPHA },
     { "trunc", 1, 0, O_TRUNC }, { "enc-seed", 1, 0, O_ENC_SEED },
-    { "binary-frames", 0, 0, O_BINARY_FRAMES },
+    { "binary-frames", 0, 0, O_BINARY_FRAMES }, { "no-normalize", 0, 0, O_NO_NORMALIZE },
+    { "lr-min", 1, 0, O_LR_MIN }, { "rho-max", 1, 0, O_RHO_MAX },
+    { "ltc-neuron", 1, 0, O_LTC_NEURON }, { "ltc-threshold", 1, 0, O_LTC_THRESHOLD },
+    { "ltc-beta-a", 1, 0, O_LTC_BETA_A },
     { 0, 0, 0, 0 }
 };
 
@@ -160,6 +165,14 @@ static void train_help(void)
            "  --width F            triangle width / multigauss sigma (defaults 1 / 0.3)\n"
            "  --readout-alpha F    li readout decay (default 0.9)\n"
            "  --trunc K            bptt: detach the state every K steps (default 0 = full)\n");
+    printf("rule options (rules fptt, lfp, ep, pc; see docs/*.md):\n");
+    for (int i = 0; i < soma_rule_option_count(); i++)
+        printf("  --%-18s %s\n", soma_rule_option_key(i), soma_rule_option_help(i));
+    printf("  --ltc-neuron NAME    ltc/rltc cells: alif (adaptive threshold) or lif (default alif)\n"
+           "  --ltc-threshold F    ltc threshold b0 (default 0.1)\n"
+           "  --ltc-beta-a F       ltc adaptation strength (default 1.8)\n"
+           "  --lr-min F --rho-max F   MQ optimizer (defaults 1e-3, 0.9999; --eps is its r)\n"
+           "  --no-normalize       feed pixels in [0,1] (no mean/std; rule ep always does)\n");
     printf("learning:\n  --rule NAME          learning rule (default bp):\n");
     for (int i = 0; i < soma_rule_count(); i++)
         printf("                         %-8s %s\n", soma_rule_name_at(i), soma_rule_about_at(i));
@@ -190,6 +203,20 @@ static void train_help(void)
            "  --metrics PATH       JSONL log (default runs/DATA-RULE-sSEED.jsonl)\n"
            "  --dry-run            print the network and the memory plan, do not train\n"
            "  --quiet              no progress line\n");
+}
+
+/* train_opts plus one option per rule option of the library (--ep-beta ...). */
+static struct option all_opts[sizeof train_opts / sizeof *train_opts + 64];
+
+static const struct option *train_options(void)
+{
+    if (all_opts[0].name) return all_opts;
+    size_t n = 0;
+    for (const struct option *o = train_opts; o->name; o++) all_opts[n++] = *o;
+    for (int i = 0; i < soma_rule_option_count() && n + 1 < sizeof all_opts / sizeof *all_opts; i++)
+        all_opts[n++] = (struct option){ soma_rule_option_key(i), 1, 0, O_RULE_OPT + i };
+    all_opts[n] = (struct option){ 0, 0, 0, 0 };
+    return all_opts;
 }
 
 typedef struct train_cli {
@@ -235,7 +262,7 @@ static int load_config(train_cli *t, const char *path)
             snprintf(key, sizeof key, "%.63s", s);
         }
         const struct option *o = NULL;
-        for (const struct option *p = train_opts; p->name; p++)
+        for (const struct option *p = train_options(); p->name; p++)
             if (!strcmp(p->name, key)) o = p;
         if (!o || o->val == O_CONFIG) {
             fprintf(stderr, "%s: %s:%d: unknown key '%s'\n", prog, path, lineno, key);
@@ -372,9 +399,27 @@ static int apply_train_option(train_cli *t, int code, const char *name, const ch
     case O_WIDTH: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->cell.surr.width = f; break;
     case O_READOUT_ALPHA: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->readout_cell.alpha = f; break;
     case O_BINARY_FRAMES: c->binary_frames = 1; break;
+    case O_NO_NORMALIZE: c->raw_pixels = 1; break;
+    case O_LR_MIN: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->rule_cfg.optim.lr_min = f; break;
+    case O_RHO_MAX: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->rule_cfg.optim.rho_max = f; break;
+    case O_LTC_NEURON: {
+        soma_neuron_kind k;
+        if ((st = soma_neuron_from_name(&k, arg))) return usage_error("%s: %s", opt, soma_last_error());
+        if (k != SOMA_NEURON_ALIF && k != SOMA_NEURON_LIF) return usage_error("%s: %s", opt, "ltc cells are alif (adaptive) or lif (fixed threshold)");
+        c->ltc.kind = k;
+        break;
+    }
+    case O_LTC_THRESHOLD: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->ltc.threshold = f; break;
+    case O_LTC_BETA_A: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->ltc.beta_a = f; break;
     case O_TRUNC: if (!parse_long(opt, arg, 0, INT_MAX, &v)) return EXIT_USAGE; c->rule_cfg.trunc = (int)v; break;
     case O_QUIET: t->quiet = 1; break;
-    default: return EXIT_USAGE;
+    default:
+        if (code >= O_RULE_OPT && code < O_RULE_OPT + soma_rule_option_count()) {
+            if ((st = soma_rule_option_set(&c->rule_cfg, soma_rule_option_key(code - O_RULE_OPT), arg)))
+                return usage_error("%s%s", soma_last_error(), "");
+            break;
+        }
+        return EXIT_USAGE;
     }
     return 0;
 }
@@ -445,12 +490,12 @@ static int cmd_train(int argc, char **argv)
     optind = 1;
     opterr = 0;
     int code, idx;
-    while ((code = getopt_long(argc, argv, ":h", train_opts, &idx)) != -1) {
+    while ((code = getopt_long(argc, argv, ":h", train_options(), &idx)) != -1) {
         if (code == '?') return usage_error("train: unknown option '%s'%s", argv[optind - 1], "");
         if (code == ':') return usage_error("train: option '%s' needs a value%s", argv[optind - 1], "");
         if (code == O_CONFIG) continue;
         const char *name = NULL;
-        for (const struct option *o = train_opts; o->name; o++) if (o->val == code) name = o->name;
+        for (const struct option *o = train_options(); o->name; o++) if (o->val == code) name = o->name;
         int rc = apply_train_option(&t, code, name, optarg);
         if (rc) return rc;
     }

@@ -111,6 +111,14 @@ soma_status soma_checkpoint_save(const char *path, soma_net *net, soma_optim *op
         snprintf(buf, sizeof buf, "%lld", (long long)soma_optim_get_step(opt));
         st = soma_st_writer_meta(w, "soma.optim_step", buf);
         int64_t n = (int64_t)soma_net_param_floats(net);
+        int64_t ng = soma_optim_group_count(opt);
+        const char *gname;
+        float *gv = ng > 0 ? soma_optim_group_state(opt, &gname) : NULL;
+        if (gv && !st) { /* MQ: one scalar per weight matrix */
+            char tname[96];
+            snprintf(tname, sizeof tname, "optim.%s", gname);
+            st = soma_st_writer_add(w, tname, SOMA_F32, 1, &ng, gv);
+        }
         for (int i = 0; i < soma_optim_state_count(opt) && !st; i++) {
             const char *sname;
             float *v = soma_optim_state(opt, i, &sname);
@@ -175,6 +183,16 @@ soma_status soma_checkpoint_restore_optim(soma_optim *o, const soma_st *st, cons
             return soma__fail(SOMA_ERR_SHAPE, "%s: optimizer state '%s' should be %zu F32 values",
                               path, tname, n);
         memcpy(v, t->data, t->nbytes);
+    }
+    const char *gname;
+    float *gv = soma_optim_group_count(o) > 0 ? soma_optim_group_state(o, &gname) : NULL;
+    if (gv) {
+        char tname[96];
+        snprintf(tname, sizeof tname, "optim.%s", gname);
+        const soma_st_tensor *t = soma_st_find(st, tname);
+        if (!t || t->dtype != SOMA_F32 || t->ndim != 1 || t->shape[0] != soma_optim_group_count(o))
+            return soma__fail(SOMA_ERR_FORMAT, "%s: optimizer state '%s' missing or of the wrong size", path, tname);
+        memcpy(gv, t->data, t->nbytes);
     }
     const char *step = soma_st_meta(st, "soma.optim_step");
     if (!step) return soma__fail(SOMA_ERR_FORMAT, "%s: metadata 'soma.optim_step' is missing", path);

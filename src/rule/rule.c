@@ -5,6 +5,8 @@
 #include "rule.h"
 #include "pc.h"
 #include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* One line per rule. */
@@ -250,6 +252,160 @@ soma_status soma__loss_and_grad_t(float *dscores, float *probs, const float *sco
             for (int c = 1; c < C; c++) if (s[c] > s[best]) best = c;
             st->correct += best == labels[i];
         }
+    }
+    return SOMA_OK;
+}
+
+/* ---- rule options by name ------------------------------------------------
+ *
+ * One table of the rules' own knobs, used three ways: CLI options
+ * (--ep-beta 0.5), config-file keys (ep-beta = 0.5), and the checkpoint
+ * metadata that lets `soma eval` rebuild the rule exactly. */
+
+typedef enum opt_type {
+    OPT_FLOAT, OPT_INT, OPT_BOOL, OPT_LRP, OPT_REWARD, OPT_EP_VARIANT, OPT_EP_FB,
+    OPT_PC_ORDER, OPT_PC_CLAMP, OPT_FLOAT_LIST, OPT_LFP_COMPOSITE
+} opt_type;
+
+typedef struct rule_opt {
+    const char *key;
+    opt_type    type;
+    size_t      off;
+    const char *help;
+} rule_opt;
+
+#define RO(k, t, f, h) { k, t, offsetof(soma_rule_config, f), h }
+static const rule_opt rule_opts[] = {
+    RO("fptt-alpha", OPT_FLOAT, fptt_alpha, "fptt: regulariser strength alpha (0.1)"),
+    RO("fptt-beta", OPT_FLOAT, fptt_beta, "fptt: running-average rate beta (0.5)"),
+    RO("fptt-k", OPT_INT, fptt_k, "fptt: steps per update window K (1)"),
+    RO("lfp-rule", OPT_LFP_COMPOSITE, lfp_dense, "lfp: epsilon|zero|alphabeta|zplusminus, or dense=R,conv=R,pool=R"),
+    RO("lfp-eps", OPT_FLOAT, lfp_eps, "lfp: stabiliser epsilon (1e-6)"),
+    RO("lfp-alpha", OPT_FLOAT, lfp_alpha, "lfp: alpha of alphabeta (2)"),
+    RO("lfp-beta", OPT_FLOAT, lfp_beta, "lfp: beta of alphabeta (1)"),
+    RO("lfp-reward", OPT_REWARD, lfp_reward, "lfp: softmax|sigmoid|pm1 (softmax)"),
+    RO("lfp-norm", OPT_BOOL, lfp_norm, "lfp: normalise the feedback between layers (0)"),
+    RO("lfp-agc", OPT_FLOAT, lfp_agc, "lfp: adaptive clipping lambda, 0 = off (0)"),
+    RO("ep-variant", OPT_EP_VARIANT, ep_variant, "ep: general|classic (general)"),
+    RO("ep-beta", OPT_FLOAT, ep_beta, "ep: nudging strength (1)"),
+    RO("ep-free", OPT_INT, ep_free_steps, "ep: free-phase Euler steps (100)"),
+    RO("ep-nudge", OPT_INT, ep_nudge_steps, "ep: nudged-phase Euler steps (20)"),
+    RO("ep-eval", OPT_INT, ep_eval_steps, "ep: free steps at inference, 0 = ep-free (0)"),
+    RO("ep-eps", OPT_FLOAT, ep_eps, "ep: Euler step size (0.5)"),
+    RO("ep-symmetric", OPT_BOOL, ep_symmetric, "ep: symmetric nudging +-beta (0)"),
+    RO("ep-random-sign", OPT_BOOL, ep_random_sign, "ep: random sign of beta per batch (0)"),
+    RO("ep-particles", OPT_BOOL, ep_particles, "ep: persistent free states per sample (0)"),
+    RO("ep-fb", OPT_EP_FB, ep_fb_init, "ep: feedback init random|transpose (random)"),
+    RO("ep-lrs", OPT_FLOAT_LIST, ep_lrs, "ep: per-layer rate factors a,b,... (all 1)"),
+    RO("ep-tol", OPT_FLOAT, ep_tol, "ep: free-phase residual tolerance, 0 = log only (0)"),
+    RO("pc-T", OPT_INT, pc_T, "pc: inference iterations (3)"),
+    RO("pc-gamma", OPT_FLOAT, pc_gamma, "pc: activity step size (0.05)"),
+    RO("pc-beta", OPT_FLOAT, pc_beta, "pc: soft clamp strength (100)"),
+    RO("pc-order", OPT_PC_ORDER, pc_order, "pc: sequential|simultaneous|incremental (sequential)"),
+    RO("pc-clamp", OPT_PC_CLAMP, pc_clamp, "pc: soft|hard (soft)"),
+    RO("pc-autoencoder", OPT_BOOL, pc_autoencoder, "pc: the target is the input (0)"),
+};
+#undef RO
+#define N_RULE_OPTS ((int)(sizeof rule_opts / sizeof *rule_opts))
+
+int soma_rule_option_count(void) { return N_RULE_OPTS; }
+const char *soma_rule_option_key(int i) { return i >= 0 && i < N_RULE_OPTS ? rule_opts[i].key : NULL; }
+const char *soma_rule_option_help(int i) { return i >= 0 && i < N_RULE_OPTS ? rule_opts[i].help : NULL; }
+
+soma_status soma_rule_option_set(soma_rule_config *c, const char *key, const char *value)
+{
+    const rule_opt *o = NULL;
+    for (int i = 0; i < N_RULE_OPTS; i++)
+        if (!strcmp(rule_opts[i].key, key)) o = &rule_opts[i];
+    if (!o) return soma__fail(SOMA_ERR_ARG, "unknown rule option '%s'", key);
+    void *f = (char *)c + o->off;
+    char *end;
+    switch (o->type) {
+    case OPT_FLOAT: {
+        float v = strtof(value, &end);
+        if (!*value || *end || !isfinite(v)) return soma__fail(SOMA_ERR_ARG, "--%s: '%s' is not a finite number", key, value);
+        *(float *)f = v;
+        return SOMA_OK;
+    }
+    case OPT_INT:
+    case OPT_BOOL: {
+        long v = strtol(value, &end, 10);
+        if (!*value || *end || v < INT32_MIN || v > INT32_MAX) return soma__fail(SOMA_ERR_ARG, "--%s: '%s' is not an integer", key, value);
+        if (o->type == OPT_BOOL && v != 0 && v != 1) return soma__fail(SOMA_ERR_ARG, "--%s: must be 0 or 1, got %s", key, value);
+        *(int *)f = (int)v;
+        return SOMA_OK;
+    }
+    case OPT_LFP_COMPOSITE: return soma_lfp_composite_from_name(c, value);
+    case OPT_REWARD: return soma_lfp_reward_from_name(&c->lfp_reward, value);
+    case OPT_EP_VARIANT: return soma_ep_variant_from_name(&c->ep_variant, value);
+    case OPT_EP_FB: return soma_ep_fb_init_from_name(&c->ep_fb_init, value);
+    case OPT_PC_ORDER: return soma_pc_order_from_name(&c->pc_order, value);
+    case OPT_PC_CLAMP: return soma_pc_clamp_from_name(&c->pc_clamp, value);
+    case OPT_LRP: return soma_lrp_rule_from_name(&c->lfp_dense, value);
+    case OPT_FLOAT_LIST: {
+        int n = 0;
+        const char *p = value;
+        while (*p) {
+            if (n == SOMA_EP_MAX_LAYERS) return soma__fail(SOMA_ERR_ARG, "--%s: more than %d values", key, SOMA_EP_MAX_LAYERS);
+            float v = strtof(p, &end);
+            if (end == p || !isfinite(v) || (*end && *end != ',')) return soma__fail(SOMA_ERR_ARG, "--%s: '%s' is not a list of numbers", key, value);
+            c->ep_lrs[n++] = v;
+            p = *end ? end + 1 : end;
+        }
+        c->ep_n_lrs = n;
+        return SOMA_OK;
+    }
+    }
+    return soma__fail(SOMA_ERR_ARG, "--%s: unsupported", key);
+}
+
+/* "key=value key=value ..." of every option, in a form option_set reads back. */
+void soma_rule_options_format(const soma_rule_config *c, char *buf, size_t size)
+{
+    size_t used = 0;
+    buf[0] = 0;
+    for (int i = 0; i < N_RULE_OPTS && used < size; i++) {
+        const rule_opt *o = &rule_opts[i];
+        const void *f = (const char *)c + o->off;
+        char v[160];
+        switch (o->type) {
+        case OPT_FLOAT: snprintf(v, sizeof v, "%.9g", *(const float *)f); break;
+        case OPT_INT: case OPT_BOOL: snprintf(v, sizeof v, "%d", *(const int *)f); break;
+        case OPT_LFP_COMPOSITE:
+            snprintf(v, sizeof v, "dense=%s,conv=%s,pool=%s", soma_lrp_rule_name(c->lfp_dense),
+                     soma_lrp_rule_name(c->lfp_conv), soma_lrp_rule_name(c->lfp_pool));
+            break;
+        case OPT_REWARD: snprintf(v, sizeof v, "%s", soma_lfp_reward_name(c->lfp_reward)); break;
+        case OPT_EP_VARIANT: snprintf(v, sizeof v, "%s", soma_ep_variant_name(c->ep_variant)); break;
+        case OPT_EP_FB: snprintf(v, sizeof v, "%s", soma_ep_fb_init_name(c->ep_fb_init)); break;
+        case OPT_PC_ORDER: snprintf(v, sizeof v, "%s", soma_pc_order_name(c->pc_order)); break;
+        case OPT_PC_CLAMP: snprintf(v, sizeof v, "%s", soma_pc_clamp_name(c->pc_clamp)); break;
+        case OPT_LRP: snprintf(v, sizeof v, "%s", soma_lrp_rule_name(c->lfp_dense)); break;
+        case OPT_FLOAT_LIST: {
+            int o2 = 0;
+            v[0] = 0;
+            for (int k = 0; k < c->ep_n_lrs && o2 < (int)sizeof v; k++)
+                o2 += snprintf(v + o2, sizeof v - o2, "%s%.9g", k ? "," : "", c->ep_lrs[k]);
+            if (!c->ep_n_lrs) continue; /* empty list: the default */
+            break;
+        }
+        }
+        int w = snprintf(buf + used, size - used, "%s%s=%s", used ? " " : "", o->key, v);
+        if (w < 0) break;
+        used += (size_t)w;
+    }
+}
+
+soma_status soma_rule_options_parse(soma_rule_config *c, const char *s)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *tok = strtok(buf, " "); tok; tok = strtok(NULL, " ")) {
+        char *eq = strchr(tok, '=');
+        if (!eq) return soma__fail(SOMA_ERR_FORMAT, "rule options: '%s' is not key=value", tok);
+        *eq = 0;
+        soma_status st = soma_rule_option_set(c, tok, eq + 1);
+        if (st) return st;
     }
     return SOMA_OK;
 }

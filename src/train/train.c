@@ -31,6 +31,9 @@ void soma_train_config_default(soma_train_config *c)
     c->act = SOMA_ACT_RELU;
     c->init = SOMA_INIT_TORCH;
     soma_rule_config_default(&c->rule_cfg);
+    soma_net_options no;
+    soma_net_options_default(&no);
+    c->ltc = no.ltc;
     c->rule_cfg.optim.lr = 0.05f;
     c->rule_cfg.optim.momentum = 0.9f;
     c->sched.kind = SOMA_SCHED_CONSTANT;
@@ -113,6 +116,7 @@ typedef struct run {
     soma_st *resume_st;
     int start_epoch;
     int regression;      /* generated regression task (adding): MSE, no accuracy */
+    int spiking;         /* temporal net: --neuron, ltc layers or the ltc readout */
 } run;
 
 static void run_free(run *r)
@@ -133,6 +137,7 @@ static void run_free(run *r)
 static soma_status open_data(run *r)
 {
     const soma_train_config *c = r->c;
+    r->spiking = c->spiking || c->readout == SOMA_READOUT_LTC || (c->net && strstr(c->net, "ltc"));
     char dir[512];
     if (c->data_dir) snprintf(dir, sizeof dir, "%s", c->data_dir);
     else snprintf(dir, sizeof dir, "data/%s", !strncmp(c->data, "cifar10", 7) ? "cifar10" : c->data);
@@ -140,7 +145,7 @@ static soma_status open_data(run *r)
     if (!strcmp(c->data, "adding")) {
         /* generated sequences: two descriptors that only carry the shape and
          * count; build() makes generating loaders for them */
-        if (!c->spiking || c->rule_cfg.encoding != SOMA_ENC_FRAMES)
+        if (!r->spiking || c->rule_cfg.encoding != SOMA_ENC_FRAMES)
             return soma__fail(SOMA_ERR_ARG, "--data adding needs a spiking net (--neuron) with --encoding frames");
         if (c->val) return soma__fail(SOMA_ERR_ARG, "--val does not apply to --data adding (the test set is generated)");
         if (c->rule_cfg.T < 2) return soma__fail(SOMA_ERR_ARG, "--data adding needs --T >= 2, got %d", c->rule_cfg.T);
@@ -161,7 +166,7 @@ static soma_status open_data(run *r)
     if (!strcmp(c->data, "nmnist")) {
         /* events are binned into T frames at load time: the frames encoding
          * then feeds one (2, 34, 34) frame per step */
-        if (!c->spiking || c->rule_cfg.encoding != SOMA_ENC_FRAMES)
+        if (!r->spiking || c->rule_cfg.encoding != SOMA_ENC_FRAMES)
             return soma__fail(SOMA_ERR_ARG, "--data nmnist needs a spiking net (--neuron) with --encoding frames");
         st = soma_dataset_open_nmnist(&r->train_all, &r->test_all, dir, c->rule_cfg.T, c->binary_frames,
                                       c->verify);
@@ -195,16 +200,17 @@ static soma_status build(run *r)
     o.act = c->act;
     o.init = c->init;
     o.seed = c->seed;
-    o.spiking = c->spiking;
+    o.spiking = r->spiking;
     o.cell = c->cell;
     o.readout = c->readout;
     o.readout_cell = c->readout_cell;
+    o.ltc = c->ltc;
     int sample = o.in_c * o.in_h * o.in_w;
-    if (c->spiking && (c->rule_cfg.encoding == SOMA_ENC_SEQUENTIAL ||
+    if (r->spiking && (c->rule_cfg.encoding == SOMA_ENC_SEQUENTIAL ||
                        c->rule_cfg.encoding == SOMA_ENC_PERMUTED)) {
         /* one pixel per step: the net sees a 1-value input */
         o.in_c = 1; o.in_h = 1; o.in_w = 1;
-    } else if (c->spiking && c->rule_cfg.encoding == SOMA_ENC_FRAMES) {
+    } else if (r->spiking && c->rule_cfg.encoding == SOMA_ENC_FRAMES) {
         /* a sample is T frames stacked on the channel axis: one frame per step */
         if (c->rule_cfg.T <= 0 || o.in_c % c->rule_cfg.T)
             return soma__fail(SOMA_ERR_ARG, "--encoding frames: %d channels are not T = %d frames",
@@ -236,7 +242,7 @@ static soma_status build(run *r)
     } else {
         if ((st = soma_net_new(&r->net, c->net, &o))) return st;
     }
-    if (!c->spiking && soma_net_inputs(r->net) != r->train->c * r->train->h * r->train->w)
+    if (!r->spiking && soma_net_inputs(r->net) != r->train->c * r->train->h * r->train->w)
         return soma__fail(SOMA_ERR_SHAPE, "net '%s' takes %d inputs, %s samples have %d",
                           soma_net_spec(r->net), soma_net_inputs(r->net), c->data,
                           r->train->c * r->train->h * r->train->w);
@@ -246,6 +252,7 @@ static soma_status build(run *r)
     soma_rule_config rc = c->rule_cfg;
     rc.optim.lr = c->sched.base_lr;
     rc.sample_size = sample;
+    if (rc.ep_particles) rc.ep_particles = r->train->n; /* one persistent state per sample */
     if ((st = soma_rule_new(&r->rule, c->rule, r->net, &rc, c->batch))) return st;
     if (r->resume_st) {
         /* again, now that the rule's own tensors exist */
@@ -258,9 +265,11 @@ static soma_status build(run *r)
             return st;
     }
     /* Poisson rates need pixels in [0,1]: no mean/std normalisation there */
-    int poisson = c->spiking && c->rule_cfg.encoding == SOMA_ENC_POISSON;
+    int poisson = r->spiking && c->rule_cfg.encoding == SOMA_ENC_POISSON;
+    /* EP's input passes through rho (clamp to [0,1]): raw pixels there too */
+    int raw = poisson || c->raw_pixels || !strcmp(c->rule, "ep");
     soma_loader_config lc = { .batch = c->batch, .seed = c->seed, .shuffle = 1,
-                              .normalize = !poisson, .crop_pad = c->augment ? 4 : 0, .hflip = c->augment };
+                              .normalize = !raw, .crop_pad = c->augment ? 4 : 0, .hflip = c->augment };
     if (r->regression) {
         if ((st = soma_loader_new_adding(&r->ltrain, c->rule_cfg.T, r->train->n, c->batch, c->seed, 0)) ||
             (st = soma_loader_new_adding(&r->ltest, c->rule_cfg.T, r->test->n, c->batch,
@@ -304,7 +313,8 @@ static soma_status save_checkpoint(run *r, int epochs_done)
     snprintf(ep, sizeof ep, "%d", epochs_done);
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)c->seed);
     snprintf(batch, sizeof batch, "%d", c->batch);
-    char T[32], gain[32], eseed[32], trunc[32];
+    char T[32], gain[32], eseed[32], trunc[32], ropts[2048];
+    soma_rule_options_format(&c->rule_cfg, ropts, sizeof ropts);
     snprintf(T, sizeof T, "%d", c->rule_cfg.T);
     snprintf(gain, sizeof gain, "%.9g", c->rule_cfg.gain);
     snprintf(eseed, sizeof eseed, "%llu", (unsigned long long)c->rule_cfg.enc_seed);
@@ -317,6 +327,8 @@ static soma_status save_checkpoint(run *r, int epochs_done)
         "soma.gain", gain, "soma.enc_seed", eseed, "soma.reduce", soma_reduce_name(c->rule_cfg.reduce),
         "soma.trunc", trunc, "soma.loss", soma_loss_name(c->rule_cfg.loss),
         "soma.binary_frames", c->binary_frames ? "1" : "0",
+        "soma.raw_pixels", c->raw_pixels ? "1" : "0",
+        "soma.rule_options", ropts,
     };
     return soma_checkpoint_save(c->save, r->net, soma_rule_optim(r->rule), meta,
                                 (int)(sizeof meta / sizeof *meta / 2));
@@ -432,6 +444,7 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
                 progress(user, &p);
             }
         }
+        soma_rule_epoch_end(r.rule); /* FPTT: W <- Wbar before evaluating and saving */
         double train_s = now_s() - t0;
         soma_step_stats vs = { 0 }, tes = { 0 };
         if (r.lval && (st = evaluate_loader(r.rule, r.lval, &vs, NULL, 0))) goto done;
@@ -532,6 +545,11 @@ soma_status soma_evaluate(const char *checkpoint, const char *data, const char *
     }
     c.spiking = soma_st_meta(probe, "soma.cell") != NULL;
     if ((v = soma_st_meta(probe, "soma.binary_frames"))) c.binary_frames = !strcmp(v, "1");
+    if ((v = soma_st_meta(probe, "soma.raw_pixels"))) c.raw_pixels = !strcmp(v, "1");
+    if ((v = soma_st_meta(probe, "soma.rule_options")) && soma_rule_options_parse(&c.rule_cfg, v)) {
+        soma_st_free(probe);
+        return soma__fail(SOMA_ERR_FORMAT, "%s: %s", checkpoint, soma_last_error());
+    }
     soma_st_free(probe);
     c.rule = rule_buf;
     soma_optim_config_default(&c.rule_cfg.optim, ok);
