@@ -181,7 +181,14 @@ void soma_optim_step(soma_optim *o, float *w, const float *g, float lr)
         return;
     }
     o->t++;   /* torch counts the step before using it in bias corrections */
-    o->impl->step(o, w, g, lr, 0, o->n);
+    size_t n = o->n;
+    if (n < SOMA__OPTIM_PAR_MIN) { o->impl->step(o, w, g, lr, 0, n); return; }
+#pragma omp parallel
+    {
+        size_t lo, hi;
+        soma__thread_range(n, &lo, &hi);
+        if (hi > lo) o->impl->step(o, w + lo, g + lo, lr, lo, hi - lo);
+    }
 }
 
 int soma_optim_state_count(const soma_optim *o) { return o ? o->n_state : 0; }

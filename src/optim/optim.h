@@ -17,16 +17,19 @@
  * Every update is elementwise, so the result does not depend on the split. */
 #define SOMA__OPTIM_PAR_MIN 32768
 
-/* Put before each update loop over n parameters.  gcc's -O2 vectorizer skips
- * loops of unknown length unless `simd` asks for it (and quietly stays scalar
- * when it cannot, as with sqrtf, which may set errno, unless -fno-math-errno);
- * clang vectorizes them unasked at -O2 and reports a `simd` it cannot honour
- * (under ASan, or that sqrtf) as a warning, an error with -Werror. */
+/* Put before each update loop.  The loops themselves are serial: updates
+ * are elementwise, so soma_optim_step splits a large array across OpenMP
+ * threads and runs each thread's share through the same loop (no parallel
+ * region per call: the small-batch path updates one weight row at a time,
+ * thousands of calls per step).  gcc's -O2 vectorizer skips loops of unknown
+ * length unless `simd` asks for it (and stays scalar on sqrtf unless
+ * -fno-math-errno); clang vectorizes them unasked and warns about a `simd`
+ * it cannot honour, so it gets none. */
 #define SOMA__PRAGMA(x) _Pragma(#x)
 #if defined(__clang__)
-#define SOMA__OPTIM_FOR(n) SOMA__PRAGMA(omp parallel for if ((n) >= SOMA__OPTIM_PAR_MIN))
+#define SOMA__OPTIM_FOR(n)
 #else
-#define SOMA__OPTIM_FOR(n) SOMA__PRAGMA(omp parallel for simd if ((n) >= SOMA__OPTIM_PAR_MIN))
+#define SOMA__OPTIM_FOR(n) SOMA__PRAGMA(omp simd)
 #endif
 
 struct soma_optim {
