@@ -132,6 +132,27 @@ $SOMA train $R3 --epochs 1 --save $T/sp.st >/dev/null 2>&1 || bad "spiking part 
 $SOMA train $R3 --epochs 2 --resume $T/sp.st --save $T/sp.st >/dev/null 2>&1 || bad "spiking resumed run failed"
 cmp -s "$T/sf.st" "$T/sp.st" && ok || bad "spiking resumed checkpoint differs"
 
+# --- the other rules through the CLI ------------------------------------------
+expect 2 "ep-beta" -- $SOMA train $D --net 784-10 --ep-beta abc
+expect 2 "--pc-order: unknown pc order 'sideways'" -- $SOMA train $D --net 784-10 --pc-order sideways
+expect 2 "lfp" -- $SOMA train $D --net 784-10 --lfp-rule nonsense
+expect 2 "must be 0 or 1" -- $SOMA train $D --net 784-10 --ep-symmetric 2
+expect 0 "test accuracy" -- $SOMA train $D --net 784-32-10 --rule lfp --epochs 1 --lr 0.05 --clip 3
+expect 0 "test accuracy" -- $SOMA train $D --net 784-32-10 --rule pc --opt adam --lr 1e-3 --epochs 1 --save $T/pc.st
+expect 0 "confusion matrix" -- $SOMA eval --ckpt $T/pc.st --data mnist --data-dir $T/d --no-verify
+expect 0 "test accuracy" -- $SOMA train $D --net 784-32-10 --rule pc --opt mq --lr 1e-3 --epochs 1 --save $T/mq.st
+expect 0 "optim.mq_v" -- $SOMA info $T/mq.st
+expect 0 "test accuracy" -- $SOMA train $D --net 784-32-10 --act clamp01 --init xavier_uniform --rule ep --loss mse \
+    --opt sgd --momentum 0 --lr 1 --ep-lrs 0.1,0.05 --ep-free 20 --ep-nudge 6 --batch 20 --epochs 1 --save $T/ep.st
+expect 0 "confusion matrix" -- $SOMA eval --ckpt $T/ep.st --data mnist --data-dir $T/d --no-verify
+expect 0 "fptt.wbar" -- sh -c "$SOMA train $D --net 784-ltc16-10 --rule fptt --encoding direct --T 4 --readout li \
+    --reduce last --opt adam --lr 0.003 --clip 1 --epochs 1 --batch 32 --save $T/f.st >/dev/null && $SOMA info $T/f.st"
+expect 2 "fptt" -- $SOMA train $D --net 784-ltc16-10 --rule fptt --T 4 --fptt-alpha 0
+expect 0 "test MSE" -- $SOMA train --data adding --net 2-r32-1 --neuron lif --rule bptt --encoding frames --T 20 \
+    --readout none --reduce last --loss mse --opt adam --lr 0.003 --train-limit 256 --test-limit 64 --epochs 1 --quiet --metrics $T/a.jsonl
+expect 0 "test MSE" -- $SOMA train --data adding --net 2-ltc32-1 --rule fptt --encoding frames --T 20 --fptt-k 5 \
+    --readout none --reduce last --loss mse --opt adam --lr 0.003 --clip 1 --train-limit 256 --test-limit 64 --epochs 1 --quiet --metrics $T/a.jsonl
+
 # --- dry run prints the memory plan -----------------------------------------
 expect 0 "activations" -- $SOMA train $D --net 784-512-512-10 --dry-run
 

@@ -415,8 +415,10 @@ static int apply_train_option(train_cli *t, int code, const char *name, const ch
     case O_QUIET: t->quiet = 1; break;
     default:
         if (code >= O_RULE_OPT && code < O_RULE_OPT + soma_rule_option_count()) {
-            if ((st = soma_rule_option_set(&c->rule_cfg, soma_rule_option_key(code - O_RULE_OPT), arg)))
-                return usage_error("%s%s", soma_last_error(), "");
+            if ((st = soma_rule_option_set(&c->rule_cfg, soma_rule_option_key(code - O_RULE_OPT), arg))) {
+                const char *m = soma_last_error();
+                return m[0] == '-' ? usage_error("%s%s", m, "") : usage_error("%s: %s", opt, m);
+            }
             break;
         }
         return EXIT_USAGE;
