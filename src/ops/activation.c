@@ -89,12 +89,15 @@ static void act_forward_range(float *y, const float *x, size_t n, soma_act a)
 {
     switch (a) {
     case SOMA_ACT_RELU:
+        _Pragma("omp simd")
         for (size_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
         break;
     case SOMA_ACT_CLAMP01:
+        _Pragma("omp simd")
         for (size_t i = 0; i < n; i++) y[i] = clampf(x[i], 0.0f, 1.0f);
         break;
     case SOMA_ACT_HARDSIGMOID:
+        _Pragma("omp simd")
         for (size_t i = 0; i < n; i++) y[i] = clampf(x[i] / 6.0f + 0.5f, 0.0f, 1.0f);
         break;
     case SOMA_ACT_IDENTITY:
@@ -111,15 +114,19 @@ static void act_backward_range(float *dx, const float *dy, const float *x, const
 {
     switch (a) {
     case SOMA_ACT_RELU:
+        _Pragma("omp simd")
         for (size_t i = 0; i < n; i++) dx[i] += x[i] > 0.0f ? dy[i] : 0.0f;
         break;
     case SOMA_ACT_SIGMOID:
+        _Pragma("omp simd")
         for (size_t i = 0; i < n; i++) dx[i] += dy[i] * (y[i] * (1.0f - y[i]));
         break;
     case SOMA_ACT_TANH:
+        _Pragma("omp simd")
         for (size_t i = 0; i < n; i++) dx[i] += dy[i] * (1.0f - y[i] * y[i]);
         break;
     case SOMA_ACT_IDENTITY:
+        _Pragma("omp simd")
         for (size_t i = 0; i < n; i++) dx[i] += dy[i];
         break;
     default:
