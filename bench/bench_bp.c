@@ -11,7 +11,9 @@
  * the ratio is "fraction of the pure-GEMM rate that a whole training step
  * keeps" (elementwise work, loss, optimizer and data included).
  *
- * usage: bench_bp BATCH THREADS STEPS [REPEATS]   (prints one result line)
+ * usage: bench_bp BATCH THREADS STEPS [REPEATS [RULE [CLIP]]]   (one result line)
+ *   RULE: bp (default) or lfp (LFP-epsilon: same net, same optimizer, its
+ *   relevance pass in place of the gradient); CLIP: global-norm clip, 0 = off.
  */
 #include "soma.h"
 #include <cblas.h>
@@ -44,6 +46,8 @@ int main(int argc, char **argv)
     }
     int B = atoi(argv[1]), threads = atoi(argv[2]), steps = atoi(argv[3]);
     int repeats = argc > 4 ? atoi(argv[4]) : 5;
+    const char *rule_name = argc > 5 ? argv[5] : "bp";
+    float clip = argc > 6 ? (float)atof(argv[6]) : 0.0f;
     if (B <= 0 || threads <= 0 || steps <= 0 || repeats <= 0 || repeats > 64) {
         fprintf(stderr, "bench_bp: arguments must be positive\n");
         return 2;
@@ -61,8 +65,9 @@ int main(int argc, char **argv)
     soma_rule_config_default(&rc);
     rc.optim.lr = 0.001f; /* small enough that batch 1 with momentum stays finite */
     rc.optim.momentum = 0.9f;
+    rc.clip_norm = clip;
     soma_rule *rule;
-    if ((st = soma_rule_new(&rule, "bp", net, &rc, B))) { fprintf(stderr, "%s\n", soma_last_error()); return 1; }
+    if ((st = soma_rule_new(&rule, rule_name, net, &rc, B))) { fprintf(stderr, "%s\n", soma_last_error()); return 1; }
     soma_loader_config lc = { .batch = B, .seed = 0, .shuffle = 1, .normalize = 1, .drop_last = 1 };
     soma_loader *ld;
     if ((st = soma_loader_new(&ld, train, &lc))) { fprintf(stderr, "%s\n", soma_last_error()); return 1; }
@@ -123,7 +128,8 @@ int main(int argc, char **argv)
     double gemm_s = gt[repeats / 2];
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("soma batch=%d threads=%d steps=%d repeats=%d step_ms=%.4f samples_per_s=%.1f "
+    printf("soma rule=%s clip=%g ", rule_name, clip);
+    printf("batch=%d threads=%d steps=%d repeats=%d step_ms=%.4f samples_per_s=%.1f "
            "gflops=%.2f sgemm_gflops=%.2f ratio=%.3f peak_rss_mib=%.1f\n",
            B, threads, steps, repeats, step_s * 1e3, B / step_s, flops / step_s * 1e-9,
            flops / gemm_s * 1e-9, gemm_s / step_s, ru.ru_maxrss / 1024.0);

@@ -25,6 +25,19 @@ for threads in 1 2; do
 done | tee "$out"
 rm -f "$out"
 
+# --- LFP vs BP ----------------------------------------------------------------
+# LFP-epsilon replaces the gradient with its relevance pass on the same net and
+# optimizer (clip 3, as the LFP configs); BP with the same clip, back to back.
+echo "lfp vs bp: MLP 784-512-512-10, batch 64, clip 3"
+for threads in 1 2; do
+    b=$(OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads "$BUILD/bench/bench_bp" 64 $threads 200 $REPEATS bp 3) || exit 1
+    l=$(OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads "$BUILD/bench/bench_bp" 64 $threads 200 $REPEATS lfp 3) || exit 1
+    echo "$b"; echo "$l"
+    bs=$(echo "$b" | sed -E 's/.*step_ms=([0-9.]+).*/\1/')
+    ls=$(echo "$l" | sed -E 's/.*step_ms=([0-9.]+).*/\1/')
+    echo "ratio lfp/bp step time threads=$threads: $(awk "BEGIN{printf \"%.2f\", $ls/$bs}")x"
+done
+
 # --- BPTT -------------------------------------------------------------------
 # Spiking nets trained with full BPTT (bench/bench_bptt.c, bench/torch_snn.py):
 #   mlp     LIF MLP 784-1000-10, direct encoding, T = 25, batch 128, MNIST

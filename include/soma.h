@@ -1030,6 +1030,25 @@ typedef struct soma_rule_config {
     soma_pc_clamp     pc_clamp;       /* default soft */
     int               pc_autoencoder; /* 1: the target is the input itself, the top energy
                                          is BCE through a sigmoid (outputs must equal inputs) */
+    /* IDE (rule "ide", docs/ide.md); soma_ide_config_default fills these.
+     * A feedback spiking net over the net's dense layers (the first is the
+     * input map F, the last the readout, those between feed-forward maps
+     * S_i), a feedback matrix "<i>.weight_fb" from the last hidden layer to
+     * the first; T (above) IF/LIF steps with reset by subtraction give the
+     * average rates a, and the gradient is implicit at the equilibrium of
+     * f(a) = clamp((W a + F x + b) / V_th, 0, 1). */
+    float             ide_vth;        /* threshold V_th, > 0 (default 2) */
+    float             ide_leak;       /* LIF leak lambda in (0, 1); 1 = IF (default 1) */
+    int               ide_iter;       /* 0: Broyden; 1: damped fixed-point iteration */
+    int               ide_max_iter;   /* solver iterations, >= 1 (default 30) */
+    float             ide_tol;        /* stop at relative residual |G|/|dL/da| <= tol, > 0
+                                         (default 1e-6) */
+    float             ide_damp;       /* fixed-point damping d in (0, 1]: b <- (1-d) b +
+                                         d (J^T b + g) (default 0.5) */
+    int               ide_strict;     /* 1: a solve ending above ide_tol fails the batch
+                                         (SOMA_ERR_NUMERIC, residual in the message) */
+    int               ide_sn;         /* 1: spectral-norm reparameterisation of W (default 1) */
+    float             ide_sn_c;       /* |alpha| clip c of W = alpha w / |w|_2, > 0 (default 1) */
 } soma_rule_config;
 void soma_rule_config_default(soma_rule_config *c);
 /* "epsilon", "zero", "alphabeta", "zplusminus" for every layer kind, or a
@@ -1097,6 +1116,21 @@ soma_status soma_rule_options_parse(soma_rule_config *c, const char *s);
 /* PC: fills the pc_* fields of c with the defaults above (the paper's MLP
  * settings: T 3, gamma 0.05, beta 100, sequential, soft clamp). */
 void soma_pc_config_default(soma_rule_config *c);
+/* IDE: fills the ide_* fields of c with the defaults above (the authors'
+ * settings: V_th 2, IF, Broyden with 30 iterations, spectral norm c = 1). */
+void soma_ide_config_default(soma_rule_config *c);
+/* IDE diagnostics (r must be rule "ide"): the implicit solve of the last
+ * training batch (relative residual |(I - J^T) b - g| / |g| of the iterate
+ * returned, iterations), the RMS gap |f(a_T) - a_T| between the simulated
+ * rates and one application of the rate map (how far the simulation is
+ * from the equilibrium), batch counts since the last reset, and the worst
+ * residual.  reset != 0 clears the counters after reading. */
+typedef struct soma_ide_diag {
+    double  residual, residual_max, rate_gap;
+    int     iters;
+    int64_t batches, unconverged;     /* batches seen; solves ending above ide_tol */
+} soma_ide_diag;
+soma_status soma_ide_diagnostics(soma_rule *r, soma_ide_diag *d, int reset);
 /* EP diagnostics (r must be rule "ep"): alignment tr(W_fwd W_bwd) per layer
  * pair with a feedback matrix (the 2018 paper's Fig. 3; classic: |W|^2), and
  * the relaxation residual, RMS over units and samples of the projected

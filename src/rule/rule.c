@@ -194,7 +194,10 @@ int soma__all_finite(const float *x, size_t n)
 
 void soma__clip_norm(float *g, size_t n, float max_norm)
 {
+    /* sum of squares in double; `simd` lets it use several partial sums
+     * (a fixed order for a given build, so runs stay reproducible) */
     double ss = 0;
+#pragma omp simd reduction(+:ss)
     for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
     double norm = sqrt(ss);
     /* torch: clip_coef = max_norm / (total_norm + 1e-6), applied if < 1 */

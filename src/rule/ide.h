@@ -1,0 +1,63 @@
+/*
+ * ide.h - IDE's state and internals (internal; tests reach the simulation,
+ * the rate map, the Jacobian products and the solver through it).  See
+ * ide.c and docs/ide.md.
+ */
+#ifndef SOMA_IDE_H
+#define SOMA_IDE_H
+
+#include "rule.h"
+
+#define IDE_MAXH 8   /* hidden (spiking) layers at most */
+#define IDE_MEM 27   /* Broyden: rank-1 pairs kept per sample (the authors' min(30, 27)) */
+
+typedef struct ide_state {
+    int H;                       /* hidden layers: dense layers of the net minus the readout */
+    int C;                       /* net outputs */
+    int n[IDE_MAXH + 1];         /* n[0] inputs, n[k] units of hidden layer k (1..H) */
+    int w[IDE_MAXH + 2], b[IDE_MAXH + 2]; /* param indices of dense layer k = 1..H+1
+                                    (1: F, 2..H: S_k, H+1: the readout) */
+    int fb;                      /* param index of the raw feedback w (n[1], n[H]) */
+    int sn_g, sn_u, sn_v;        /* spectral norm: param "..._g" (1), buffers u (n[1]),
+                                    v (n[H]); -1 when off */
+    int mem;                     /* Broyden pairs per sample */
+    float *weff;                 /* effective feedback W (n[1], n[H]); sn off: the param itself */
+    float *gweff;                /* dL/dW_eff with sn on (n[1] * n[H]) */
+    float sigma;                 /* sn: u^T w v of the last weight computation */
+    float *u[IDE_MAXH + 1], *s[IDE_MAXH + 1];     /* simulation: membrane, spikes (B, n[k]) */
+    float *pre[IDE_MAXH + 1], *act[IDE_MAXH + 1]; /* rate map at a: pre-activation / V_th
+                                    and clamp of it per layer (B, n[k]); act[H] = f(a) */
+    float *fx;                   /* F x + b_1, (B, n[1]) */
+    float *acc, *a;              /* spike accumulator and rates a_T, (B, n[H]) */
+    float *gA;                   /* dL/da from the readout, (B, n[H]) */
+    float *beta, *best, *G, *Gn, *dx, *dg, *jt; /* solver, (B, n[H]) each */
+    float *U, *V;                /* Broyden factors (B, mem, n[H]) each */
+    float *d0, *d1;              /* backward scratch (B, max n) */
+    float *logits, *probs, *dl;  /* (B, C) */
+    float *block;
+    size_t floats;
+    /* diagnostics */
+    double res, res_max, sum_res, gap;
+    int iters;
+    int64_t batches, unconverged;
+} ide_state;
+
+/* Recomputes W_eff from the raw weight (spectral norm on: one power
+ * iteration first when power_iter != 0). */
+void soma__ide_weight(soma_rule *r, int power_iter);
+/* T steps of the feedback SNN on x (B, n[0]) -> e->a (B, n[H]). */
+void soma__ide_simulate(soma_rule *r, const float *x, int B);
+/* out (B, n[H]) <- f(a) at a (B, n[H]) for the input of the last simulation
+ * (e->fx); keeps the per-layer pre-activations for the products below. */
+void soma__ide_map(soma_rule *r, float *out, const float *a, int B);
+/* out (B, n[H]) <- J^T v, J = df/da at the point of the last soma__ide_map. */
+void soma__ide_jt(soma_rule *r, float *out, const float *v, int B);
+/* Solves (I - J^T) beta = g into e->beta; returns the relative residual of
+ * the returned (best) iterate, *iters the number of J^T products. */
+double soma__ide_solve(soma_rule *r, const float *g, int B, int *iters);
+/* The whole gradient of the batch into the net's grad store (zeroed first):
+ * simulation, readout loss, implicit solve, one VJP through f at a_T.
+ * power_iter: advance the spectral norm's power iteration (training). */
+soma_status soma__ide_grad(soma_rule *r, const soma_batch *b, int power_iter, soma_step_stats *st);
+
+#endif
