@@ -985,6 +985,7 @@ typedef struct soma_rule_config {
     float             fptt_alpha; /* > 0 (default 0.1) */
     float             fptt_beta;  /* in (0, 1] (default 0.5) */
     int               fptt_k;     /* >= 1 (default 1) */
+    int               fptt_aux;   /* 1: the auxiliary oracle-divergence loss (notes 2.7), 0 off */
     /* LFP (rule "lfp"): LRP rule per layer kind (a composite), the
      * stabiliser, alpha-beta, the feedback function, the optional backward
      * normalisation and unit-wise adaptive clipping (docs/lfp.md). */

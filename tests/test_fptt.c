@@ -368,8 +368,103 @@ static void checkpoint_roundtrip(void)
     soma_net_free(n);
 }
 
+/* The oracle-divergence gradient against central differences of
+ * L(o) = -(1/(B C)) sum O log softmax(o), in double. */
+static double aux_loss_d(const double *o, const float *O, int B, int C)
+{
+    double L = 0;
+    for (int b = 0; b < B; b++) {
+        double m = o[b * C], z = 0;
+        for (int k = 1; k < C; k++) if (o[b * C + k] > m) m = o[b * C + k];
+        for (int k = 0; k < C; k++) z += exp(o[b * C + k] - m);
+        for (int k = 0; k < C; k++) L -= O[b * C + k] * ((o[b * C + k] - m) - log(z));
+    }
+    return L / (B * C);
+}
+
+static void aux_gradient(void)
+{
+    enum { B = 3, C = 5 };
+    soma_rng rng;
+    soma_rng_seed(&rng, 77);
+    float o[B * C], O[B * C], probs[B * C], d[B * C] = { 0 };
+    double od[B * C], fd[B * C], got[B * C];
+    for (int i = 0; i < B * C; i++) { o[i] = 2 * soma_rng_normal(&rng); od[i] = o[i]; O[i] = soma_rng_uniform(&rng); }
+    for (int k = 0; k < C; k++) O[C + k] = 0; /* a sample with no oracle yet: no gradient */
+    soma_softmax_forward(probs, o, B, C);
+    double L = soma__fptt_aux_grad(d, probs, O, B, C, 0.7f);
+    double Lw = aux_loss_d(od, O, B, C);
+    check_close_d("fptt aux loss", &L, &Lw, 1, 1e-5, 1e-9);
+    for (int i = 0; i < B * C; i++) {
+        double h = 1e-6, save = od[i];
+        od[i] = save + h; double lp = aux_loss_d(od, O, B, C);
+        od[i] = save - h; double lm = aux_loss_d(od, O, B, C);
+        od[i] = save;
+        fd[i] = 0.7 * (lp - lm) / (2 * h);
+        got[i] = d[i];
+    }
+    check_close_d("fptt aux gradient vs FD", got, fd, B * C, 1e-4, 1e-7);
+    for (int k = 0; k < C; k++) CHECK(d[C + k] == 0.0f);
+}
+
+/* Training with --fptt-aux fills the class-distribution table. */
+static void aux_table(void)
+{
+    soma_net_options o;
+    soma_net_options_default(&o);
+    o.in_c = 4; o.in_h = 1; o.in_w = 1;
+    o.spiking = 1;
+    o.seed = 1;
+    soma_net *n;
+    CHECK(soma_net_new(&n, "4-r12-3", &o) == SOMA_OK);
+    soma_rule_config rc;
+    soma_rule_config_default(&rc);
+    soma_optim_config_default(&rc.optim, SOMA_OPTIM_ADAM);
+    rc.optim.lr = 0.01f;
+    rc.T = 6;
+    rc.fptt_k = 2;
+    rc.fptt_aux = 1;
+    soma_rule *r;
+    if (!CHECK(soma_rule_new(&r, "fptt", n, &rc, 8) == SOMA_OK)) { fprintf(stderr, "%s\n", soma_last_error()); soma_net_free(n); return; }
+    float x[8 * 4];
+    int32_t y[8];
+    soma_rng rng;
+    soma_rng_seed(&rng, 2);
+    for (int i = 0; i < 32; i++) x[i] = soma_rng_normal(&rng);
+    for (int i = 0; i < 8; i++) y[i] = i % 3;
+    soma_batch bt = { .n = 8, .c = 4, .h = 1, .w = 1, .x = x, .y = y };
+    for (int s = 0; s < 3; s++) CHECK(soma_rule_train_batch(r, &bt, 0.01f, NULL, NULL) == SOMA_OK);
+    float nonzero = 0;
+    for (int i = 0; i < soma_net_tensor_count(n); i++) {
+        const char *name;
+        int ndim, isp;
+        int64_t shape[4];
+        float *v = soma_net_tensor(n, i, &name, &ndim, shape, &isp);
+        if (strcmp(name, "fptt.pest")) continue;
+        CHECK(ndim == 3 && shape[0] == 3 && shape[1] == 3 && shape[2] == 3);
+        for (int k = 0; k < 27; k++) nonzero += v[k] != 0;
+        /* every filled row is a distribution */
+        for (int row = 0; row < 9; row++) {
+            double sum = 0;
+            for (int k = 0; k < 3; k++) sum += v[row * 3 + k];
+            CHECK(sum == 0 || fabs(sum - 1) < 1e-5);
+        }
+    }
+    CHECK(nonzero > 0);
+    rc.loss = SOMA_LOSS_MSE;
+    soma_net *n2;
+    CHECK(soma_net_new(&n2, "4-r12-3", &o) == SOMA_OK);
+    soma_rule *r2;
+    CHECK(soma_rule_new(&r2, "fptt", n2, &rc, 8) == SOMA_ERR_ARG);
+    soma_rule_free(r);
+    soma_net_free(n);
+    soma_net_free(n2);
+}
+
 int main(void)
 {
+    aux_gradient();
+    aux_table();
     tiny_trace();
     golden("tests/fixtures/fptt_k1.safetensors");
     golden("tests/fixtures/fptt_k3.safetensors");

@@ -30,8 +30,15 @@
  * all T steps, as bptt and predict), the outputs of a sequence whose
  * weights changed along the way.
  *
- * Not implemented: the auxiliary "oracle" divergence loss (notes 2.7) and
- * per-time-step batchnorm statistics.  The stateless prefix is recomputed
+ * The auxiliary "oracle" divergence loss (notes 2.7, --fptt-aux 1, for
+ * classification): l_p = w_p CE(y, yhat_p) + (1 - w_p) mean_{b,c}(-O[b,c]
+ * log yhat_p[b,c]) with w_p = (p+1)/P and O[b,:] = Pest[y_b, p, :], read
+ * before this window refreshes the table; then, per class c, the first
+ * sample of the batch labelled c and misclassified at this window copies
+ * its softmax into Pest[c, p, :].  Pest (C x P x C, zero at first: the term
+ * is then 0) is the net buffer "fptt.pest", so --resume carries it.
+ *
+ * Not implemented: per-time-step batchnorm statistics.  The stateless prefix is recomputed
  * at every step (static-input caching is off): its weights change between
  * windows.
  *
@@ -53,6 +60,8 @@ typedef struct fptt_state {
     float  *scores, *probs, *dstep;   /* (B, C) each */
     const float **dout;         /* (K) per-step gradient pointers of a window */
     int     wbar, lam;          /* buffer index of the first fptt.wbar.* / fptt.lam.* tensor */
+    int     pest;               /* buffer index of "fptt.pest" (C, P, C), -1 without --fptt-aux */
+    float  *oracle;             /* (B, C) the oracle rows of this window */
     size_t  xs_bytes;
 } fptt_state;
 
@@ -91,6 +100,8 @@ static soma_status fptt_init(soma_rule *r, int max_batch)
     if (!(c->fptt_beta > 0 && c->fptt_beta <= 1))
         return soma__fail(SOMA_ERR_ARG, "--fptt-beta must be in (0, 1], got %g", (double)c->fptt_beta);
     if (c->fptt_k < 1) return soma__fail(SOMA_ERR_ARG, "--fptt-k must be >= 1, got %d", c->fptt_k);
+    if (c->fptt_aux && c->loss != SOMA_LOSS_CE)
+        return soma__fail(SOMA_ERR_ARG, "--fptt-aux needs the ce loss (it mixes in a divergence to class distributions)");
     if (c->T % c->fptt_k)
         return soma__fail(SOMA_ERR_ARG, "--T %d is not a multiple of the FPTT window --fptt-k %d", c->T, c->fptt_k);
     if ((unsigned)c->reduce >= SOMA_REDUCE_COUNT) return soma__fail(SOMA_ERR_ARG, "unknown reduce %d", (int)c->reduce);
@@ -122,6 +133,12 @@ static soma_status fptt_init(soma_rule *r, int max_batch)
     if (!s->scores || !s->probs || !s->dstep || !s->dout) return SOMA_ERR_NOMEM;
     if ((s->wbar = add_mirror(net, "fptt.wbar.")) < 0) return (soma_status)s->wbar;
     if ((s->lam = add_mirror(net, "fptt.lam.")) < 0) return (soma_status)s->lam;
+    s->pest = -1;
+    if (c->fptt_aux) {
+        int64_t shape[3] = { C, c->T / K, C };
+        if ((s->pest = soma__net_add_tensor(net, 0, "fptt.pest", 3, shape)) < 0) return (soma_status)s->pest;
+        if (!(s->oracle = soma__malloc(bc * sizeof(float)))) return SOMA_ERR_NOMEM;
+    }
     memcpy(wbar_of(r), soma_net_param_values(net), soma_net_param_floats(net) * sizeof(float));
     return SOMA_OK;
 }
@@ -135,6 +152,7 @@ static void fptt_release(soma_rule *r)
     soma__free(s->scores);
     soma__free(s->probs);
     soma__free(s->dstep);
+    soma__free(s->oracle);
     soma__free((void *)s->dout);
     soma__free(s);
 }
@@ -193,6 +211,29 @@ static soma_status fptt_update(soma_rule *r, float lr)
     return SOMA_OK;
 }
 
+/* The oracle term's gradient on the logits, added to dlogits (B, C):
+ *   L_aux = -(1/(B C)) sum_b sum_c O[b,c] log softmax(o_b)_c
+ *   dL_aux/do[b,k] = (1/(B C)) (S_b p[b,k] - O[b,k]),  S_b = sum_c O[b,c]
+ * scaled by weight.  Returns L_aux. */
+double soma__fptt_aux_grad(float *dlogits, const float *probs, const float *oracle, int B, int C,
+                           float weight)
+{
+    double L = 0;
+    const double inv = 1.0 / ((double)B * C);
+    for (int b = 0; b < B; b++) {
+        const float *o = oracle + (size_t)b * C, *pr = probs + (size_t)b * C;
+        double S = 0;
+        for (int k = 0; k < C; k++) {
+            S += o[k];
+            /* log p from the softmax the CE just computed; p > 0 in float */
+            if (o[k] != 0) L -= inv * o[k] * log((double)pr[k] > 1e-38 ? (double)pr[k] : 1e-38);
+        }
+        for (int k = 0; k < C; k++)
+            dlogits[(size_t)b * C + k] += (float)(weight * inv * (S * pr[k] - o[k]));
+    }
+    return L;
+}
+
 /* Window p of the sequence in progress (p = 0 resets the state and the
  * scores): K steps forward, the loss at the last one, backward through the
  * window, one update.  *loss (may be NULL) receives the window's unweighted
@@ -229,6 +270,23 @@ soma_status soma__fptt_window(soma_rule *r, const soma_batch *b, int p, float lr
     if (loss) *loss = one.loss / B;
     const float wgt = (float)(p + 1) / (float)P;
     for (size_t i = 0; i < bc; i++) s->dstep[i] *= wgt;
+    if (s->pest >= 0 && !b->target) {
+        float *pest = soma__buffer_value(net, s->pest);
+        const size_t row = (size_t)p * C;   /* Pest[c, p, :] at (c * P + p) * C */
+        for (int i = 0; i < B; i++)          /* read before the refresh */
+            memcpy(s->oracle + (size_t)i * C, pest + ((size_t)b->y[i] * P) * C + row, C * sizeof(float));
+        for (int cls = 0; cls < C; cls++)
+            for (int i = 0; i < B; i++) {
+                if (b->y[i] != cls) continue;
+                const float *o = out + (size_t)i * C;
+                int best = 0;
+                for (int k = 1; k < C; k++) if (o[k] > o[best]) best = k;
+                if (best == cls) continue;
+                memcpy(pest + ((size_t)cls * P) * C + row, s->probs + (size_t)i * C, C * sizeof(float));
+                break;
+            }
+        soma__fptt_aux_grad(s->dstep, s->probs, s->oracle, B, C, 1.0f - wgt);
+    }
     soma_net_zero_grad(net);
     if ((e = soma_net_backward_time(net, K, s->dout, B, 0))) return e;
     return fptt_update(r, lr);

@@ -59,5 +59,8 @@ double soma__ide_solve(soma_rule *r, const float *g, int B, int *iters);
  * simulation, readout loss, implicit solve, one VJP through f at a_T.
  * power_iter: advance the spectral norm's power iteration (training). */
 soma_status soma__ide_grad(soma_rule *r, const soma_batch *b, int power_iter, soma_step_stats *st);
+/* The same at a given rate point a (B, n[H]) instead of the simulation's
+ * (the weight as it is: no power iteration). */
+soma_status soma__ide_grad_at(soma_rule *r, const soma_batch *b, const float *a, soma_step_stats *st);
 
 #endif

@@ -15,6 +15,7 @@ static const soma_rule_ops *const rules[] = {
     &soma__rule_bptt,
     &soma__rule_ep,
     &soma__rule_fptt,
+    &soma__rule_ide,
     &soma__rule_lfp,
     &soma__rule_pc,
 };
@@ -74,6 +75,7 @@ void soma_rule_config_default(soma_rule_config *c)
     c->lfp_beta = 1.0f;
     soma_ep_config_default(c);
     soma_pc_config_default(c);
+    soma_ide_config_default(c);
 }
 
 soma_status soma_rule_new(soma_rule **out, const char *name, soma_net *net,
@@ -282,6 +284,7 @@ static const rule_opt rule_opts[] = {
     RO("fptt-alpha", OPT_FLOAT, fptt_alpha, "fptt: regulariser strength alpha (0.1)"),
     RO("fptt-beta", OPT_FLOAT, fptt_beta, "fptt: running-average rate beta (0.5)"),
     RO("fptt-k", OPT_INT, fptt_k, "fptt: steps per update window K (1)"),
+    RO("fptt-aux", OPT_BOOL, fptt_aux, "fptt: auxiliary oracle-divergence loss, classification (0)"),
     RO("lfp-rule", OPT_LFP_COMPOSITE, lfp_dense, "lfp: epsilon|zero|alphabeta|zplusminus, or dense=R,conv=R,pool=R"),
     RO("lfp-eps", OPT_FLOAT, lfp_eps, "lfp: stabiliser epsilon (1e-6)"),
     RO("lfp-alpha", OPT_FLOAT, lfp_alpha, "lfp: alpha of alphabeta (2)"),
@@ -307,6 +310,15 @@ static const rule_opt rule_opts[] = {
     RO("pc-order", OPT_PC_ORDER, pc_order, "pc: sequential|simultaneous|incremental (sequential)"),
     RO("pc-clamp", OPT_PC_CLAMP, pc_clamp, "pc: soft|hard (soft)"),
     RO("pc-autoencoder", OPT_BOOL, pc_autoencoder, "pc: the target is the input (0)"),
+    RO("ide-vth", OPT_FLOAT, ide_vth, "ide: firing threshold V_th (2)"),
+    RO("ide-leak", OPT_FLOAT, ide_leak, "ide: LIF leak lambda in (0,1), 1 = IF (1)"),
+    RO("ide-iter", OPT_BOOL, ide_iter, "ide: damped fixed-point solver instead of Broyden (0)"),
+    RO("ide-max-iter", OPT_INT, ide_max_iter, "ide: implicit solver iterations (30)"),
+    RO("ide-tol", OPT_FLOAT, ide_tol, "ide: solver relative residual tolerance (1e-6)"),
+    RO("ide-damp", OPT_FLOAT, ide_damp, "ide: fixed-point damping in (0,1] (0.5)"),
+    RO("ide-strict", OPT_BOOL, ide_strict, "ide: fail a batch whose solve ends above ide-tol (0)"),
+    RO("ide-sn", OPT_BOOL, ide_sn, "ide: spectral-norm reparameterisation of W (1)"),
+    RO("ide-sn-c", OPT_FLOAT, ide_sn_c, "ide: clip c of the spectral-norm scale alpha (1)"),
 };
 #undef RO
 #define N_RULE_OPTS ((int)(sizeof rule_opts / sizeof *rule_opts))

@@ -39,9 +39,13 @@ struct soma_rule {
 };
 
 extern const soma_rule_ops soma__rule_bp;
+/* FPTT's oracle-divergence gradient (fptt.c; tests check it against FD). */
+double soma__fptt_aux_grad(float *dlogits, const float *probs, const float *oracle, int B, int C,
+                           float weight);
 extern const soma_rule_ops soma__rule_bptt;
 extern const soma_rule_ops soma__rule_ep;
 extern const soma_rule_ops soma__rule_fptt;
+extern const soma_rule_ops soma__rule_ide;
 /* FPTT internals for tests (fptt.c): one window of a training sequence,
  * and the post-step update of lam and Wbar. */
 soma_status soma__fptt_window(soma_rule *r, const soma_batch *b, int p, float lr, soma_rng *rng,

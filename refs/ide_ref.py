@@ -1,0 +1,220 @@
+"""Golden values for soma's IDE rule (src/rule/ide.c).
+
+Written from the equations (Xiao et al. 2021; shared/notes/ide.md sections
+2.1-2.4), not from soma's code, in float64:
+  - the T-step IF/LIF simulation of a feedback net with reset by subtraction
+    (test u >= V, leak after the reset), the (weighted) average rate a_T of
+    the last hidden layer;
+  - the equilibrium map f(a) = a_H, a_1 = clamp((W a + F x + b1)/V, 0, 1),
+    a_k = clamp((S_k a_{k-1} + b_k)/V, 0, 1), its fixed point a* by iteration;
+  - the implicit gradient: beta = (I - J^T)^-1 dL/da by a dense per-sample
+    solve (J from autograd), then autograd of <f(a, theta), beta> plus the
+    readout's own gradient; at a_T (what the rule computes) and at a*;
+  - at a*, the same gradient by autograd through K unrolled iterations of
+    the map from a = 0 (BPTT through the rate map), which must agree;
+  - spectral norm: one power iteration from the stored u, v before use,
+    W = clamp(alpha, -c, c) w / (u^T w v); the largest singular value by SVD.
+The simulation is checked to stay at least MARGIN away from every threshold
+test so that float32 rounding in C cannot flip a spike.
+
+Run with Debian's interpreter:  /usr/bin/python3 refs/ide_ref.py tests/fixtures
+"""
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import fixture  # noqa: E402
+
+torch.set_default_dtype(torch.float64)
+MARGIN = 1e-4
+
+
+def normalize(x):
+    return x / max(float(x.norm()), 1e-12)
+
+
+class Case:
+    def __init__(self, name, sizes, T, leak, sn, seed, B=4, c=1.0, V=2.0):
+        self.name, self.sizes, self.T, self.leak, self.sn, self.B, self.c, self.V = \
+            name, sizes, T, leak, sn, B, c, V
+        g = torch.Generator().manual_seed(seed)
+        self.H = len(sizes) - 2
+        L = self.H + 1
+        n = sizes
+        self.p = {}
+        # dense layer k (1-based) is net layer 2(k-1) in "n0-n1-...-C"
+        for k in range(1, L + 1):
+            scale = 1.2 if k == 1 else 0.9
+            self.p["%d.weight" % (2 * (k - 1))] = (torch.rand(n[k], n[k - 1], generator=g) - 0.3) * scale
+            self.p["%d.bias" % (2 * (k - 1))] = torch.rand(n[k], generator=g) * 0.6 - 0.1
+        w = torch.rand(n[1], n[self.H], generator=g) * 2 - 1
+        w = w / w.norm(dim=1, keepdim=True)
+        self.p["0.weight_fb"] = w * (1.0 if sn else 0.4)
+        self.buf = {}
+        if sn:
+            self.p["0.weight_fb_g"] = torch.tensor([0.8])
+            self.buf["0.weight_fb_u"] = normalize(torch.randn(n[1], generator=g))
+            self.buf["0.weight_fb_v"] = normalize(torch.randn(n[self.H], generator=g))
+        self.x = torch.rand(B, n[0], generator=g)
+        self.y = torch.randint(0, n[-1], (B,), generator=g)
+
+    # -- the feedback weight ------------------------------------------------
+    def weff(self, p, u, v):
+        if not self.sn:
+            return p["0.weight_fb"]
+        w = p["0.weight_fb"]
+        sigma = u @ w @ v
+        return p["0.weight_fb_g"].clamp(-self.c, self.c)[0] * w / sigma
+
+    def power_iter(self):
+        w = self.p["0.weight_fb"]
+        u, v = self.buf["0.weight_fb_u"], self.buf["0.weight_fb_v"]
+        v = normalize(w.t() @ u)
+        u = normalize(w @ v)
+        return u, v
+
+    # -- simulation ---------------------------------------------------------
+    def simulate(self, W):
+        p, H, V, lam = self.p, self.H, self.V, self.leak
+        fx = self.x @ p["0.weight"].t() + p["0.bias"]
+        u = [None] + [torch.zeros(self.B, self.sizes[k]) for k in range(1, H + 1)]
+        s = [None] + [torch.zeros(self.B, self.sizes[k]) for k in range(1, H + 1)]
+        acc = torch.zeros(self.B, self.sizes[H])
+        margin = float("inf")
+        counts = torch.zeros(self.B, self.sizes[1])
+        for t in range(self.T):
+            inp = fx + (s[H] @ W.t() if t > 0 else 0)
+            for k in range(1, H + 1):
+                if k > 1:
+                    inp = s[k - 1] @ p["%d.weight" % (2 * (k - 1))].t() + p["%d.bias" % (2 * (k - 1))]
+                u[k] = u[k] + inp
+                margin = min(margin, float((u[k] - V).abs().min()))
+                s[k] = (u[k] >= V).double()
+                u[k] = (u[k] - V * s[k]) * lam
+            counts += s[1]
+            acc = lam * acc + s[H]
+        norm = sum(lam ** k for k in range(self.T))
+        return acc / norm, margin, counts
+
+    # -- the rate map and the loss ------------------------------------------
+    def f(self, a, p, W):
+        V = self.V
+        z = ((a @ W.t() + self.x @ p["0.weight"].t() + p["0.bias"]) / V).clamp(0, 1)
+        for k in range(2, self.H + 1):
+            z = ((z @ p["%d.weight" % (2 * (k - 1))].t() + p["%d.bias" % (2 * (k - 1))]) / V).clamp(0, 1)
+        return z
+
+    def loss(self, a, p):
+        k = 2 * self.H
+        logits = a @ p["%d.weight" % k].t() + p["%d.bias" % k]
+        return torch.nn.functional.cross_entropy(logits, self.y)
+
+    def implicit_grad(self, a, u, v):
+        """Gradient of every parameter at rate point a, J taken at a."""
+        p = {k: t.clone().requires_grad_(True) for k, t in self.p.items()}
+        a0 = a.detach().clone().requires_grad_(True)
+        L = self.loss(a0, p)
+        grads = torch.autograd.grad(L, [a0] + list(p.values()), allow_unused=True)
+        g = grads[0]
+        out = {k: (gr if gr is not None else torch.zeros_like(p[k])) for k, gr in zip(p, grads[1:])}
+        W = self.weff({k: t.detach() for k, t in self.p.items()}, u, v)
+        beta = torch.zeros_like(g)
+        for i in range(self.B):
+            J = self.jac_sample(a, W, i)
+            beta[i] = torch.linalg.solve(torch.eye(J.shape[0]) - J.t(), g[i])
+        pp = {k: t.clone().requires_grad_(True) for k, t in self.p.items()}
+        Wp = self.weff(pp, u, v)
+        z = self.f(a.detach(), pp, Wp)
+        gf = torch.autograd.grad((z * beta).sum(), list(pp.values()), allow_unused=True)
+        for k, gr in zip(pp, gf):
+            if gr is not None:
+                out[k] = out[k] + gr
+        res = max(float((beta[i] - self.jac_sample(a, W, i).t() @ beta[i] - g[i]).norm())
+                  for i in range(self.B))
+        return out, res
+
+    def jac_sample(self, a, W, i):
+        x_all = self.x
+
+        def fi(ai):
+            self.x = x_all[i:i + 1]
+            try:
+                return self.f(ai[None], self.p, W)[0]
+            finally:
+                self.x = x_all
+        return torch.autograd.functional.jacobian(fi, a[i])
+
+    def unrolled_grad(self, K, u, v):
+        """BPTT through K iterations of the map from a = 0."""
+        pp = {k: t.clone().requires_grad_(True) for k, t in self.p.items()}
+        Wp = self.weff(pp, u, v)
+        a = torch.zeros(self.B, self.sizes[self.H])
+        for _ in range(K):
+            a = self.f(a, pp, Wp)
+        gr = torch.autograd.grad(self.loss(a, pp), list(pp.values()), allow_unused=True)
+        return {k: (g if g is not None else torch.zeros_like(pp[k])) for k, g in zip(pp, gr)}
+
+
+def spec_of(sizes):
+    return "-".join(str(s) for s in sizes)
+
+
+def build(case_args, out_dir):
+    for seed in range(case_args["seed"], case_args["seed"] + 50):
+        c = Case(**dict(case_args, seed=seed))
+        if c.sn:
+            u, v = c.power_iter()
+        else:
+            u = v = None
+        W = c.weff(c.p, u, v)
+        a_T, margin, counts = c.simulate(W)
+        if margin < MARGIN:
+            continue
+        if float(a_T.min()) == float(a_T.max()):
+            continue
+        break
+    else:
+        raise SystemExit("no seed gives a margin above %g for %s" % (MARGIN, case_args["name"]))
+    fa = c.f(a_T, c.p, W)
+    a = a_T.clone()
+    for _ in range(2000):
+        a = c.f(a, c.p, W)
+    a_star = a
+    assert float((c.f(a_star, c.p, W) - a_star).abs().max()) < 1e-12
+    g_T, res_T = c.implicit_grad(a_T, u, v)
+    g_star, res_s = c.implicit_grad(a_star, u, v)
+    assert res_T < 1e-10 and res_s < 1e-10
+    g_unr = c.unrolled_grad(400, u, v)
+    for k in g_star:
+        err = float((g_unr[k] - g_star[k]).abs().max())
+        assert err < 1e-9 * max(1.0, float(g_star[k].abs().max())), (k, err)
+    t = {"x": c.x, "y": c.y.int(), "rates": a_T, "fa": fa, "fixed": a_star, "count1": counts,
+         "weff": W}
+    for k, v_ in c.p.items():
+        t["init." + k] = v_
+        t["grad." + k] = g_T[k]
+        t["grad_fp." + k] = g_star[k]
+    for k, v_ in c.buf.items():
+        t["init." + k] = v_
+    if c.sn:
+        t["sigma_svd"] = torch.linalg.svdvals(c.p["0.weight_fb"])[:1]
+    meta = {"spec": spec_of(c.sizes), "T": c.T, "leak": c.leak, "vth": c.V, "sn": int(c.sn),
+            "sn_c": c.c, "seed": seed, "margin": "%.3g" % margin}
+    path = os.path.join(out_dir, "ide_%s.safetensors" % c.name)
+    fixture.write(path, {k: np.asarray(v_.detach().numpy()) for k, v_ in t.items()}, meta)
+    print("%s: seed %d, margin %.3g, rates %s, |g| %.3g" % (
+        path, seed, margin, np.round(a_T.numpy().ravel()[:6], 3),
+        sum(float(v_.norm()) for v_ in g_T.values())))
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
+    build(dict(name="if", sizes=[6, 5, 3], T=12, leak=1.0, sn=False, seed=0), out)
+    build(dict(name="lif_ml", sizes=[6, 5, 4, 3], T=9, leak=0.95, sn=True, seed=100), out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,680 @@
+/*
+ * ide.c - feedback spiking networks trained by implicit differentiation on
+ * the equilibrium state of their average firing rates (Xiao, Meng, Zhang,
+ * Wang, Lin, NeurIPS 2021; notes: shared/notes/ide.md; docs/ide.md).
+ *
+ * Network, over the net's dense layers D_1..D_L (L >= 2): hidden layers
+ * 1..H = L - 1, the input map F = D_1 (n0 -> n1, bias), feed-forward maps
+ * S_k = D_k (n_{k-1} -> n_k, bias) for k = 2..H, the readout D_L on the
+ * last hidden layer's rates, and a feedback matrix W (n1, nH) without bias
+ * from layer H back to layer 1, stored as "<i>.weight_fb" beside the first
+ * dense layer i.  H = 1 is the single-layer form (W square).
+ *
+ * Forward, no graph kept, constant input current F x + b_1 (direct input),
+ * T steps of IF / LIF with threshold V, test u >= V, reset by subtraction:
+ *   layer 1:  u_1 += W s_H(t-1) + F x + b_1     (no feedback at t = 0)
+ *   layer k:  u_k += S_k s_{k-1}(t) + b_k       (k = 2..H, same step, in order)
+ *   each:     s = [u >= V];  u = u - V s;  LIF: u = lambda u
+ *   a_T = sum_t lambda^(T-1-t) s_H(t) / sum_{k<T} lambda^k   (IF: lambda = 1)
+ * Prediction: logits = D_L(a_T).
+ *
+ * Equilibrium map (the same for IF and LIF):
+ *   f(a) = a_H,  a_1 = clamp((W a + F x + b_1) / V, 0, 1),
+ *                a_k = clamp((S_k a_{k-1} + b_k) / V, 0, 1)
+ * Backward at a = a_T, with g = dL/da from the readout:
+ *   beta solves (I - J^T) beta = g,  J = df/da(a_T)   (clamp' = 1 on [0, 1])
+ *   dL/dtheta = beta^T df(a_T)/dtheta    (one VJP of f; the readout: its own)
+ * by limited-memory good Broyden per sample (the authors' solver: inverse
+ * Jacobian estimate -I + U V^T, 27 pairs, step 1, best iterate kept), or by
+ * the damped fixed-point iteration beta <- (1-d) beta + d (J^T beta + g)
+ * (the correct form: the reference's halved one solves (2I - J^T) beta = g).
+ * Unlike the authors' code the first Broyden step is the Newton step of the
+ * initial estimate (+G, the fixed-point step), and the multi-layer Jacobian
+ * is taken at a_T, not at f(a_T).
+ *
+ * Spectral norm (ide_sn): W = clamp(alpha, -c, c) w / sigma, sigma = u^T w v
+ * after one power iteration v = w^T u / |.|, u = w v / |.| per training
+ * batch (u, v persistent buffers, no gradient through them); alpha starts
+ * at sigma(w) (10 power iterations).  Predict reuses u, v unchanged.
+ * Every product goes through soma_gemm / soma_dense_*.
+ */
+#include "ide.h"
+#include <math.h>
+#include <string.h>
+
+void soma_ide_config_default(soma_rule_config *c)
+{
+    c->ide_vth = 2.0f;
+    c->ide_leak = 1.0f;
+    c->ide_iter = 0;
+    c->ide_max_iter = 30;
+    c->ide_tol = 1e-6f;
+    c->ide_damp = 0.5f;
+    c->ide_strict = 0;
+    c->ide_sn = 1;
+    c->ide_sn_c = 1.0f;
+}
+
+static soma_status check_config(const soma_rule_config *c)
+{
+    if (c->T < 1) return soma__fail(SOMA_ERR_ARG, "IDE needs T >= 1 simulation steps, got %d", c->T);
+    if (!(c->ide_vth > 0.0f) || !isfinite(c->ide_vth))
+        return soma__fail(SOMA_ERR_ARG, "IDE threshold V_th must be > 0 and finite, got %g", c->ide_vth);
+    if (!(c->ide_leak > 0.0f && c->ide_leak <= 1.0f))
+        return soma__fail(SOMA_ERR_ARG, "IDE leak lambda must be in (0, 1] (1 = IF), got %g", c->ide_leak);
+    if (c->ide_max_iter < 1)
+        return soma__fail(SOMA_ERR_ARG, "IDE solver iterations must be >= 1, got %d", c->ide_max_iter);
+    if (!(c->ide_tol > 0.0f) || !isfinite(c->ide_tol))
+        return soma__fail(SOMA_ERR_ARG, "IDE solver tolerance must be > 0, got %g", c->ide_tol);
+    if (!(c->ide_damp > 0.0f && c->ide_damp <= 1.0f))
+        return soma__fail(SOMA_ERR_ARG, "IDE fixed-point damping must be in (0, 1], got %g", c->ide_damp);
+    if (c->ide_sn && (!(c->ide_sn_c > 0.0f) || !isfinite(c->ide_sn_c)))
+        return soma__fail(SOMA_ERR_ARG, "IDE spectral-norm clip c must be > 0, got %g", c->ide_sn_c);
+    return SOMA_OK;
+}
+
+/* Finds tensor `name` or adds it; SOMA_ERR_SHAPE if it exists with another shape. */
+static int find_or_add(soma_net *n, int is_param, const char *name, int ndim, const int64_t *shape,
+                       int *created)
+{
+    soma_store *s = is_param ? &n->params : &n->buffers;
+    *created = 0;
+    for (int i = 0; i < s->count; i++) {
+        if (strcmp(s->p[i].name, name)) continue;
+        int same = s->p[i].ndim == ndim;
+        for (int d = 0; same && d < ndim; d++) same = s->p[i].shape[d] == shape[d];
+        if (!same) {
+            char want[64] = "";
+            for (int d = 0; d < ndim; d++)
+                snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", d ? "x" : "",
+                         (long long)shape[d]);
+            return soma__fail(SOMA_ERR_SHAPE, "rule ide: tensor '%s' exists with another shape "
+                              "(the feedback matrix must be %s: last hidden layer -> first)", name, want);
+        }
+        return i;
+    }
+    *created = 1;
+    return soma__net_add_tensor(n, is_param, name, ndim, shape);
+}
+
+/* ---- spectral norm ------------------------------------------------------- */
+
+static double normalize(float *x, int n)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    double nrm = sqrt(ss);
+    double inv = 1.0 / (nrm > 1e-12 ? nrm : 1e-12);   /* torch F.normalize eps */
+    for (int i = 0; i < n; i++) x[i] = (float)(x[i] * inv);
+    return nrm;
+}
+
+/* One power iteration on w (m, n): v = w^T u / |.|, u = w v / |.|. */
+static void power_iter(const float *w, float *u, float *v, int m, int n)
+{
+    soma_gemv(1, m, n, 1.0f, w, n, u, 0.0f, v);
+    normalize(v, n);
+    soma_gemv(0, m, n, 1.0f, w, n, v, 0.0f, u);
+    normalize(u, m);
+}
+
+/* sigma = u^T w v, in double */
+static double sn_sigma(const float *w, const float *u, const float *v, int m, int n)
+{
+    double s = 0;
+    for (int i = 0; i < m; i++) {
+        double row = 0;
+        for (int j = 0; j < n; j++) row += (double)w[(size_t)i * n + j] * v[j];
+        s += u[i] * row;
+    }
+    return s;
+}
+
+void soma__ide_weight(soma_rule *r, int do_iter)
+{
+    ide_state *e = r->state;
+    soma_net *net = r->net;
+    if (e->sn_g < 0) return;   /* weff is the parameter itself */
+    int m = e->n[1], n = e->n[e->H];
+    const float *w = soma__param_value(net, e->fb);
+    float *u = soma__buffer_value(net, e->sn_u), *v = soma__buffer_value(net, e->sn_v);
+    if (do_iter) power_iter(w, u, v, m, n);
+    e->sigma = (float)sn_sigma(w, u, v, m, n);
+    float c = r->cfg.ide_sn_c, g = soma__param_value(net, e->sn_g)[0];
+    float gc = g < -c ? -c : g > c ? c : g;
+    float k = gc / e->sigma;
+    for (size_t i = 0; i < (size_t)m * n; i++) e->weff[i] = k * w[i];
+}
+
+/* W_eff = gc w / sigma:  dw = (gc/sigma) G - (gc <G,w> / sigma^2) u v^T,
+ * dalpha = <G,w> / sigma where |alpha| <= c (clamp passes on the closed interval). */
+static void sn_backward(soma_rule *r)
+{
+    ide_state *e = r->state;
+    soma_net *net = r->net;
+    int m = e->n[1], n = e->n[e->H];
+    const float *w = soma__param_value(net, e->fb);
+    const float *u = soma__buffer_value(net, e->sn_u), *v = soma__buffer_value(net, e->sn_v);
+    float *dw = soma__param_grad(net, e->fb);
+    float c = r->cfg.ide_sn_c, g = soma__param_value(net, e->sn_g)[0];
+    float gc = g < -c ? -c : g > c ? c : g;
+    double sig = e->sigma, gw = 0;
+    for (size_t i = 0; i < (size_t)m * n; i++) gw += (double)e->gweff[i] * w[i];
+    double k1 = gc / sig, k2 = gc * gw / (sig * sig);
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            size_t q = (size_t)i * n + j;
+            dw[q] += (float)(k1 * e->gweff[q] - k2 * u[i] * v[j]);
+        }
+    if (g >= -c && g <= c) soma__param_grad(net, e->sn_g)[0] += (float)(gw / sig);
+}
+
+/* ---- init / release ------------------------------------------------------ */
+
+static soma_status ide_init(soma_rule *r, int max_batch)
+{
+    soma_net *net = r->net;
+    const soma_rule_config *c = &r->cfg;
+    if (soma_net_is_spiking(net))
+        return soma__fail(SOMA_ERR_ARG, "rule ide builds its own spiking dynamics over a rate net's "
+                          "dense layers; net '%s' has neuron cells (drop --neuron)", soma_net_spec(net));
+    soma_status st = check_config(c);
+    if (st) return st;
+    ide_state *e = soma__calloc(1, sizeof *e);
+    if (!e) return SOMA_ERR_NOMEM;
+    r->state = e;
+    e->fb = e->sn_g = e->sn_u = e->sn_v = -1;
+    int L = 0, first = -1;
+    for (int i = 0; i < net->n_layers; i++) {
+        const soma_layer *l = &net->layers[i];
+        if (l->kind == SOMA_LAYER_ACT || l->kind == SOMA_LAYER_FLATTEN) continue;
+        if (l->kind != SOMA_LAYER_DENSE)
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide runs over dense layers only; layer %d "
+                              "of '%s' is not dense (convolutional feedback, batchnorm and dropout "
+                              "are not implemented)", i, soma_net_spec(net));
+        if (l->rec >= 0)
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide: layer %d has a recurrent weight; the "
+                              "feedback matrix is the rule's own", i);
+        if (L == IDE_MAXH + 1)
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide takes at most %d dense layers", IDE_MAXH + 1);
+        L++;
+        if (first < 0) first = i;
+        e->w[L] = l->w;
+        e->b[L] = l->b;
+        if (L <= IDE_MAXH) e->n[L] = l->out_c;
+    }
+    if (L < 2)
+        return soma__fail(SOMA_ERR_ARG, "rule ide needs a feedback (hidden) layer and a readout: "
+                          "'%s' has %d dense layer (e.g. 784-400-10)", soma_net_spec(net), L);
+    e->H = L - 1;
+    e->n[0] = soma_net_inputs(net);
+    e->C = soma_net_outputs(net);
+    int H = e->H, n1 = e->n[1], nH = e->n[H];
+
+    /* the feedback matrix W (n1, nH) and the spectral norm's tensors */
+    soma_rng rng;
+    soma_rng_seed(&rng, net->opts.seed ^ 0x49444546424bull);   /* "IDEFBK": its own stream */
+    char name[48];
+    snprintf(name, sizeof name, "%d.weight_fb", first);
+    int64_t shape[2] = { n1, nH };
+    int created;
+    int idx = find_or_add(net, 1, name, 2, shape, &created);
+    if (idx < 0) return (soma_status)idx;
+    e->fb = idx;
+    if (created) {
+        /* the authors' init: U(-1, 1), every output unit's row scaled to unit L2 norm */
+        float *w = soma__param_value(net, idx);
+        for (int i = 0; i < n1; i++) {
+            float *row = w + (size_t)i * nH;
+            for (int j = 0; j < nH; j++) row[j] = 2.0f * soma_rng_uniform(&rng) - 1.0f;
+            normalize(row, nH);
+        }
+    }
+    if (c->ide_sn) {
+        int64_t one = 1, su = n1, sv = nH;
+        int cg, cu, cv;
+        snprintf(name, sizeof name, "%d.weight_fb_g", first);
+        if ((idx = find_or_add(net, 1, name, 1, &one, &cg)) < 0) return (soma_status)idx;
+        e->sn_g = idx;
+        snprintf(name, sizeof name, "%d.weight_fb_u", first);
+        if ((idx = find_or_add(net, 0, name, 1, &su, &cu)) < 0) return (soma_status)idx;
+        e->sn_u = idx;
+        snprintf(name, sizeof name, "%d.weight_fb_v", first);
+        if ((idx = find_or_add(net, 0, name, 1, &sv, &cv)) < 0) return (soma_status)idx;
+        e->sn_v = idx;
+        if (cu || cv) {
+            float *u = soma__buffer_value(net, e->sn_u), *v = soma__buffer_value(net, e->sn_v);
+            for (int i = 0; i < n1; i++) u[i] = soma_rng_normal(&rng);
+            for (int j = 0; j < nH; j++) v[j] = soma_rng_normal(&rng);
+            normalize(u, n1);
+            normalize(v, nH);
+        }
+        if (cg) {   /* alpha = sigma(w): 10 power iterations (from u, v, which they refine) */
+            const float *w = soma__param_value(net, e->fb);
+            float *u = soma__buffer_value(net, e->sn_u), *v = soma__buffer_value(net, e->sn_v);
+            for (int it = 0; it < 10; it++) power_iter(w, u, v, n1, nH);
+            soma__param_value(net, e->sn_g)[0] = (float)sn_sigma(w, u, v, n1, nH);
+        }
+    }
+
+    /* buffers */
+    int maxn = 0;
+    for (int k = 0; k <= H; k++) if (e->n[k] > maxn) maxn = e->n[k];
+    size_t B = (size_t)max_batch, S = 0;
+    for (int k = 1; k <= H; k++) S += (size_t)e->n[k];
+    e->mem = c->ide_max_iter < IDE_MEM ? c->ide_max_iter : IDE_MEM;
+    size_t wn = (size_t)n1 * nH;
+    e->floats = 4 * B * S + B * n1 + 10 * B * nH + 2 * B * (size_t)e->mem * nH + 2 * B * maxn +
+                3 * B * e->C + (c->ide_sn ? 2 * wn : 0);
+    float *p = soma__malloc_aligned(e->floats * sizeof(float));
+    if (!p) return SOMA_ERR_NOMEM;
+    memset(p, 0, e->floats * sizeof(float));
+    e->block = p;
+    for (int k = 1; k <= H; k++) {
+        size_t m = B * e->n[k];
+        e->u[k] = p; p += m;
+        e->s[k] = p; p += m;
+        e->pre[k] = p; p += m;
+        e->act[k] = p; p += m;
+    }
+    e->fx = p; p += B * n1;
+    float **vec[] = { &e->acc, &e->a, &e->gA, &e->beta, &e->best, &e->G, &e->Gn, &e->dx, &e->dg, &e->jt };
+    for (size_t i = 0; i < sizeof vec / sizeof *vec; i++) { *vec[i] = p; p += B * nH; }
+    e->U = p; p += B * e->mem * nH;
+    e->V = p; p += B * e->mem * nH;
+    e->d0 = p; p += B * maxn;
+    e->d1 = p; p += B * maxn;
+    e->logits = p; p += B * e->C;
+    e->probs = p; p += B * e->C;
+    e->dl = p; p += B * e->C;
+    if (c->ide_sn) {
+        e->weff = p; p += wn;
+        e->gweff = p; p += wn;
+    } else {
+        e->weff = soma__param_value(net, e->fb);   /* stable: nothing is added after init */
+    }
+    return SOMA_OK;
+}
+
+static void ide_release(soma_rule *r)
+{
+    ide_state *e = r->state;
+    if (!e) return;
+    soma__free_aligned(e->block);
+    soma__free(e);
+}
+
+static void ide_plan(const soma_rule *r, soma_mem_plan *p)
+{
+    const ide_state *e = r->state;
+    size_t B = (size_t)r->max_batch, S = 0;
+    for (int k = 1; k <= e->H; k++) S += (size_t)e->n[k];
+    /* activations: membranes, spikes, rates (flat in T); the rest is the solver's */
+    p->activations = (2 * B * S + 2 * B * e->n[e->H]) * sizeof(float);
+    p->workspace = e->floats * sizeof(float) - p->activations;
+}
+
+/* ---- forward: the spiking simulation ------------------------------------- */
+
+static void spike_step(float *u, float *s, size_t m, float V, float lam)
+{
+    for (size_t i = 0; i < m; i++) {
+        float sp = u[i] >= V ? 1.0f : 0.0f;   /* test >= (the authors' code) */
+        s[i] = sp;
+        u[i] = (u[i] - V * sp) * lam;         /* reset by subtraction, then the leak */
+    }
+}
+
+void soma__ide_simulate(soma_rule *r, const float *x, int B)
+{
+    ide_state *e = r->state;
+    soma_net *net = r->net;
+    const soma_rule_config *c = &r->cfg;
+    int H = e->H, n1 = e->n[1], nH = e->n[H];
+    float V = c->ide_vth, lam = c->ide_leak;
+    soma_dense_forward(e->fx, x, soma__param_value(net, e->w[1]), soma__param_value(net, e->b[1]),
+                       B, e->n[0], n1);
+    for (int k = 1; k <= H; k++) {
+        memset(e->u[k], 0, (size_t)B * e->n[k] * sizeof(float));
+        memset(e->s[k], 0, (size_t)B * e->n[k] * sizeof(float));
+    }
+    memset(e->acc, 0, (size_t)B * nH * sizeof(float));
+    size_t m1 = (size_t)B * n1, mH = (size_t)B * nH;
+    for (int t = 0; t < c->T; t++) {
+        for (size_t i = 0; i < m1; i++) e->u[1][i] += e->fx[i];
+        if (t > 0)   /* u_1 += s_H(t-1) W^T */
+            soma_gemm(0, 1, B, n1, nH, 1.0f, e->s[H], nH, e->weff, nH, 1.0f, e->u[1], n1);
+        spike_step(e->u[1], e->s[1], m1, V, lam);
+        for (int k = 2; k <= H; k++) {
+            int nk = e->n[k], np = e->n[k - 1];
+            const float *bk = soma__param_value(net, e->b[k]);
+            soma_gemm(0, 1, B, nk, np, 1.0f, e->s[k - 1], np, soma__param_value(net, e->w[k]), np,
+                      1.0f, e->u[k], nk);
+            for (int i = 0; i < B; i++)
+                for (int j = 0; j < nk; j++) e->u[k][(size_t)i * nk + j] += bk[j];
+            spike_step(e->u[k], e->s[k], (size_t)B * nk, V, lam);
+        }
+        for (size_t i = 0; i < mH; i++) e->acc[i] = lam * e->acc[i] + e->s[H][i];
+    }
+    /* IF: / T;  LIF: / sum_{k<T} lambda^k = (1 - lambda^T) / (1 - lambda) */
+    double norm = 0, pw = 1;
+    for (int t = 0; t < c->T; t++) { norm += pw; pw *= lam; }
+    float inv = (float)(1.0 / norm);
+    for (size_t i = 0; i < mH; i++) e->a[i] = e->acc[i] * inv;
+}
+
+/* ---- the rate map, its Jacobian products ---------------------------------- */
+
+static void clamp_layer(float *pre, float *act, size_t m, float invV)
+{
+    for (size_t i = 0; i < m; i++) {
+        float q = pre[i] * invV;
+        pre[i] = q;
+        act[i] = q < 0.0f ? 0.0f : q > 1.0f ? 1.0f : q;
+    }
+}
+
+void soma__ide_map(soma_rule *r, float *out, const float *a, int B)
+{
+    ide_state *e = r->state;
+    soma_net *net = r->net;
+    int H = e->H, n1 = e->n[1], nH = e->n[H];
+    float invV = 1.0f / r->cfg.ide_vth;
+    /* pre_1 = (a W^T + F x + b_1) / V */
+    memcpy(e->pre[1], e->fx, (size_t)B * n1 * sizeof(float));
+    soma_gemm(0, 1, B, n1, nH, 1.0f, a, nH, e->weff, nH, 1.0f, e->pre[1], n1);
+    clamp_layer(e->pre[1], e->act[1], (size_t)B * n1, invV);
+    for (int k = 2; k <= H; k++) {
+        soma_dense_forward(e->pre[k], e->act[k - 1], soma__param_value(net, e->w[k]),
+                           soma__param_value(net, e->b[k]), B, e->n[k - 1], e->n[k]);
+        clamp_layer(e->pre[k], e->act[k], (size_t)B * e->n[k], invV);
+    }
+    if (out) memcpy(out, e->act[H], (size_t)B * nH * sizeof(float));
+}
+
+/* e (B, n) <- [0 <= pre <= 1] d / V  (clamp passes the gradient on the closed interval) */
+static void mask_layer(float *eo, const float *d, const float *pre, size_t m, float invV)
+{
+    for (size_t i = 0; i < m; i++) eo[i] = pre[i] >= 0.0f && pre[i] <= 1.0f ? d[i] * invV : 0.0f;
+}
+
+/* Backward through layers H..2 from d_H = v: returns e_1 = dL/d(pre_1 V) in
+ * e->d0 or e->d1; with grads != 0 accumulates the S_k, b_k gradients. */
+static float *chain_back(soma_rule *r, const float *v, int B, int grads)
+{
+    ide_state *e = r->state;
+    soma_net *net = r->net;
+    float invV = 1.0f / r->cfg.ide_vth;
+    float *cur = e->d0, *nxt = e->d1;
+    int H = e->H;
+    mask_layer(cur, v, e->pre[H], (size_t)B * e->n[H], invV);
+    for (int k = H; k >= 2; k--) {
+        int nk = e->n[k], np = e->n[k - 1];
+        memset(nxt, 0, (size_t)B * np * sizeof(float));
+        soma_dense_backward(nxt, grads ? soma__param_grad(net, e->w[k]) : NULL,
+                            grads ? soma__param_grad(net, e->b[k]) : NULL, cur, e->act[k - 1],
+                            soma__param_value(net, e->w[k]), B, np, nk);
+        mask_layer(nxt, nxt, e->pre[k - 1], (size_t)B * np, invV);
+        float *t = cur; cur = nxt; nxt = t;
+    }
+    return cur;
+}
+
+void soma__ide_jt(soma_rule *r, float *out, const float *v, int B)
+{
+    ide_state *e = r->state;
+    int n1 = e->n[1], nH = e->n[e->H];
+    const float *e1 = chain_back(r, v, B, 0);
+    /* from pre_1 = a W^T: d a = e_1 W */
+    soma_gemm(0, 0, B, nH, n1, 1.0f, e1, n1, e->weff, nH, 0.0f, out, nH);
+}
+
+/* beta^T df/dtheta at the last map point a: every parameter of f. */
+static void ide_vjp(soma_rule *r, const float *beta, const float *x, const float *a, int B)
+{
+    ide_state *e = r->state;
+    soma_net *net = r->net;
+    int n1 = e->n[1], nH = e->n[e->H];
+    const float *e1 = chain_back(r, beta, B, 1);
+    soma_dense_backward(NULL, soma__param_grad(net, e->w[1]), soma__param_grad(net, e->b[1]), e1, x,
+                        soma__param_value(net, e->w[1]), B, e->n[0], n1);
+    float *gw = e->sn_g >= 0 ? e->gweff : soma__param_grad(net, e->fb);
+    if (e->sn_g >= 0) memset(gw, 0, (size_t)n1 * nH * sizeof(float));
+    soma_dense_backward(NULL, gw, NULL, e1, a, e->weff, B, nH, n1);
+    if (e->sn_g >= 0) sn_backward(r);
+}
+
+/* ---- the implicit solve ---------------------------------------------------- */
+
+static double sumsq(const float *x, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+/* G = J^T beta - beta + g; returns |G|^2 */
+static double residual(soma_rule *r, float *G, const float *beta, const float *g, int B)
+{
+    ide_state *e = r->state;
+    size_t m = (size_t)B * e->n[e->H];
+    soma__ide_jt(r, e->jt, beta, B);
+    double ss = 0;
+    for (size_t i = 0; i < m; i++) {
+        G[i] = e->jt[i] - beta[i] + g[i];
+        ss += (double)G[i] * G[i];
+    }
+    return ss;
+}
+
+/* Binv x for one sample, Binv = -I + sum_i U_i V_i^T (k pairs); out may not alias x */
+static void bro_matvec(float *out, const float *U, const float *Vv, int k, const float *x, int D)
+{
+    for (int j = 0; j < D; j++) out[j] = -x[j];
+    for (int i = 0; i < k; i++) {
+        const float *ui = U + (size_t)i * D, *vi = Vv + (size_t)i * D;
+        double dot = 0;
+        for (int j = 0; j < D; j++) dot += (double)vi[j] * x[j];
+        for (int j = 0; j < D; j++) out[j] += (float)(dot * ui[j]);
+    }
+}
+
+/* x^T Binv for one sample */
+static void bro_rmatvec(float *out, const float *U, const float *Vv, int k, const float *x, int D)
+{
+    for (int j = 0; j < D; j++) out[j] = -x[j];
+    for (int i = 0; i < k; i++) {
+        const float *ui = U + (size_t)i * D, *vi = Vv + (size_t)i * D;
+        double dot = 0;
+        for (int j = 0; j < D; j++) dot += (double)ui[j] * x[j];
+        for (int j = 0; j < D; j++) out[j] += (float)(dot * vi[j]);
+    }
+}
+
+double soma__ide_solve(soma_rule *r, const float *g, int B, int *iters)
+{
+    ide_state *e = r->state;
+    const soma_rule_config *c = &r->cfg;
+    int D = e->n[e->H];
+    size_t m = (size_t)B * D, bytes = m * sizeof(float);
+    double gn = sqrt(sumsq(g, m));
+    *iters = 0;
+    if (!(gn > 0)) { memset(e->beta, 0, bytes); return 0.0; }
+    double tol = c->ide_tol, best = INFINITY;
+    if (c->ide_iter) {
+        /* damped fixed-point iteration from beta = g */
+        float d = c->ide_damp;
+        memcpy(e->beta, g, bytes);
+        for (int it = 0; it < c->ide_max_iter; it++) {
+            double res = sqrt(residual(r, e->G, e->beta, g, B)) / gn;
+            (*iters)++;
+            if (!isfinite(res)) break;
+            if (res < best) { best = res; memcpy(e->best, e->beta, bytes); }
+            if (res <= tol) break;
+            for (size_t i = 0; i < m; i++) e->beta[i] += d * e->G[i];
+        }
+    } else {
+        /* limited-memory good Broyden on G(beta) = J^T beta - beta + g = 0, from 0 */
+        memset(e->beta, 0, bytes);
+        memcpy(e->G, g, bytes);                 /* G(0) = g */
+        best = 1.0;
+        memcpy(e->best, e->beta, bytes);
+        memcpy(e->dx, e->G, bytes);             /* -Binv G with Binv = -I */
+        int k = 0, M = e->mem;
+        float *bn = e->Gn;                      /* scratch for beta_new, then reused */
+        for (int it = 0; it < c->ide_max_iter && best > tol; it++) {
+            for (size_t i = 0; i < m; i++) e->dg[i] = e->beta[i] + e->dx[i];   /* beta_new */
+            memcpy(e->beta, e->dg, bytes);
+            double res = sqrt(residual(r, bn, e->beta, g, B)) / gn;              /* G_new */
+            (*iters)++;
+            if (!isfinite(res) || res > 1e6) break;   /* diverging: keep the best */
+            if (res < best) { best = res; memcpy(e->best, e->beta, bytes); }
+            if (res <= tol) break;
+            int slot = k % M, kk = k + 1 < M ? k + 1 : M;
+            for (int b = 0; b < B; b++) {
+                size_t o = (size_t)b * D;
+                float *Ub = e->U + (size_t)b * M * D, *Vb = e->V + (size_t)b * M * D;
+                float *dx = e->dx + o, *dg = e->dg + o, *Gb = e->G + o, *Gnb = bn + o;
+                for (int j = 0; j < D; j++) dg[j] = Gnb[j] - Gb[j];
+                float *us = Ub + (size_t)slot * D, *vs = Vb + (size_t)slot * D;
+                float *vT = e->d0 + o, *Bdg = e->d1 + o;   /* free after the residual */
+                int have = k < M ? k : M;
+                /* vT = dx^T Binv, u = (dx - Binv dg) / (vT . dg), with the current Binv;
+                 * then the pair replaces the oldest one (circular memory) */
+                bro_rmatvec(vT, Ub, Vb, have, dx, D);
+                bro_matvec(Bdg, Ub, Vb, have, dg, D);
+                double den = 0;
+                for (int j = 0; j < D; j++) den += (double)vT[j] * dg[j];
+                if (fabs(den) > 1e-30 && isfinite(den)) {
+                    for (int j = 0; j < D; j++) {
+                        us[j] = (float)((dx[j] - Bdg[j]) / den);
+                        vs[j] = vT[j];
+                    }
+                } else {
+                    memset(us, 0, D * sizeof(float));
+                    memset(vs, 0, D * sizeof(float));
+                }
+                memcpy(Gb, Gnb, D * sizeof(float));
+                bro_matvec(dx, Ub, Vb, kk, Gb, D);      /* dx = -Binv G */
+                for (int j = 0; j < D; j++) dx[j] = -dx[j];
+            }
+            k++;
+        }
+    }
+    memcpy(e->beta, e->best, bytes);
+    return best;
+}
+
+/* ---- gradient, train, predict ------------------------------------------- */
+
+static void readout(soma_rule *r, const float *a, int B)
+{
+    ide_state *e = r->state;
+    soma_net *net = r->net;
+    int L = e->H + 1;
+    soma_dense_forward(e->logits, a, soma__param_value(net, e->w[L]), soma__param_value(net, e->b[L]),
+                       B, e->n[e->H], e->C);
+}
+
+soma_status soma__ide_grad(soma_rule *r, const soma_batch *b, int power_iter_on, soma_step_stats *st)
+{
+    ide_state *e = r->state;
+    soma__ide_weight(r, power_iter_on);
+    soma__ide_simulate(r, b->x, b->n);
+    return soma__ide_grad_at(r, b, e->a, st);
+}
+
+soma_status soma__ide_grad_at(soma_rule *r, const soma_batch *b, const float *a, soma_step_stats *st)
+{
+    ide_state *e = r->state;
+    soma_net *net = r->net;
+    const soma_rule_config *c = &r->cfg;
+    int B = b->n, nH = e->n[e->H], L = e->H + 1;
+    size_t mH = (size_t)B * nH;
+    soma_dense_forward(e->fx, b->x, soma__param_value(net, e->w[1]), soma__param_value(net, e->b[1]),
+                       B, e->n[0], e->n[1]);
+    readout(r, a, B);
+    soma_status s = soma__loss_and_grad_t(e->dl, e->probs, e->logits, b->y, b->target, B, e->C,
+                                          c->loss, st);
+    if (s) return s;
+    soma_net_zero_grad(net);
+    /* readout: its own gradient, and g = dL/da */
+    memset(e->gA, 0, mH * sizeof(float));
+    soma_dense_backward(e->gA, soma__param_grad(net, e->w[L]), soma__param_grad(net, e->b[L]), e->dl,
+                        a, soma__param_value(net, e->w[L]), B, nH, e->C);
+    /* the equilibrium map at a: Jacobian point and the gap to the simulation */
+    soma__ide_map(r, e->Gn, a, B);
+    double gap = 0;
+    for (size_t i = 0; i < mH; i++) gap += ((double)e->Gn[i] - a[i]) * ((double)e->Gn[i] - a[i]);
+    e->gap = sqrt(gap / (double)mH);
+    int iters;
+    double res = soma__ide_solve(r, e->gA, B, &iters);
+    e->res = res;
+    e->iters = iters;
+    e->batches++;
+    e->sum_res += res;
+    if (res > e->res_max) e->res_max = res;
+    if (!(res <= c->ide_tol)) {
+        e->unconverged++;
+        if (c->ide_strict)
+            return soma__fail(SOMA_ERR_NUMERIC, "IDE implicit solve did not converge: relative "
+                              "residual %.3g > tolerance %.3g after %d iterations (%s)", res,
+                              c->ide_tol, iters, c->ide_iter ? "fixed-point" : "Broyden");
+    }
+    ide_vjp(r, e->beta, b->x, a, B);
+    return SOMA_OK;
+}
+
+static soma_status ide_train_batch(soma_rule *r, const soma_batch *b, float lr, soma_rng *rng,
+                                   soma_step_stats *st)
+{
+    (void)rng;
+    soma_step_stats local = { 0 };
+    soma_status s = soma__ide_grad(r, b, 1, &local);
+    if (s) return s;
+    size_t np = soma_net_param_floats(r->net);
+    float *g = soma_net_param_grads(r->net);
+    if (!soma__all_finite(g, np)) return soma__fail(SOMA_ERR_NUMERIC, "IDE gradient contains NaN or Inf");
+    if (r->cfg.clip_norm > 0) soma__clip_norm(g, np, r->cfg.clip_norm);
+    soma_optim_step(r->optim, soma_net_param_values(r->net), g, lr);
+    if (st) { st->loss += local.loss; st->correct += local.correct; st->n += local.n; }
+    return SOMA_OK;
+}
+
+static soma_status ide_predict(soma_rule *r, const soma_batch *b, const float **scores,
+                               soma_step_stats *st)
+{
+    ide_state *e = r->state;
+    soma__ide_weight(r, 0);
+    soma__ide_simulate(r, b->x, b->n);
+    readout(r, e->a, b->n);
+    *scores = e->logits;
+    if (!st) return SOMA_OK;
+    return soma__loss_and_grad_t(NULL, e->probs, e->logits, b->y, b->target, b->n, e->C, r->cfg.loss, st);
+}
+
+soma_status soma_ide_diagnostics(soma_rule *r, soma_ide_diag *d, int reset)
+{
+    if (!r || r->ops != &soma__rule_ide)
+        return soma__fail(SOMA_ERR_ARG, "rule is '%s', not 'ide'", r ? r->ops->name : "(null)");
+    ide_state *e = r->state;
+    memset(d, 0, sizeof *d);
+    d->residual = e->res;
+    d->residual_max = e->res_max;
+    d->rate_gap = e->gap;
+    d->iters = e->iters;
+    d->batches = e->batches;
+    d->unconverged = e->unconverged;
+    if (reset) { e->batches = e->unconverged = 0; e->sum_res = e->res_max = 0; }
+    return SOMA_OK;
+}
+
+const soma_rule_ops soma__rule_ide = {
+    .name = "ide",
+    .about = "implicit differentiation on the equilibrium of a feedback SNN's firing rates (IF/LIF)",
+    .init = ide_init,
+    .train_batch = ide_train_batch,
+    .predict = ide_predict,
+    .plan = ide_plan,
+    .release = ide_release,
+};

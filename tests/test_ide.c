@@ -1,0 +1,544 @@
+/*
+ * test_ide.c - implicit differentiation on the equilibrium of a feedback SNN
+ * (src/rule/ide.c).
+ *
+ *  - golden values from refs/ide_ref.py (float64 PyTorch, written from the
+ *    equations): the simulated rates a_T of a single-layer IF net and of a
+ *    multi-layer LIF net with spectral norm, the effective feedback weight,
+ *    f(a_T), the fixed point a*, and the implicit gradient at a_T and at a*
+ *    (the reference checks the latter against autograd through 400 unrolled
+ *    iterations of the map); Broyden and the damped fixed-point iteration
+ *    agree; the spectral norm's power iteration reaches the SVD's sigma;
+ *  - in double precision, the rule's gradient at the fixed point against
+ *    central finite differences of the loss at the (re-solved) fixed point;
+ *  - the cross-rule property: backpropagation through time through the
+ *    rate-equivalent network a <- f(a), unrolled K steps from 0, converges
+ *    to the IDE gradient as K grows;
+ *  - Theorem 1 of the supplement: the IF rates approach the fixed point
+ *    as T grows when |W|_2 < V_th;
+ *  - the solver's residual is reported (strict mode fails with it), bad
+ *    input is rejected, a few SGD steps lower the loss.
+ * Float tolerances: every golden comparison is 1e-5 relative (atol 1e-6 or
+ * 1e-7: entries near zero); the adjoint system is solved to ide_tol = 1e-7.
+ * Finite differences: 1e-3 relative + 2e-6 absolute, because the rule's
+ * gradient is float32 at the float32 fixed point while the differences are
+ * taken in double at the double one (step 1e-6).
+ */
+#include "check.h"
+#include "rule/ide.h"
+#include <stdio.h>
+
+static const float *fx(const soma_st *st, const char *name, size_t *n)
+{
+    const soma_st_tensor *t = soma_st_find(st, name);
+    if (!t) { fprintf(stderr, "fixture tensor '%s' missing\n", name); CHECK(t != NULL); return NULL; }
+    if (n) *n = t->nbytes / 4;
+    return t->data;
+}
+
+static void config_from_meta(soma_rule_config *rc, const soma_st *st)
+{
+    soma_rule_config_default(rc);
+    soma_optim_config_default(&rc->optim, SOMA_OPTIM_SGD);
+    rc->T = atoi(soma_st_meta(st, "T"));
+    rc->ide_leak = strtof(soma_st_meta(st, "leak"), NULL);
+    rc->ide_vth = strtof(soma_st_meta(st, "vth"), NULL);
+    rc->ide_sn = atoi(soma_st_meta(st, "sn"));
+    rc->ide_sn_c = strtof(soma_st_meta(st, "sn_c"), NULL);
+    rc->ide_tol = 1e-7f;
+}
+
+static int new_net(soma_net **net, const char *spec)
+{
+    soma_net_options o;
+    soma_net_options_default(&o);
+    o.in_c = atoi(spec); o.in_h = 1; o.in_w = 1;
+    return soma_net_new(net, spec, &o) == SOMA_OK;
+}
+
+/* Builds the fixture's net and rule and loads every init.* tensor. */
+static int build(const soma_st *st, soma_rule_config *rc, soma_net **net, soma_rule **rule, int B)
+{
+    if (!CHECK(new_net(net, soma_st_meta(st, "spec")))) return 0;
+    if (!CHECK(soma_rule_new(rule, "ide", *net, rc, B) == SOMA_OK)) {
+        fprintf(stderr, "%s\n", soma_last_error());
+        soma_net_free(*net);
+        return 0;
+    }
+    for (int i = 0; i < soma_net_tensor_count(*net); i++) {
+        const char *name;
+        int64_t shape[4];
+        int ndim, is_param;
+        float *v = soma_net_tensor(*net, i, &name, &ndim, shape, &is_param);
+        char key[96];
+        snprintf(key, sizeof key, "init.%s", name);
+        size_t n;
+        const float *src = fx(st, key, &n);
+        if (src) memcpy(v, src, n * sizeof(float));
+    }
+    return 1;
+}
+
+static void compare_grads(const char *label, soma_net *net, const soma_st *st, const char *prefix,
+                          double rtol)
+{
+    for (int i = 0; i < soma_net_tensor_count(net); i++) {
+        const char *name;
+        int is_param;
+        float *v = soma_net_tensor(net, i, &name, NULL, NULL, &is_param);
+        if (!is_param) continue;
+        char key[96], lab[192];
+        snprintf(key, sizeof key, "%s%s", prefix, name);
+        snprintf(lab, sizeof lab, "%s %s", label, key);
+        size_t n;
+        const float *want = fx(st, key, &n);
+        const float *g = soma_net_param_grads(net) + (v - soma_net_param_values(net));
+        if (want) check_close_f(lab, g, want, n, rtol, 1e-6);
+    }
+}
+
+/* a <- f(a) iterated until it stops moving (float) */
+static void fixed_point(soma_rule *r, float *a, int B, int iters)
+{
+    ide_state *e = r->state;
+    size_t m = (size_t)B * e->n[e->H];
+    float *t = malloc(m * sizeof(float));
+    for (int k = 0; k < iters; k++) {
+        soma__ide_map(r, t, a, B);
+        memcpy(a, t, m * sizeof(float));
+    }
+    free(t);
+}
+
+static void golden(const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof path, "tests/fixtures/ide_%s.safetensors", name);
+    soma_st *st;
+    if (!CHECK(soma_st_read(&st, path) == SOMA_OK)) { fprintf(stderr, "%s\n", soma_last_error()); return; }
+    soma_rule_config rc;
+    config_from_meta(&rc, st);
+    size_t nx, ny, n;
+    const float *x = fx(st, "x", &nx);
+    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
+    int B = (int)ny;
+    soma_net *net;
+    soma_rule *r;
+    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
+    ide_state *e = r->state;
+    soma_batch b = { .n = B, .c = (int)(nx / ny), .h = 1, .w = 1, .x = (float *)x, .y = (int32_t *)y };
+    char lab[128];
+    soma_step_stats sst = { 0 };
+    CHECK(soma__ide_grad(r, &b, 1, &sst) == SOMA_OK);
+    int nH = e->n[e->H];
+    snprintf(lab, sizeof lab, "%s weff", name);
+    const float *w = fx(st, "weff", &n);
+    if (w) check_close_f(lab, e->weff, w, n, 1e-5, 1e-7);
+    snprintf(lab, sizeof lab, "%s rates", name);
+    const float *want = fx(st, "rates", &n);
+    if (want) check_close_f(lab, e->a, want, n, 1e-5, 1e-7);
+    float *fa = malloc((size_t)B * nH * sizeof(float));
+    soma__ide_map(r, fa, e->a, B);
+    snprintf(lab, sizeof lab, "%s f(a_T)", name);
+    if ((want = fx(st, "fa", &n))) check_close_f(lab, fa, want, n, 1e-5, 1e-6);
+    soma_ide_diag d;
+    CHECK(soma_ide_diagnostics(r, &d, 0) == SOMA_OK);
+    CHECK(d.batches == 1 && d.residual <= rc.ide_tol && d.iters >= 1);
+    if (d.residual > rc.ide_tol) fprintf(stderr, "%s: Broyden residual %.3g\n", name, d.residual);
+    snprintf(lab, sizeof lab, "%s broyden at a_T", name);
+    compare_grads(lab, net, st, "grad.", 1e-5);
+
+    /* the damped fixed-point iteration gives the same gradient */
+    r->cfg.ide_iter = 1;
+    r->cfg.ide_max_iter = 300;
+    CHECK(soma__ide_grad_at(r, &b, e->a, NULL) == SOMA_OK);
+    CHECK(soma_ide_diagnostics(r, &d, 0) == SOMA_OK && d.residual <= rc.ide_tol);
+    snprintf(lab, sizeof lab, "%s fixed-point iteration at a_T", name);
+    compare_grads(lab, net, st, "grad.", 1e-5);
+    r->cfg.ide_iter = 0;
+    r->cfg.ide_max_iter = 30;
+
+    /* the fixed point and the gradient there */
+    memcpy(fa, e->a, (size_t)B * nH * sizeof(float));
+    fixed_point(r, fa, B, 500);
+    snprintf(lab, sizeof lab, "%s fixed point", name);
+    if ((want = fx(st, "fixed", &n))) check_close_f(lab, fa, want, n, 1e-5, 1e-6);
+    CHECK(soma__ide_grad_at(r, &b, fa, NULL) == SOMA_OK);
+    snprintf(lab, sizeof lab, "%s at a*", name);
+    compare_grads(lab, net, st, "grad_fp.", 1e-5);
+
+    /* spectral norm: the power iteration converges to the SVD's sigma */
+    const float *sv = soma_st_find(st, "sigma_svd") ? fx(st, "sigma_svd", NULL) : NULL;
+    if (sv) {
+        for (int k = 0; k < 300; k++) soma__ide_weight(r, 1);
+        CHECK(fabs(e->sigma - sv[0]) <= 1e-5 * sv[0]);
+        if (fabs(e->sigma - sv[0]) > 1e-5 * sv[0])
+            fprintf(stderr, "sigma %.9g, svd %.9g\n", e->sigma, sv[0]);
+    }
+    free(fa);
+    soma_rule_free(r);
+    soma_net_free(net);
+    soma_st_free(st);
+}
+
+/* ---- double-precision single-layer model (the test's own) ---------------- */
+
+typedef struct dmodel {
+    int B, n0, n1, C;
+    double *F, *b1, *W, *R, *bR;   /* F (n1,n0), W (n1,n1), R (C,n1) */
+    const float *x;
+    const int32_t *y;
+    double V;
+} dmodel;
+
+static double *dcopy(const float *src, size_t n)
+{
+    double *d = malloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) d[i] = src[i];
+    return d;
+}
+
+/* out = f(a) for every sample; pre (may be NULL) receives the pre-activation / V */
+static void dmap(const dmodel *m, double *out, double *pre, const double *a)
+{
+    for (int s = 0; s < m->B; s++)
+        for (int i = 0; i < m->n1; i++) {
+            double z = m->b1[i];
+            for (int j = 0; j < m->n0; j++) z += m->F[(size_t)i * m->n0 + j] * m->x[(size_t)s * m->n0 + j];
+            for (int j = 0; j < m->n1; j++) z += m->W[(size_t)i * m->n1 + j] * a[(size_t)s * m->n1 + j];
+            z /= m->V;
+            if (pre) pre[(size_t)s * m->n1 + i] = z;
+            out[(size_t)s * m->n1 + i] = z < 0 ? 0 : z > 1 ? 1 : z;
+        }
+}
+
+/* mean CE of the readout at a; dlogits -> da (may be NULL) */
+static double dloss(const dmodel *m, const double *a, double *da, double *dR, double *dbR)
+{
+    double L = 0;
+    for (int s = 0; s < m->B; s++) {
+        double lg[16] = { 0 }, mx = -1e300, z = 0;
+        for (int c = 0; c < m->C; c++) {
+            lg[c] = m->bR[c];
+            for (int j = 0; j < m->n1; j++) lg[c] += m->R[(size_t)c * m->n1 + j] * a[(size_t)s * m->n1 + j];
+            if (lg[c] > mx) mx = lg[c];
+        }
+        for (int c = 0; c < m->C; c++) z += exp(lg[c] - mx);
+        L += -(lg[m->y[s]] - mx - log(z)) / m->B;
+        for (int c = 0; c < m->C; c++) {
+            double dl = (exp(lg[c] - mx) / z - (c == m->y[s])) / m->B;
+            for (int j = 0; j < m->n1; j++) {
+                if (da) da[(size_t)s * m->n1 + j] += dl * m->R[(size_t)c * m->n1 + j];
+                if (dR) dR[(size_t)c * m->n1 + j] += dl * a[(size_t)s * m->n1 + j];
+            }
+            if (dbR) dbR[c] += dl;
+        }
+    }
+    return L;
+}
+
+static double loss_at_fixed_point(const dmodel *m)
+{
+    size_t n = (size_t)m->B * m->n1;
+    double *a = calloc(n, sizeof(double)), *t = malloc(n * sizeof(double));
+    for (int k = 0; k < 5000; k++) {
+        dmap(m, t, NULL, a);
+        double diff = 0;
+        for (size_t i = 0; i < n; i++) { diff = fmax(diff, fabs(t[i] - a[i])); a[i] = t[i]; }
+        if (diff < 1e-15) break;
+    }
+    double L = dloss(m, a, NULL, NULL, NULL);
+    free(a); free(t);
+    return L;
+}
+
+/* BPTT through K iterations of the map from a = 0: gradients of every parameter */
+static void bptt(const dmodel *m, int K, double *gF, double *gb, double *gW, double *gR, double *gbR)
+{
+    size_t n = (size_t)m->B * m->n1;
+    double *as = calloc((size_t)(K + 1) * n, sizeof(double)), *pre = malloc((size_t)(K + 1) * n * sizeof(double));
+    for (int k = 1; k <= K; k++) dmap(m, as + k * n, pre + k * n, as + (k - 1) * n);
+    double *d = calloc(n, sizeof(double)), *dn = malloc(n * sizeof(double));
+    dloss(m, as + K * n, d, gR, gbR);
+    for (int k = K; k >= 1; k--) {
+        const double *pk = pre + k * n, *ap = as + (k - 1) * n;
+        memset(dn, 0, n * sizeof(double));
+        for (int s = 0; s < m->B; s++)
+            for (int i = 0; i < m->n1; i++) {
+                size_t q = (size_t)s * m->n1 + i;
+                double e = pk[q] >= 0 && pk[q] <= 1 ? d[q] / m->V : 0;   /* through the clamp */
+                if (e == 0) continue;
+                gb[i] += e;
+                for (int j = 0; j < m->n0; j++) gF[(size_t)i * m->n0 + j] += e * m->x[(size_t)s * m->n0 + j];
+                for (int j = 0; j < m->n1; j++) {
+                    gW[(size_t)i * m->n1 + j] += e * ap[(size_t)s * m->n1 + j];
+                    dn[(size_t)s * m->n1 + j] += e * m->W[(size_t)i * m->n1 + j];
+                }
+            }
+        memcpy(d, dn, n * sizeof(double));
+    }
+    free(as); free(pre); free(d); free(dn);
+}
+
+static float *grad_of(soma_net *net, const char *want, size_t *n)
+{
+    for (int i = 0; i < soma_net_tensor_count(net); i++) {
+        const char *name;
+        int is_param, ndim;
+        int64_t shape[4];
+        float *v = soma_net_tensor(net, i, &name, &ndim, shape, &is_param);
+        if (!is_param || strcmp(name, want)) continue;
+        *n = 1;
+        for (int k = 0; k < ndim; k++) *n *= (size_t)shape[k];
+        return soma_net_param_grads(net) + (v - soma_net_param_values(net));
+    }
+    return NULL;
+}
+
+static float *value_of(soma_net *net, const char *want)
+{
+    for (int i = 0; i < soma_net_tensor_count(net); i++) {
+        const char *name;
+        int is_param;
+        float *v = soma_net_tensor(net, i, &name, NULL, NULL, &is_param);
+        if (!strcmp(name, want)) return v;
+    }
+    return NULL;
+}
+
+/* Finite differences and the BPTT oracle on the single-layer IF fixture. */
+static void double_checks(void)
+{
+    soma_st *st;
+    if (!CHECK(soma_st_read(&st, "tests/fixtures/ide_if.safetensors") == SOMA_OK)) return;
+    soma_rule_config rc;
+    config_from_meta(&rc, st);
+    size_t nx, ny;
+    const float *x = fx(st, "x", &nx);
+    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
+    int B = (int)ny;
+    soma_net *net;
+    soma_rule *r;
+    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
+    ide_state *e = r->state;
+    soma_batch b = { .n = B, .c = (int)(nx / ny), .h = 1, .w = 1, .x = (float *)x, .y = (int32_t *)y };
+    dmodel m = { .B = B, .n0 = e->n[0], .n1 = e->n[1], .C = e->C, .x = x, .y = y, .V = rc.ide_vth };
+    m.F = dcopy(value_of(net, "0.weight"), (size_t)m.n1 * m.n0);
+    m.b1 = dcopy(value_of(net, "0.bias"), m.n1);
+    m.W = dcopy(value_of(net, "0.weight_fb"), (size_t)m.n1 * m.n1);
+    m.R = dcopy(value_of(net, "2.weight"), (size_t)m.C * m.n1);
+    m.bR = dcopy(value_of(net, "2.bias"), m.C);
+
+    /* IDE gradient at the (float) fixed point */
+    soma__ide_simulate(r, x, B);
+    size_t nA = (size_t)B * m.n1;
+    float *a = malloc(nA * sizeof(float));
+    memcpy(a, e->a, nA * sizeof(float));
+    fixed_point(r, a, B, 500);
+    CHECK(soma__ide_grad_at(r, &b, a, NULL) == SOMA_OK);
+
+    /* central differences of the loss at the double fixed point */
+    struct { const char *name; double *p; } ps[] = {
+        { "0.weight", m.F }, { "0.bias", m.b1 }, { "0.weight_fb", m.W }, { "2.weight", m.R }, { "2.bias", m.bR },
+    };
+    const double h = 1e-6;
+    for (size_t k = 0; k < sizeof ps / sizeof *ps; k++) {
+        size_t n;
+        const float *g = grad_of(net, ps[k].name, &n);
+        if (!CHECK(g != NULL)) continue;
+        double *fd = malloc(n * sizeof(double)), *gd = malloc(n * sizeof(double));
+        for (size_t i = 0; i < n; i++) {
+            double keep = ps[k].p[i];
+            ps[k].p[i] = keep + h;
+            double lp = loss_at_fixed_point(&m);
+            ps[k].p[i] = keep - h;
+            double lm = loss_at_fixed_point(&m);
+            ps[k].p[i] = keep;
+            fd[i] = (lp - lm) / (2 * h);
+            gd[i] = g[i];
+        }
+        char lab[96];
+        snprintf(lab, sizeof lab, "finite differences %s", ps[k].name);
+        check_close_d(lab, gd, fd, n, 1e-3, 2e-6);
+        free(fd); free(gd);
+    }
+
+    /* BPTT through the rate map converges to the IDE gradient as K grows */
+    size_t nF = (size_t)m.n1 * m.n0, nW = (size_t)m.n1 * m.n1, nR = (size_t)m.C * m.n1;
+    size_t tot = nF + m.n1 + nW + nR + m.C;
+    double *ide = malloc(tot * sizeof(double)), *bp = malloc(tot * sizeof(double));
+    {
+        size_t o = 0, n;
+        const char *names[] = { "0.weight", "0.bias", "0.weight_fb", "2.weight", "2.bias" };
+        for (int k = 0; k < 5; k++) {
+            const float *g = grad_of(net, names[k], &n);
+            for (size_t i = 0; i < n; i++) ide[o++] = g[i];
+        }
+    }
+    double nrm = 0;
+    for (size_t i = 0; i < tot; i++) nrm += ide[i] * ide[i];
+    nrm = sqrt(nrm);
+    int Ks[] = { 2, 5, 10, 40, 200 };
+    double prev = INFINITY, last = 0;
+    int mono = 1;
+    for (int q = 0; q < 5; q++) {
+        memset(bp, 0, tot * sizeof(double));
+        bptt(&m, Ks[q], bp, bp + nF, bp + nF + m.n1, bp + nF + m.n1 + nW, bp + nF + m.n1 + nW + nR);
+        double err = 0;
+        for (size_t i = 0; i < tot; i++) err += (bp[i] - ide[i]) * (bp[i] - ide[i]);
+        err = sqrt(err) / nrm;
+        printf("  BPTT through the rate map, K = %3d: |g_bptt - g_ide| / |g_ide| = %.3g\n", Ks[q], err);
+        if (err > prev * 1.0001 && err > 1e-6) mono = 0;
+        prev = last = err;
+    }
+    CHECK(mono);
+    CHECK(last < 1e-5);
+
+    /* Theorem 1: with |W|_2 < V_th the IF rates approach the fixed point as T grows */
+    int Ts[] = { 10, 100, 1000 };
+    double gaps[3];
+    for (int q = 0; q < 3; q++) {
+        r->cfg.T = Ts[q];
+        soma__ide_simulate(r, x, B);
+        double ss = 0;
+        for (size_t i = 0; i < nA; i++) ss += ((double)e->a[i] - a[i]) * ((double)e->a[i] - a[i]);
+        gaps[q] = sqrt(ss / nA);
+        printf("  IF rates vs fixed point, T = %4d: RMS gap %.3g\n", Ts[q], gaps[q]);
+    }
+    CHECK(gaps[1] < gaps[0] && gaps[2] < gaps[1] && gaps[2] < 5e-3);
+    r->cfg.T = rc.T;
+
+    free(ide); free(bp); free(a);
+    free(m.F); free(m.b1); free(m.W); free(m.R); free(m.bR);
+    soma_rule_free(r);
+    soma_net_free(net);
+    soma_st_free(st);
+}
+
+/* ---- solver reporting, training, bad input -------------------------------- */
+
+static void strict_and_training(void)
+{
+    soma_st *st;
+    if (!CHECK(soma_st_read(&st, "tests/fixtures/ide_lif_ml.safetensors") == SOMA_OK)) return;
+    soma_rule_config rc;
+    config_from_meta(&rc, st);
+    rc.ide_strict = 1;
+    rc.ide_max_iter = 1;
+    size_t nx, ny;
+    const float *x = fx(st, "x", &nx);
+    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
+    int B = (int)ny;
+    soma_net *net;
+    soma_rule *r;
+    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
+    soma_batch b = { .n = B, .c = (int)(nx / ny), .h = 1, .w = 1, .x = (float *)x, .y = (int32_t *)y };
+    soma_rng rng;
+    soma_rng_seed(&rng, 1);
+    CHECK(soma_rule_train_batch(r, &b, 0.1f, &rng, NULL) == SOMA_ERR_NUMERIC);
+    CHECK(strstr(soma_last_error(), "residual") != NULL);
+    soma_ide_diag d;
+    CHECK(soma_ide_diagnostics(r, &d, 1) == SOMA_OK && d.unconverged == 1 && d.residual > rc.ide_tol);
+    /* back to the defaults: a few SGD steps lower the loss on the batch */
+    r->cfg.ide_strict = 0;
+    r->cfg.ide_max_iter = 30;
+    soma_step_stats s0 = { 0 }, s1 = { 0 };
+    const float *scores;
+    CHECK(soma_rule_predict(r, &b, &scores, &s0) == SOMA_OK);
+    for (int k = 0; k < 30; k++) CHECK(soma_rule_train_batch(r, &b, 0.2f, &rng, NULL) == SOMA_OK);
+    CHECK(soma_rule_predict(r, &b, &scores, &s1) == SOMA_OK);
+    printf("  30 SGD steps on one batch: loss %.4f -> %.4f\n", s0.loss / s0.n, s1.loss / s1.n);
+    CHECK(s1.loss < s0.loss);
+    soma_mem_plan p;
+    soma_rule_plan(r, &p);
+    CHECK(p.activations > 0 && p.total > p.activations);
+    soma_rule_free(r);
+    soma_net_free(net);
+    soma_st_free(st);
+}
+
+static soma_status try_rule(const char *spec, const soma_rule_config *rc)
+{
+    soma_net *net;
+    if (!new_net(&net, spec)) return SOMA_ERR_ARG;
+    soma_rule *r = NULL;
+    soma_status s = soma_rule_new(&r, "ide", net, rc, 4);
+    soma_rule_free(r);
+    soma_net_free(net);
+    return s;
+}
+
+static void bad_input(void)
+{
+    soma_rule_config rc;
+    soma_rule_config_default(&rc);
+    CHECK(try_rule("6-5-3", &rc) == SOMA_OK);
+    CHECK(try_rule("6-5-4-3", &rc) == SOMA_OK);
+    rc.T = 0;
+    CHECK(try_rule("6-5-3", &rc) == SOMA_ERR_ARG);
+    soma_rule_config_default(&rc);
+    rc.ide_tol = 0;
+    CHECK(try_rule("6-5-3", &rc) == SOMA_ERR_ARG);
+    rc.ide_tol = -1;
+    CHECK(try_rule("6-5-3", &rc) == SOMA_ERR_ARG);
+    soma_rule_config_default(&rc);
+    rc.ide_vth = 0;
+    CHECK(try_rule("6-5-3", &rc) == SOMA_ERR_ARG);
+    soma_rule_config_default(&rc);
+    rc.ide_leak = 1.5f;
+    CHECK(try_rule("6-5-3", &rc) == SOMA_ERR_ARG);
+    soma_rule_config_default(&rc);
+    rc.ide_sn_c = 0;
+    CHECK(try_rule("6-5-3", &rc) == SOMA_ERR_ARG);
+    soma_rule_config_default(&rc);
+    rc.ide_damp = 0;
+    CHECK(try_rule("6-5-3", &rc) == SOMA_ERR_ARG);
+    soma_rule_config_default(&rc);
+    rc.ide_max_iter = 0;
+    CHECK(try_rule("6-5-3", &rc) == SOMA_ERR_ARG);
+    /* no feedback (hidden) layer */
+    soma_rule_config_default(&rc);
+    CHECK(try_rule("6-3", &rc) == SOMA_ERR_ARG);
+    /* a feedback matrix that is not (n1, nH): non-square for a single layer */
+    soma_net *net;
+    if (CHECK(new_net(&net, "6-5-3"))) {
+        int64_t shape[2] = { 5, 4 };
+        CHECK(soma__net_add_tensor(net, 1, "0.weight_fb", 2, shape) >= 0);
+        soma_rule *r = NULL;
+        CHECK(soma_rule_new(&r, "ide", net, &rc, 4) == SOMA_ERR_SHAPE);
+        CHECK(strstr(soma_last_error(), "5x5") != NULL);
+        soma_rule_free(r);
+        soma_net_free(net);
+    }
+    /* diagnostics of another rule */
+    if (CHECK(new_net(&net, "6-5-3"))) {
+        soma_rule *r = NULL;
+        soma_ide_diag d;
+        if (CHECK(soma_rule_new(&r, "bp", net, &rc, 4) == SOMA_OK))
+            CHECK(soma_ide_diagnostics(r, &d, 0) == SOMA_ERR_ARG);
+        soma_rule_free(r);
+        soma_net_free(net);
+    }
+    /* the options by name */
+    soma_rule_config_default(&rc);
+    CHECK(soma_rule_option_set(&rc, "ide-leak", "0.95") == SOMA_OK && rc.ide_leak == 0.95f);
+    CHECK(soma_rule_option_set(&rc, "ide-iter", "1") == SOMA_OK && rc.ide_iter == 1);
+    CHECK(soma_rule_option_set(&rc, "ide-max-iter", "12") == SOMA_OK && rc.ide_max_iter == 12);
+    CHECK(soma_rule_option_set(&rc, "ide-sn", "2") == SOMA_ERR_ARG);
+    char buf[4096];
+    soma_rule_options_format(&rc, buf, sizeof buf);
+    soma_rule_config rc2;
+    soma_rule_config_default(&rc2);
+    CHECK(soma_rule_options_parse(&rc2, buf) == SOMA_OK && rc2.ide_leak == 0.95f && rc2.ide_max_iter == 12);
+}
+
+int main(void)
+{
+    soma_set_threads(1);
+    golden("if");
+    golden("lif_ml");
+    double_checks();
+    strict_and_training();
+    bad_input();
+    return check_report("test_ide");
+}
