@@ -998,6 +998,8 @@ typedef struct soma_rule_config {
     soma_lfp_reward_kind lfp_reward; /* default softmax */
     int               lfp_norm;   /* 1: divide the feedback entering every dense, conv
                                      and batchnorm layer by its max |.| over the batch */
+    int               lfp_snn_denom; /* spiking nets: 0 q = F/|v_t| (the authors' Feb-2025 code),
+                                       1 q = F/(|u_t-1| + |v_t - u_t-1|) (their 1.0.0 code) */
     float             lfp_agc;    /* unit-wise adaptive clipping lambda, 0 = off (0.06 in the
                                      authors' SNN runs); clip_norm applies too */
     /* EP (rule "ep", docs/ep.md); soma_ep_config_default fills these.  The

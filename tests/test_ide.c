@@ -14,8 +14,8 @@
  *  - the cross-rule property: backpropagation through time through the
  *    rate-equivalent network a <- f(a), unrolled K steps from 0, converges
  *    to the IDE gradient as K grows;
- *  - Theorem 1 of the supplement: the IF rates approach the fixed point
- *    as T grows when |W|_2 < V_th;
+ *  - Theorems 1-2 of the supplement: the IF rates approach the fixed point
+ *    as T grows when |W|_2 < V_th; the LIF rates' gap stays bounded;
  *  - the solver's residual is reported (strict mode fails with it), bad
  *    input is rejected, a few SGD steps lower the loss.
  * Float tolerances: every golden comparison is 1e-5 relative (atol 1e-6 or
@@ -406,6 +406,20 @@ static void double_checks(void)
         printf("  IF rates vs fixed point, T = %4d: RMS gap %.3g\n", Ts[q], gaps[q]);
     }
     CHECK(gaps[1] < gaps[0] && gaps[2] < gaps[1] && gaps[2] < 5e-3);
+    /* Theorem 2: with the leak (LIF 0.95) the gap to the same fixed point stays bounded */
+    r->cfg.ide_leak = 0.95f;
+    double worst = 0;
+    for (int q = 0; q < 3; q++) {
+        r->cfg.T = Ts[q];
+        soma__ide_simulate(r, x, B);
+        double ss = 0;
+        for (size_t i = 0; i < nA; i++) ss += ((double)e->a[i] - a[i]) * ((double)e->a[i] - a[i]);
+        ss = sqrt(ss / nA);
+        printf("  LIF 0.95 rates vs fixed point, T = %4d: RMS gap %.3g\n", Ts[q], ss);
+        if (!(ss <= worst)) worst = ss;
+    }
+    CHECK(worst < 0.25);
+    r->cfg.ide_leak = rc.ide_leak;
     r->cfg.T = rc.T;
 
     free(ide); free(bp); free(a);

@@ -21,7 +21,8 @@
  * activations, flatten and dropout pass R through (dropout: a dropped unit's
  * output is 0, so the layer above already gave it no relevance).
  * Optional, between layers: R entering a dense/conv/batchnorm layer is divided
- * by its max |R| over the batch (lfp_norm).  Spiking nets are not served yet.
+ * by its max |R| over the batch (lfp_norm).  Spiking nets (Heaviside LIF, no
+ * surrogate): lfp_snn.c, through time.
  */
 #include "rule.h"
 #include <math.h>
@@ -33,6 +34,7 @@ typedef struct lfp_state {
     float *ws;             /* relevance kernels' scratch, the largest layer's */
     size_t ws_floats, r_floats;
     int    lowest;         /* the lowest layer with parameters */
+    void  *snn;            /* spiking nets: LFP through time (lfp_snn.c) */
 } lfp_state;
 
 static soma_lrp_params layer_params(const soma_rule_config *c, soma_lrp_rule r)
@@ -137,18 +139,12 @@ static size_t layer_ws(const soma_rule *r, const soma_layer *l, int B, int threa
 static soma_status lfp_init(soma_rule *r, int max_batch)
 {
     soma_net *net = r->net;
-    if (soma_net_is_spiking(net)) {
-        if (r->cfg.T <= 0)
-            return soma__fail(SOMA_ERR_ARG, "rule lfp on a spiking net needs T > 0 time steps, got %d",
-                              r->cfg.T);
-        return soma__fail(SOMA_ERR_UNSUPPORTED, "rule lfp: spiking nets are not supported yet "
-                          "(net '%s'); use a static ReLU net", soma_net_spec(net));
-    }
     soma_status st = check_config(&r->cfg);
     if (st) return st;
     lfp_state *s = soma__calloc(1, sizeof *s);
     if (!s) return SOMA_ERR_NOMEM;
     r->state = s;
+    if (soma_net_is_spiking(net)) return soma__lfp_snn_init(r, max_batch, &s->snn);
     size_t maxsz = (size_t)soma_net_inputs(net), ws = 0;
     int threads = soma_get_threads();
     s->lowest = -1;
@@ -176,6 +172,7 @@ static void lfp_release(soma_rule *r)
 {
     lfp_state *s = r->state;
     if (!s) return;
+    soma__lfp_snn_free(s->snn);
     soma__free(s->probs);
     soma__free_aligned(s->R[0]);
     soma__free_aligned(s->R[1]);
@@ -264,6 +261,10 @@ soma_status soma_lfp_feedback(soma_rule *r, const soma_batch *b, soma_rng *rng, 
     for (int k = 0; k < B; k++)
         if (b->y[k] < 0 || b->y[k] >= C)
             return soma__fail(SOMA_ERR_ARG, "label %d of sample %d outside 0..%d", b->y[k], k, C - 1);
+    if (s->snn) {
+        if (R_in) return soma__fail(SOMA_ERR_UNSUPPORTED, "rule lfp: input relevance of a spiking net");
+        return soma__lfp_snn_feedback(r, s->snn, b, rng, st);
+    }
     const float *scores;
     soma_net_set_train(net, 1);
     soma_status e = soma_net_forward(net, b->x, B, rng, &scores);
@@ -342,6 +343,7 @@ static soma_status lfp_predict(soma_rule *r, const soma_batch *b, const float **
                                soma_step_stats *st)
 {
     lfp_state *s = r->state;
+    if (s->snn) return soma__lfp_snn_predict(r, s->snn, b, scores, st);
     soma_net_set_train(r->net, 0);
     soma_status e = soma_net_forward(r->net, b->x, b->n, NULL, scores);
     if (e) return e;
@@ -354,6 +356,10 @@ static void lfp_plan(const soma_rule *r, soma_mem_plan *p)
 {
     const lfp_state *s = r->state;
     p->activations = r->net->act_bytes;
+    if (s->snn) {
+        p->activations += soma__lfp_snn_bytes(s->snn);
+        return;
+    }
     p->workspace = r->net->ws_floats * sizeof(float) +
                    (2 * s->r_floats + s->ws_floats) * sizeof(float) +
                    (size_t)r->max_batch * soma_net_outputs(r->net) * sizeof(float);

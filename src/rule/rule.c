@@ -292,6 +292,7 @@ static const rule_opt rule_opts[] = {
     RO("lfp-reward", OPT_REWARD, lfp_reward, "lfp: softmax|sigmoid|pm1 (softmax)"),
     RO("lfp-norm", OPT_BOOL, lfp_norm, "lfp: normalise the feedback between layers (0)"),
     RO("lfp-agc", OPT_FLOAT, lfp_agc, "lfp: adaptive clipping lambda, 0 = off (0)"),
+    RO("lfp-snn-denom", OPT_INT, lfp_snn_denom, "lfp, spiking nets: 0 |v_t|, 1 |u_t-1|+|v_t-u_t-1| (0)"),
     RO("ep-variant", OPT_EP_VARIANT, ep_variant, "ep: general|classic (general)"),
     RO("ep-beta", OPT_FLOAT, ep_beta, "ep: nudging strength (1)"),
     RO("ep-free", OPT_INT, ep_free_steps, "ep: free-phase Euler steps (100)"),

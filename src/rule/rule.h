@@ -39,6 +39,16 @@ struct soma_rule {
 };
 
 extern const soma_rule_ops soma__rule_bp;
+/* LFP through time for step-function spiking nets (lfp_snn.c), called by
+ * lfp.c when the net has cells. */
+#define SOMA_LFP_SNN_MAX_CELLS 8
+soma_status soma__lfp_snn_init(soma_rule *r, int max_batch, void **state);
+void        soma__lfp_snn_free(void *state);
+size_t      soma__lfp_snn_bytes(const void *state);
+soma_status soma__lfp_snn_feedback(soma_rule *r, void *state, const soma_batch *b, soma_rng *rng,
+                                   soma_step_stats *st);
+soma_status soma__lfp_snn_predict(soma_rule *r, void *state, const soma_batch *b,
+                                  const float **scores, soma_step_stats *st);
 /* FPTT's oracle-divergence gradient (fptt.c; tests check it against FD). */
 double soma__fptt_aux_grad(float *dlogits, const float *probs, const float *oracle, int B, int C,
                            float weight);
