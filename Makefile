@@ -119,6 +119,8 @@ refs:
 	/usr/bin/python3 refs/ep_ref.py tests/fixtures
 	/usr/bin/python3 refs/lfp_ref.py tests/fixtures
 	/usr/bin/python3 refs/pc_ref.py tests/fixtures
+	/usr/bin/python3 refs/ide_ref.py tests/fixtures
+	/usr/bin/python3 refs/lfp_snn_ref.py tests/fixtures
 
 fuzz:
 	@sh scripts/deps.sh fuzz
