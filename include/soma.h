@@ -671,6 +671,17 @@ typedef enum soma_reset {
     SOMA_RESET_COUNT
 } soma_reset;
 
+/* A cell's state when a sequence starts (soma_net_reset_state). */
+typedef enum soma_state_init {
+    SOMA_STATE_ZERO = 0,   /* u = a = s = 0 */
+    SOMA_STATE_UNIFORM,    /* u ~ U[0,1) drawn per sequence from the reset's rng, a = threshold
+                              (eta = b0), s = 0: the FPTT authors' S-MNIST init_hidden */
+    SOMA_STATE_COUNT
+} soma_state_init;
+const char *soma_state_init_name(soma_state_init k);
+/* "zero" or "uniform"; SOMA_ERR_ARG listing them otherwise. */
+soma_status soma_state_init_from_name(soma_state_init *out, const char *name);
+
 /* One step of a cell, elementwise over n = B*N values:
  *   a_t = rho a_{t-1} + (1 - rho) s_{t-1}          (ALIF only; else a = 0)
  *   th_t = threshold + beta_a a_t
@@ -690,6 +701,7 @@ typedef struct soma_cell_params {
     float rho;          /* ALIF, in [0,1] */
     float beta_a;       /* ALIF, >= 0 */
     soma_surrogate surr;
+    soma_state_init init; /* initial state of a sequence (nets only; default ZERO) */
 } soma_cell_params;
 
 const char *soma_neuron_name(soma_neuron_kind k);
@@ -793,12 +805,19 @@ soma_status soma_events_to_frames(float *frames, const soma_event *ev, size_t n,
  *   convKxC[sS][pP]  KxK convolution, C filters, stride S (1), padding P (0)
  *   poolK / avgpoolK  KxK max / average pooling with stride K
  *   bn         batch normalisation of the previous conv/dense output
+ *              (after ltcN / rltcN / cltcKxC: of that token's dense/conv,
+ *              before its cell)
+ *   bnN        temporal nets: the same with running statistics per time
+ *              step, rows (N, C) (notes/fptt.md 2.2)
  *   dropP      dropout with probability P (e.g. drop0.5)
  *   ltcN       dense layer of N units followed by a Liquid-Time-Constant
  *              spiking cell (FPTT paper, eq. 9; cell params o->ltc), whose
  *              update rates are sigmoid maps of [input current, state]
  *   rltcN      the same with a recurrent weight on the cell's own spikes
  *              (an LTC layer makes the net spiking even without o->spiking)
+ *   cltcKxC[sS][pP][mM]  convKxC[sS][pP], an MxM max pool if mM, then a
+ *              convolutional LTC cell: tau maps are KxK same-padding convs
+ *              of C_t + u_{t-1} / C_t + eta_{t-1} (notes/fptt.md 2.4, no BN)
  * Each dense/conv layer except the last is followed by the hidden activation
  * (after its bn, if any); a flatten is inserted before the first dense layer
  * that follows a conv/pool. Examples: "784-512-512-10",
@@ -864,8 +883,10 @@ soma_status soma_net_backward(soma_net *n, const float *dlogits, int B, float *d
  * steps (BPTT: the sequence length T; truncated BPTT / FPTT: k).  Memory
  * grows linearly with window: soma_rule_plan reports it. */
 soma_status soma_net_prepare_time(soma_net *n, int max_batch, int window);
-/* Starts a sequence of batch B: every state 0, a fresh dropout mask (kept
- * for the whole sequence: variational dropout). */
+/* Starts a sequence of batch B: every state 0 (a cell whose params have
+ * init = SOMA_STATE_UNIFORM: u ~ U[0,1) from rng, a = its threshold), a
+ * fresh dropout mask (kept for the whole sequence: variational dropout).
+ * rng may be NULL when neither is drawn. */
 soma_status soma_net_reset_state(soma_net *n, int B, soma_rng *rng);
 /* One step: x_t (B, inputs) must stay valid until the backward that covers
  * this step; *out (B, outputs) is the readout at this step, owned by the net. */
@@ -899,6 +920,12 @@ int    soma_net_tensor_count(const soma_net *n);   /* params then buffers */
  * *is_param is 1 for trainable parameters, 0 for buffers. */
 float *soma_net_tensor(soma_net *n, int i, const char **name, int *ndim,
                        int64_t shape[SOMA_MAX_DIMS], int *is_param);
+/* Magnitude pruning: zeroes the fraction (in [0,1]) of dense/conv weights
+ * with the smallest |w|, over all of them (per_layer 0) or in each layer;
+ * *pruned (may be NULL) receives the count.  Biases stay. */
+soma_status soma_net_prune(soma_net *n, double fraction, int per_layer, size_t *pruned);
+/* Gini index of |w| over the dense/conv weights: 0 all equal, towards 1 sparse. */
+double soma_net_weight_gini(const soma_net *n);
 /* Writes a human-readable layer table (kind, shapes, parameters). */
 void   soma_net_describe(const soma_net *n, char *buf, size_t size);
 
@@ -1052,6 +1079,8 @@ typedef struct soma_rule_config {
                                          (SOMA_ERR_NUMERIC, residual in the message) */
     int               ide_sn;         /* 1: spectral-norm reparameterisation of W (default 1) */
     float             ide_sn_c;       /* |alpha| clip c of W = alpha w / |w|_2, > 0 (default 1) */
+    int               ide_fb_k;       /* conv form: feedback kernel K (odd; stride 1, pad K/2,
+                                         no bias); 0 = F's kernel size (default 0) */
 } soma_rule_config;
 void soma_rule_config_default(soma_rule_config *c);
 /* "epsilon", "zero", "alphabeta", "zplusminus" for every layer kind, or a
@@ -1205,6 +1234,8 @@ typedef struct soma_train_config {
     int      verify;          /* verify dataset checksums before loading */
     const char *save;         /* checkpoint path written after every epoch, NULL = none */
     const char *resume;       /* checkpoint to continue from, NULL = fresh */
+    const char *init_from;    /* warm start: weights of this checkpoint, everything else
+                                 fresh (any rule; shapes must match the net) */
     const char *metrics;      /* JSONL log path (required) */
     const char *git;          /* commit recorded in the log, may be NULL */
     /* spiking nets (rule bptt, ...): used when spiking != 0 */
@@ -1252,12 +1283,17 @@ soma_status soma_train_plan(const soma_train_config *c, soma_mem_plan *plan, cha
 typedef struct soma_eval_result {
     double  acc, loss;
     int     n, classes;
+    double  gini;         /* Gini index of |w| of the evaluated weights */
+    size_t  pruned;       /* weights zeroed before evaluating */
     int64_t confusion[SOMA_MAX_CLASSES * SOMA_MAX_CLASSES]; /* [true * classes + predicted] */
 } soma_eval_result;
 
-/* Evaluates a checkpoint on a dataset's test split. */
+/* Evaluates a checkpoint on a dataset's test split; with prune > 0 the
+ * fraction prune of its weights is removed first (soma_net_prune; no
+ * fine-tuning).  res->gini is the weights' Gini index as evaluated. */
 soma_status soma_evaluate(const char *checkpoint, const char *data, const char *data_dir,
-                          int batch, int limit, int verify, soma_eval_result *res);
+                          int batch, int limit, int verify, double prune, int prune_per_layer,
+                          soma_eval_result *res);
 
 
 #ifdef __cplusplus

@@ -14,6 +14,14 @@ Written from the equations (Xiao et al. 2021; shared/notes/ide.md sections
     the map from a = 0 (BPTT through the rate map), which must agree;
   - spectral norm: one power iteration from the stored u, v before use,
     W = clamp(alpha, -c, c) w / (u^T w v); the largest singular value by SVD.
+  - the convolutional form (ConvCase): F = conv (+ bias) + batchnorm with
+    the batch statistics of F x (fixed through the simulation, the map and
+    J; in the autograd graph of the parameter VJP; the running statistics
+    updated once, notes 2.5), W a conv kernel (C, C, K, K), stride 1, pad
+    K/2, no bias, applied to the (C, H, W) rate map; the spectral norm on the
+    conv operator (power iteration with conv2d and its adjoint
+    conv_transpose2d), checked against the SVD of the operator's matrix;
+    the readout a dense layer on the flattened rates.
 The simulation is checked to stay at least MARGIN away from every threshold
 test so that float32 rounding in C cannot flip a spike.
 
@@ -158,6 +166,193 @@ class Case:
         return {k: (g if g is not None else torch.zeros_like(pp[k])) for k, g in zip(pp, gr)}
 
 
+class ConvCase(Case):
+    """Single feedback layer over a conv input map: spec convKxC[sS][pP]-bn-N.
+    Net layers: 0 conv, 1 bn, 2 act (unused), 3 flatten, 4 dense readout."""
+
+    def __init__(self, name, in_shape, C, k, stride, pad, fb_k, ncls, T, leak, sn, seed, B=3,
+                 c=1.0, V=2.0, bn=True):
+        self.name, self.T, self.leak, self.sn, self.B, self.c, self.V = name, T, leak, sn, B, c, V
+        self.bn, self.k, self.stride, self.pad, self.fb_k, self.C = bn, k, stride, pad, fb_k, C
+        g = torch.Generator().manual_seed(seed)
+        cin, hin, win = in_shape
+        self.in_shape = in_shape
+        oh = (hin + 2 * pad - k) // stride + 1
+        ow = (win + 2 * pad - k) // stride + 1
+        self.oh, self.ow = oh, ow
+        n1 = C * oh * ow
+        self.H = 1
+        self.sizes = [cin * hin * win, n1, ncls]
+        self.ro = 4 if bn else 3
+        p = {}
+        p["0.weight"] = (torch.rand(C, cin, k, k, generator=g) - 0.3) * 1.2
+        p["0.bias"] = torch.rand(C, generator=g) * 0.6 - 0.1
+        self.buf = {}
+        if bn:
+            p["1.weight"] = 0.8 + 0.6 * torch.rand(C, generator=g)
+            p["1.bias"] = torch.rand(C, generator=g) * 0.8 + 0.4
+            self.buf["1.running_mean"] = torch.rand(C, generator=g) * 0.2
+            self.buf["1.running_var"] = 0.5 + torch.rand(C, generator=g)
+        p["%d.weight" % self.ro] = (torch.rand(ncls, n1, generator=g) - 0.5) * 0.4
+        p["%d.bias" % self.ro] = torch.rand(ncls, generator=g) * 0.2
+        w = torch.rand(C, C, fb_k, fb_k, generator=g) * 2 - 1
+        w = w / w.reshape(C, -1).norm(dim=1)[:, None, None, None]
+        p["0.weight_fb"] = w * (1.0 if sn else 0.3)
+        if sn:
+            p["0.weight_fb_g"] = torch.tensor([0.9])
+            self.buf["0.weight_fb_u"] = normalize(torch.randn(n1, generator=g))
+            self.buf["0.weight_fb_v"] = normalize(torch.randn(n1, generator=g))
+        self.p = p
+        self.x = torch.rand(B, cin * hin * win, generator=g)
+        self.y = torch.randint(0, ncls, (B,), generator=g)
+
+    # W as an operator on flattened (C, oh, ow) maps, and its adjoint
+    def W_apply(self, W, a):
+        z = a.reshape(-1, self.C, self.oh, self.ow)
+        return torch.nn.functional.conv2d(z, W, padding=self.fb_k // 2).reshape(a.shape[0], -1)
+
+    def Wt_apply(self, W, a):
+        z = a.reshape(-1, self.C, self.oh, self.ow)
+        return torch.nn.functional.conv_transpose2d(z, W, padding=self.fb_k // 2).reshape(a.shape[0], -1)
+
+    def weff(self, p, u, v):
+        if not self.sn:
+            return p["0.weight_fb"]
+        w = p["0.weight_fb"]
+        sigma = (u * self.W_apply(w, v[None])[0]).sum()
+        return p["0.weight_fb_g"].clamp(-self.c, self.c)[0] * w / sigma
+
+    def power_iter(self):
+        w = self.p["0.weight_fb"]
+        u = self.buf["0.weight_fb_u"]
+        v = normalize(self.Wt_apply(w, u[None])[0])
+        u = normalize(self.W_apply(w, v[None])[0])
+        return u, v
+
+    def op_matrix(self):
+        n1 = self.sizes[1]
+        return self.W_apply(self.p["0.weight_fb"], torch.eye(n1)).t()   # column j = W e_j
+
+    def Fx(self, p, x=None):
+        x = self.x if x is None else x
+        z = torch.nn.functional.conv2d(x.reshape(-1, *self.in_shape), p["0.weight"], p["0.bias"],
+                                       stride=self.stride, padding=self.pad)
+        if self.bn:   # batch statistics of F x (biased variance), no running update here
+            z = torch.nn.functional.batch_norm(z, None, None, p["1.weight"], p["1.bias"], True, 0.0, 1e-5)
+        return z.reshape(z.shape[0], -1)
+
+    def simulate(self, W):
+        V, lam = self.V, self.leak
+        fx = self.Fx(self.p)
+        u = torch.zeros_like(fx)
+        s = torch.zeros_like(fx)
+        acc = torch.zeros_like(fx)
+        margin = float("inf")
+        counts = torch.zeros_like(fx)
+        for t in range(self.T):
+            u = u + fx + (self.W_apply(W, s) if t > 0 else 0)
+            margin = min(margin, float((u - V).abs().min()))
+            s = (u >= V).double()
+            u = (u - V * s) * lam
+            counts += s
+            acc = lam * acc + s
+        norm = sum(lam ** k for k in range(self.T))
+        return acc / norm, margin, counts
+
+    def f(self, a, p, W):
+        return ((self.W_apply(W, a) + self.Fx(p)) / self.V).clamp(0, 1)
+
+    def loss(self, a, p):
+        logits = a @ p["%d.weight" % self.ro].t() + p["%d.bias" % self.ro]
+        return torch.nn.functional.cross_entropy(logits, self.y)
+
+    def jac_sample(self, a, W, i):
+        # J of sample i: diag(mask) W / V; F x does not depend on a (batch statistics frozen)
+        fx = self.Fx(self.p)[i].detach()
+
+        def fi(ai):
+            return ((self.W_apply(W, ai[None])[0] + fx) / self.V).clamp(0, 1)
+        return torch.autograd.functional.jacobian(fi, a[i])
+
+    def running_after(self):
+        z = torch.nn.functional.conv2d(self.x.reshape(-1, *self.in_shape), self.p["0.weight"],
+                                       self.p["0.bias"], stride=self.stride, padding=self.pad)
+        rm, rv = self.buf["1.running_mean"].clone(), self.buf["1.running_var"].clone()
+        torch.nn.functional.batch_norm(z, rm, rv, None, None, True, 0.1, 1e-5)
+        return rm, rv
+
+
+def build_conv(case_args, out_dir):
+    for seed in range(case_args["seed"], case_args["seed"] + 200):
+        c = ConvCase(**dict(case_args, seed=seed))
+        u, v = c.power_iter() if c.sn else (None, None)
+        W = c.weff(c.p, u, v)
+        a_T, margin, counts = c.simulate(W)
+        if margin < MARGIN or float(a_T.min()) == float(a_T.max()):
+            continue
+        # a sizeable share of interior rates, so J is not trivial
+        if float(((a_T > 0) & (a_T < 1)).double().mean()) < 0.3:
+            continue
+        break
+    else:
+        raise SystemExit("no seed gives a margin above %g for %s" % (MARGIN, case_args["name"]))
+    fa = c.f(a_T, c.p, W)
+    a = a_T.clone()
+    for _ in range(3000):
+        a = c.f(a, c.p, W)
+    a_star = a
+    assert float((c.f(a_star, c.p, W) - a_star).abs().max()) < 1e-12
+    g_T, res_T = c.implicit_grad(a_T, u, v)
+    g_star, res_s = c.implicit_grad(a_star, u, v)
+    assert res_T < 1e-10 and res_s < 1e-10
+    g_unr = c.unrolled_grad(400, u, v)
+    for k in g_star:
+        err = float((g_unr[k] - g_star[k]).abs().max())
+        assert err < 1e-9 * max(1.0, float(g_star[k].abs().max())), (k, err)
+    # central finite differences of the loss at the re-solved fixed point, along a
+    # random direction per parameter (u, v held: the power iteration is not differentiated)
+    gd = torch.Generator().manual_seed(7)
+
+    def loss_at_fp(p):
+        Wp = c.weff(p, u, v)
+        a = a_star.clone()
+        for _ in range(3000):
+            a = c.f(a, p, Wp)
+        return float(c.loss(a, p))
+    h = 1e-6
+    for k in g_star:
+        d = torch.randn(c.p[k].shape, generator=gd)
+        pp = dict(c.p)
+        pp[k] = c.p[k] + h * d
+        lp = loss_at_fp(pp)
+        pp[k] = c.p[k] - h * d
+        lm = loss_at_fp(pp)
+        fd, an = (lp - lm) / (2 * h), float((g_star[k] * d).sum())
+        assert abs(fd - an) <= 1e-6 * max(1.0, abs(an)), (k, fd, an)
+    t = {"x": c.x, "y": c.y.int(), "rates": a_T, "fa": fa, "fixed": a_star, "count1": counts,
+         "weff": W}
+    for k, v_ in c.p.items():
+        t["init." + k] = v_
+        t["grad." + k] = g_T[k]
+        t["grad_fp." + k] = g_star[k]
+    for k, v_ in c.buf.items():
+        t["init." + k] = v_
+    if c.bn:
+        rm, rv = c.running_after()
+        t["after.1.running_mean"], t["after.1.running_var"] = rm, rv
+    if c.sn:
+        t["sigma_svd"] = torch.linalg.svdvals(c.op_matrix())[:1]
+    spec = "conv%dx%ds%dp%d-%s%d" % (c.k, c.C, c.stride, c.pad, "bn-" if c.bn else "", c.sizes[-1])
+    meta = {"spec": spec, "T": c.T, "leak": c.leak, "vth": c.V, "sn": int(c.sn), "sn_c": c.c,
+            "seed": seed, "margin": "%.3g" % margin, "fb_k": c.fb_k,
+            "in_c": c.in_shape[0], "in_h": c.in_shape[1], "in_w": c.in_shape[2]}
+    path = os.path.join(out_dir, "ide_%s.safetensors" % c.name)
+    fixture.write(path, {k: np.asarray(v_.detach().numpy()) for k, v_ in t.items()}, meta)
+    print("%s: seed %d, margin %.3g, rates %s, |g| %.3g" % (
+        path, seed, margin, np.round(a_T.numpy().ravel()[:6], 3),
+        sum(float(v_.norm()) for v_ in g_T.values())))
+
+
 def spec_of(sizes):
     return "-".join(str(s) for s in sizes)
 
@@ -214,6 +409,8 @@ def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
     build(dict(name="if", sizes=[6, 5, 3], T=12, leak=1.0, sn=False, seed=0), out)
     build(dict(name="lif_ml", sizes=[6, 5, 4, 3], T=9, leak=0.95, sn=True, seed=100), out)
+    build_conv(dict(name="conv_bn", in_shape=(1, 8, 8), C=4, k=3, stride=2, pad=1, fb_k=3, ncls=3,
+                    T=10, leak=0.95, sn=True, seed=200), out)
 
 
 if __name__ == "__main__":

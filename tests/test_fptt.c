@@ -368,6 +368,79 @@ static void checkpoint_roundtrip(void)
     soma_net_free(n);
 }
 
+static soma_net *cltc_net(const char *spec, int c, int h, int w, soma_state_init init, uint64_t seed)
+{
+    soma_net_options o;
+    soma_net_options_default(&o);
+    o.in_c = c; o.in_h = h; o.in_w = w;
+    o.readout = SOMA_READOUT_LTC;
+    o.ltc.init = init;
+    o.seed = seed;
+    soma_net *n = NULL;
+    if (!CHECK(soma_net_new(&n, spec, &o) == SOMA_OK)) fprintf(stderr, "%s: %s\n", spec, soma_last_error());
+    return n;
+}
+
+/* --ltc-init uniform under FPTT: the initial state comes from the rng the
+ * rule is given (same seed, same update; another seed, another; none: a
+ * clear error), and a conv LTC net (cltc, with per-step and shared
+ * batchnorm) with it: FPTT with K = T equals BPTT, and a checkpoint rebuilds
+ * the conv cells, the batchnorm rows and the init mode. */
+static void init_and_conv(void)
+{
+    const int T = 5, B = 2, D = 16;
+    soma_rule_config c;
+    rule_cfg(&c, T, T, D);
+    c.fptt_alpha = 1e-6f;
+    soma_optim_config_default(&c.optim, SOMA_OPTIM_ADAM);
+    c.optim.lr = 1e-2f;
+    float x[2 * 5 * 16];
+    int32_t y[2];
+    fill_batch(x, y, B, T * D, 3, 6);
+    soma_batch b = { .n = B, .c = T * D, .h = 1, .w = 1, .x = x, .y = y };
+    soma_net *n[4];
+    soma_rule *r[4];
+    const char *rules[4] = { "fptt", "fptt", "fptt", "bptt" };
+    const uint64_t seeds[4] = { 21, 21, 22, 21 };
+    for (int i = 0; i < 4; i++) {
+        n[i] = cltc_net("cltc3x2p1-bn5-rltc6-bn-3", 1, 4, 4, SOMA_STATE_UNIFORM, 4);
+        if (!n[i] || !CHECK(soma_rule_new(&r[i], rules[i], n[i], &c, B) == SOMA_OK)) {
+            for (int k = 0; k <= i; k++) soma_net_free(n[k]);
+            for (int k = 0; k < i; k++) soma_rule_free(r[k]);
+            return;
+        }
+    }
+    CHECK(soma_rule_train_batch(r[0], &b, 1e-2f, NULL, NULL) == SOMA_ERR_ARG);   /* uniform needs an rng */
+    CHECK(strstr(soma_last_error(), "rng") != NULL);
+    for (int i = 0; i < 4; i++) {
+        soma_rng g;
+        soma_rng_seed(&g, seeds[i]);
+        CHECK(soma_rule_train_batch(r[i], &b, 1e-2f, &g, NULL) == SOMA_OK);
+    }
+    size_t np = soma_net_param_floats(n[0]);
+    const float *w0 = soma_net_param_values(n[0]);
+    CHECK(memcmp(w0, soma_net_param_values(n[1]), np * sizeof(float)) == 0);
+    CHECK(memcmp(w0, soma_net_param_values(n[2]), np * sizeof(float)) != 0);
+    check_close_f("cltc, uniform init: fptt K=T == bptt", soma_net_param_values(n[3]), w0, np, 1e-6, 1e-8);
+    /* checkpoint: conv cells and init mode come back */
+    const char *path = "build/test_fptt_cltc.st";
+    CHECK(soma_checkpoint_save(path, n[0], soma_rule_optim(r[0]), NULL, 0) == SOMA_OK);
+    soma_net *m;
+    soma_st *st;
+    if (CHECK(soma_checkpoint_load(&m, &st, path) == SOMA_OK)) {
+        CHECK(m->n_layers == n[0]->n_layers && m->layers[2].ltc == 2 && m->layers[2].k == 3 &&
+              m->layers[1].kind == SOMA_LAYER_BATCHNORM && m->layers[1].bn_steps == 5 &&
+              m->layers[2].cell.init == SOMA_STATE_UNIFORM && m->opts.ltc.init == SOMA_STATE_UNIFORM);
+        CHECK(soma_net_param_floats(m) == np);
+        soma_net_free(m);
+        soma_st_free(st);
+    } else {
+        fprintf(stderr, "%s\n", soma_last_error());
+    }
+    remove(path);
+    for (int i = 0; i < 4; i++) { soma_rule_free(r[i]); soma_net_free(n[i]); }
+}
+
 /* The oracle-divergence gradient against central differences of
  * L(o) = -(1/(B C)) sum O log softmax(o), in double. */
 static double aux_loss_d(const double *o, const float *O, int B, int C)
@@ -473,5 +546,6 @@ int main(void)
     bad_input();
     train_path();
     checkpoint_roundtrip();
+    init_and_conv();
     return check_report("test_fptt");
 }

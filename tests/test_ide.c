@@ -46,20 +46,41 @@ static void config_from_meta(soma_rule_config *rc, const soma_st *st)
     rc->ide_sn = atoi(soma_st_meta(st, "sn"));
     rc->ide_sn_c = strtof(soma_st_meta(st, "sn_c"), NULL);
     rc->ide_tol = 1e-7f;
+    if (soma_st_meta(st, "fb_k")) rc->ide_fb_k = atoi(soma_st_meta(st, "fb_k"));
+}
+
+/* input shape (c, h, w) of a fixture: its in_c/in_h/in_w, else (n0, 1, 1) */
+static void in_shape(const soma_st *st, int *c, int *h, int *w)
+{
+    if (soma_st_meta(st, "in_c")) {
+        *c = atoi(soma_st_meta(st, "in_c"));
+        *h = atoi(soma_st_meta(st, "in_h"));
+        *w = atoi(soma_st_meta(st, "in_w"));
+    } else {
+        *c = atoi(soma_st_meta(st, "spec"));
+        *h = *w = 1;
+    }
+}
+
+static int new_net_shape(soma_net **net, const char *spec, int c, int h, int w)
+{
+    soma_net_options o;
+    soma_net_options_default(&o);
+    o.in_c = c; o.in_h = h; o.in_w = w;
+    return soma_net_new(net, spec, &o) == SOMA_OK;
 }
 
 static int new_net(soma_net **net, const char *spec)
 {
-    soma_net_options o;
-    soma_net_options_default(&o);
-    o.in_c = atoi(spec); o.in_h = 1; o.in_w = 1;
-    return soma_net_new(net, spec, &o) == SOMA_OK;
+    return new_net_shape(net, spec, atoi(spec), 1, 1);
 }
 
 /* Builds the fixture's net and rule and loads every init.* tensor. */
 static int build(const soma_st *st, soma_rule_config *rc, soma_net **net, soma_rule **rule, int B)
 {
-    if (!CHECK(new_net(net, soma_st_meta(st, "spec")))) return 0;
+    int c, h, w;
+    in_shape(st, &c, &h, &w);
+    if (!CHECK(new_net_shape(net, soma_st_meta(st, "spec"), c, h, w))) return 0;
     if (!CHECK(soma_rule_new(rule, "ide", *net, rc, B) == SOMA_OK)) {
         fprintf(stderr, "%s\n", soma_last_error());
         soma_net_free(*net);
@@ -126,10 +147,24 @@ static void golden(const char *name)
     soma_rule *r;
     if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
     ide_state *e = r->state;
-    soma_batch b = { .n = B, .c = (int)(nx / ny), .h = 1, .w = 1, .x = (float *)x, .y = (int32_t *)y };
+    int ic, ih, iw;
+    in_shape(st, &ic, &ih, &iw);
+    CHECK((size_t)ic * ih * iw * B == nx);
+    soma_batch b = { .n = B, .c = ic, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
     char lab[128];
     soma_step_stats sst = { 0 };
     CHECK(soma__ide_grad(r, &b, 1, &sst) == SOMA_OK);
+    /* F's batchnorm: running statistics updated once by the batch (notes 2.5) */
+    for (int i = 0; i < soma_net_tensor_count(net); i++) {
+        const char *tn;
+        float *v = soma_net_tensor(net, i, &tn, NULL, NULL, NULL);
+        char key[96];
+        snprintf(key, sizeof key, "after.%s", tn);
+        if (!soma_st_find(st, key)) continue;
+        snprintf(lab, sizeof lab, "%s %s", name, key);
+        const float *after = fx(st, key, &n);
+        check_close_f(lab, v, after, n, 1e-5, 1e-7);
+    }
     int nH = e->n[e->H];
     snprintf(lab, sizeof lab, "%s weff", name);
     const float *w = fx(st, "weff", &n);
@@ -471,6 +506,47 @@ static void strict_and_training(void)
     soma_st_free(st);
 }
 
+/* The conv fixture: a few SGD steps lower the loss; the running statistics
+ * move once per batch; the rule refuses more threads than its workspace has. */
+static void conv_training(void)
+{
+    soma_st *st;
+    if (!CHECK(soma_st_read(&st, "tests/fixtures/ide_conv_bn.safetensors") == SOMA_OK)) return;
+    soma_rule_config rc;
+    config_from_meta(&rc, st);
+    rc.optim.lr = 0.05f;
+    size_t nx, ny;
+    const float *x = fx(st, "x", &nx);
+    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
+    int B = (int)ny, ic, ih, iw;
+    in_shape(st, &ic, &ih, &iw);
+    soma_net *net;
+    soma_rule *r;
+    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
+    soma_batch b = { .n = B, .c = ic, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
+    soma_rng rng;
+    soma_rng_seed(&rng, 1);
+    double first = 0, last = 0;
+    for (int k = 0; k < 30; k++) {
+        soma_step_stats s = { 0 };
+        if (!CHECK(soma_rule_train_batch(r, &b, 0.05f, &rng, &s) == SOMA_OK)) {
+            fprintf(stderr, "%s\n", soma_last_error());
+            break;
+        }
+        if (k == 0) first = s.loss / s.n;
+        last = s.loss / s.n;
+    }
+    printf("  conv form, 30 SGD steps on one batch: loss %.4f -> %.4f\n", first, last);
+    CHECK(last < first);
+    soma_set_threads(2);
+    soma_step_stats s = { 0 };
+    if (soma_get_threads() == 2) CHECK(soma_rule_train_batch(r, &b, 0.05f, &rng, &s) == SOMA_ERR_ARG);
+    soma_set_threads(1);
+    soma_rule_free(r);
+    soma_net_free(net);
+    soma_st_free(st);
+}
+
 static soma_status try_rule(const char *spec, const soma_rule_config *rc)
 {
     soma_net *net;
@@ -524,6 +600,43 @@ static void bad_input(void)
         soma_rule_free(r);
         soma_net_free(net);
     }
+    /* the convolutional form */
+    {
+        struct { const char *spec; int fb_k; soma_status want; } cs[] = {
+            { "conv3x4s2p1-bn-3", 0, SOMA_OK }, { "conv3x4-3", 5, SOMA_OK },
+            { "conv3x4-3", 2, SOMA_ERR_ARG },            /* even feedback kernel */
+            { "conv4x4-3", 0, SOMA_ERR_ARG },            /* F's even kernel as the default */
+            { "conv3x4-pool2-3", 0, SOMA_ERR_UNSUPPORTED },
+            { "conv3x4-conv3x4-3", 0, SOMA_ERR_UNSUPPORTED },
+            { "conv3x4-5-3", 0, SOMA_ERR_UNSUPPORTED },  /* one dense readout only */
+            { "conv3x4-3-bn", 0, SOMA_ERR_UNSUPPORTED },
+            { "conv3x4-drop0.2-3", 0, SOMA_ERR_UNSUPPORTED },
+        };
+        for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+            soma_rule_config_default(&rc);
+            rc.ide_fb_k = cs[i].fb_k;
+            soma_status got = SOMA_ERR_ARG;
+            if (new_net_shape(&net, cs[i].spec, 1, 8, 8)) {
+                soma_rule *r = NULL;
+                got = soma_rule_new(&r, "ide", net, &rc, 4);
+                soma_rule_free(r);
+                soma_net_free(net);
+            }
+            if (!CHECK(got == cs[i].want))
+                fprintf(stderr, "conv form '%s' fb_k %d: status %d, want %d\n", cs[i].spec, cs[i].fb_k,
+                        got, cs[i].want);
+        }
+        soma_rule_config_default(&rc);
+        if (CHECK(new_net_shape(&net, "conv3x4-3", 1, 8, 8))) {   /* a feedback kernel of another shape */
+            int64_t shape[4] = { 4, 4, 5, 5 };
+            CHECK(soma__net_add_tensor(net, 1, "0.weight_fb", 4, shape) >= 0);
+            soma_rule *r = NULL;
+            CHECK(soma_rule_new(&r, "ide", net, &rc, 4) == SOMA_ERR_SHAPE);
+            CHECK(strstr(soma_last_error(), "4x4x3x3") != NULL);
+            soma_rule_free(r);
+            soma_net_free(net);
+        }
+    }
     /* diagnostics of another rule */
     if (CHECK(new_net(&net, "6-5-3"))) {
         soma_rule *r = NULL;
@@ -551,8 +664,10 @@ int main(void)
     soma_set_threads(1);
     golden("if");
     golden("lif_ml");
+    golden("conv_bn");
     double_checks();
     strict_and_training();
+    conv_training();
     bad_input();
     return check_report("test_ide");
 }

@@ -10,11 +10,12 @@
 #include "net/net.h"
 #include <stdio.h>
 
-static soma_net *make_net(const char *spec, int D, soma_readout ro, soma_neuron_kind kind, uint64_t seed)
+static soma_net *make_net_chw(const char *spec, int c, int h, int w, soma_readout ro, soma_neuron_kind kind,
+                              uint64_t seed)
 {
     soma_net_options o;
     soma_net_options_default(&o);
-    o.in_c = D; o.in_h = 1; o.in_w = 1;
+    o.in_c = c; o.in_h = h; o.in_w = w;
     o.seed = seed;
     o.readout = ro;
     o.ltc.kind = kind;
@@ -22,6 +23,11 @@ static soma_net *make_net(const char *spec, int D, soma_readout ro, soma_neuron_
     soma_net *n = NULL;
     if (!CHECK(soma_net_new(&n, spec, &o) == SOMA_OK)) fprintf(stderr, "%s: %s\n", spec, soma_last_error());
     return n;
+}
+
+static soma_net *make_net(const char *spec, int D, soma_readout ro, soma_neuron_kind kind, uint64_t seed)
+{
+    return make_net_chw(spec, D, 1, 1, ro, kind, seed);
 }
 
 static int find_tensor(soma_net *n, const char *want)
@@ -85,12 +91,14 @@ static void test_spec(void)
 
 static float sigm(float z) { return 1.0f / (1.0f + expf(-z)); }
 
-/* Two steps of "3-rltc4-2" (LTC readout) against the equations in plain loops. */
-static void test_forward(void)
+/* Two steps of "3-rltc4-2" (LTC readout) against the equations in plain loops;
+ * uniform: the hidden cells start at u ~ U[0,1) (the reset's rng), eta = b0. */
+static void test_forward(int uniform)
 {
     const int B = 2, D = 3, N = 4, C = 2;
     soma_net *n = make_net("3-rltc4-2", D, SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 7);
     if (!n) return;
+    n->layers[1].cell.init = uniform ? SOMA_STATE_UNIFORM : SOMA_STATE_ZERO;
     /* larger biases and slopes so that some neurons spike */
     float *bias = soma__param_value(n, n->layers[0].b);
     for (int j = 0; j < N; j++) bias[j] = 0.4f + 0.1f * j;
@@ -98,9 +106,14 @@ static void test_forward(void)
     soma__param_value(n, n->layers[1].ta_k)[0] = 0.7f;
     soma__param_value(n, n->layers[3].tm_k)[0] = 0.9f;
     CHECK(soma_net_prepare_time(n, B, 2) == SOMA_OK);
-    CHECK(soma_net_reset_state(n, B, NULL) == SOMA_OK);
+    soma_rng rng, ref;
+    soma_rng_seed(&rng, 99);
+    soma_rng_seed(&ref, 99);
+    CHECK(soma_net_reset_state(n, B, &rng) == SOMA_OK);
     float x[2][6] = { { 1.0f, -0.5f, 0.3f, 0.2f, 0.8f, -1.0f }, { 0.4f, 0.9f, -0.2f, 1.2f, -0.3f, 0.5f } };
     float u[8] = { 0 }, a[8] = { 0 }, s[8] = { 0 }, o[4] = { 0 };
+    if (uniform)
+        for (int e = 0; e < B * N; e++) { u[e] = soma_rng_uniform(&ref); a[e] = 0.1f; }
     const float *W = soma__param_value(n, n->layers[0].w), *R = soma__param_value(n, n->layers[0].rec);
     const float *Wm = soma__param_value(n, n->layers[1].tm_w), *bm = soma__param_value(n, n->layers[1].tm_b);
     const float *Wa = soma__param_value(n, n->layers[1].ta_w), *ba = soma__param_value(n, n->layers[1].ta_b);
@@ -165,6 +178,75 @@ static void test_forward(void)
     soma_net_free(n);
 }
 
+/* --ltc-init: the default is zero (and needs no rng); uniform draws u from
+ * the reset's rng (reproducible per seed, fresh per sequence), eta = b0,
+ * s = 0, and leaves the readout at 0. */
+static void test_init_state(void)
+{
+    const int B = 3, N = 5;
+    soma_net_options o;
+    soma_net_options_default(&o);
+    CHECK(o.ltc.init == SOMA_STATE_ZERO && o.cell.init == SOMA_STATE_ZERO && o.readout_cell.init == SOMA_STATE_ZERO);
+    soma_state_init k;
+    CHECK(soma_state_init_from_name(&k, "uniform") == SOMA_OK && k == SOMA_STATE_UNIFORM);
+    CHECK(soma_state_init_from_name(&k, "zero") == SOMA_OK && k == SOMA_STATE_ZERO);
+    CHECK(soma_state_init_from_name(&k, "random") == SOMA_ERR_ARG);
+    CHECK(!strcmp(soma_state_init_name(SOMA_STATE_UNIFORM), "uniform"));
+    o.in_c = 4; o.in_h = 1; o.in_w = 1;
+    o.readout = SOMA_READOUT_LTC;
+    soma_net *n = NULL;
+    o.ltc.init = (soma_state_init)7;
+    CHECK(soma_net_new(&n, "4-rltc5-2", &o) == SOMA_ERR_ARG);
+    /* default: all zero, no rng needed */
+    o.ltc.init = SOMA_STATE_ZERO;
+    if (!CHECK(soma_net_new(&n, "4-rltc5-2", &o) == SOMA_OK)) return;
+    CHECK(soma_net_prepare_time(n, 4, 2) == SOMA_OK);
+    CHECK(soma_net_reset_state(n, B, NULL) == SOMA_OK);
+    soma_layer *l = &n->layers[1];
+    int s0 = soma__slot_of(n, -1), nz = 0;
+    for (int e = 0; e < B * N; e++)
+        nz += soma__slot(n, l, l->cu, s0)[e] != 0 || soma__slot(n, l, l->ca, s0)[e] != 0;
+    CHECK(nz == 0);
+    soma_net_free(n);
+    /* uniform */
+    o.ltc.init = SOMA_STATE_UNIFORM;
+    if (!CHECK(soma_net_new(&n, "4-rltc5-2", &o) == SOMA_OK)) return;
+    CHECK(soma_net_prepare_time(n, 4, 2) == SOMA_OK);
+    CHECK(soma_net_reset_state(n, B, NULL) == SOMA_ERR_ARG);
+    CHECK(strstr(soma_last_error(), "rng") != NULL);
+    l = &n->layers[1];
+    CHECK(l->cell.init == SOMA_STATE_UNIFORM && n->layers[3].cell.init == SOMA_STATE_ZERO);
+    soma_rng rng, ref;
+    float first[15];
+    const float x[12] = { 0.5f, -1, 0.2f, 0.7f, 1, 0.1f, -0.3f, 0.4f, -0.6f, 0.9f, 0, 0.3f };
+    float y[2][6];
+    for (int rep = 0; rep < 2; rep++) {
+        soma_rng_seed(&rng, 1234);
+        soma_rng_seed(&ref, 1234);
+        CHECK(soma_net_reset_state(n, B, &rng) == SOMA_OK);
+        const float *u = soma__slot(n, l, l->cu, s0), *a = soma__slot(n, l, l->ca, s0);
+        const float *sp = soma__slot(n, l, l->out, s0), *ro = soma__slot(n, &n->layers[3], n->layers[3].out, s0);
+        int bad = 0;
+        for (int e = 0; e < B * N; e++) {
+            float want = soma_rng_uniform(&ref);
+            bad += u[e] != want || !(u[e] >= 0 && u[e] < 1) || a[e] != 0.1f || sp[e] != 0;
+        }
+        for (int e = 0; e < B * 2; e++) bad += ro[e] != 0;
+        CHECK(bad == 0);
+        if (rep == 0) memcpy(first, u, sizeof first);
+        else CHECK(!memcmp(first, u, sizeof first));
+        CHECK(memcmp(&rng, &ref, sizeof rng) == 0);   /* exactly B*N draws */
+        const float *out;
+        CHECK(soma_net_step(n, x, B, &out) == SOMA_OK);
+        memcpy(y[rep], out, sizeof y[rep]);
+    }
+    CHECK(!memcmp(y[0], y[1], sizeof y[0]));
+    /* a second sequence from the same rng starts elsewhere */
+    CHECK(soma_net_reset_state(n, B, &rng) == SOMA_OK);
+    CHECK(memcmp(first, soma__slot(n, l, l->cu, s0), sizeof first) != 0);
+    soma_net_free(n);
+}
+
 /* L = sum_t <out_t, r_t> over steps [t0, t1) of inputs xs (entered with
  * whatever state the net has). */
 static double run_loss(soma_net *n, const float *xs, const float *r, int B, int D, int C, int t0, int t1)
@@ -199,10 +281,11 @@ static double window_loss(soma_net *n, const float *w0, const float *xs, const f
 /* BPTT over the last K steps of T0 + K against central differences of
  * window_loss along a random direction per tensor (T0 = 0: the whole
  * sequence from the reset). */
-static void fd_ltc(const char *spec, soma_readout ro, soma_neuron_kind kind, int T0, int K)
+static void fd_ltc_chw(const char *spec, int ic, int ih, int iw, soma_readout ro, soma_neuron_kind kind,
+                       int T0, int K, float eps0)
 {
-    const int B = 3, D = 5;
-    soma_net *n = make_net(spec, D, ro, kind, 11);
+    const int B = 3, D = ic * ih * iw;
+    soma_net *n = make_net_chw(spec, ic, ih, iw, ro, kind, 11);
     if (!n) return;
     n->spike.fn = SOMA__SPIKE_SIGMOID;
     n->spike.k = 4.0f;
@@ -213,6 +296,7 @@ static void fd_ltc(const char *spec, soma_readout ro, soma_neuron_kind kind, int
         if (l->ta_k >= 0) soma__param_value(n, l->ta_k)[0] = 0.8f;
     }
     CHECK(soma_net_prepare_time(n, B, K) == SOMA_OK);
+    soma_net_set_train(n, 1);   /* batchnorm: batch statistics of each step */
     int C = soma_net_outputs(n), T = T0 + K;
     soma_rng rng;
     soma_rng_seed(&rng, 5);
@@ -242,7 +326,7 @@ static void fd_ltc(const char *spec, soma_readout ro, soma_neuron_kind kind, int
         for (size_t k = 0; k < cnt; k++) { v[k] = soma_rng_normal(&rng); gv += (double)g[off + k] * v[k]; }
         double d[2];
         for (int h = 0; h < 2; h++) {
-            float eps = h ? 5e-3f : 1e-2f;
+            float eps = h ? eps0 / 2 : eps0;
             for (size_t k = 0; k < cnt; k++) p[k] = w0[off + k] + eps * v[k];
             double lp = window_loss(n, w0, xs, r, B, D, C, T0, K);
             for (size_t k = 0; k < cnt; k++) p[k] = w0[off + k] - eps * v[k];
@@ -260,10 +344,221 @@ static void fd_ltc(const char *spec, soma_readout ro, soma_neuron_kind kind, int
     soma_net_free(n);
 }
 
+static void fd_ltc(const char *spec, soma_readout ro, soma_neuron_kind kind, int T0, int K)
+{
+    fd_ltc_chw(spec, 5, 1, 1, ro, kind, T0, K, 1e-2f);
+}
+
+/* cltcKxC[sS][pP][mM]: layers, names, shapes, errors. */
+static void test_conv_spec(void)
+{
+    soma_net *n = make_net_chw("cltc3x4p1m2-cltc3x3-5", 2, 6, 6, SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 1);
+    if (!n) return;
+    CHECK(soma_net_is_spiking(n));
+    CHECK(n->n_layers == 8);
+    if (n->n_layers == 8) {
+        CHECK(n->layers[0].kind == SOMA_LAYER_CONV && n->layers[0].out_h == 6 && n->layers[0].out_c == 4);
+        CHECK(n->layers[1].kind == SOMA_LAYER_MAXPOOL && n->layers[1].out_h == 3);
+        CHECK(n->layers[2].kind == SOMA_LAYER_CELL && n->layers[2].ltc == 2 && n->layers[2].out_size == 36 &&
+              n->layers[2].cell.kind == SOMA_NEURON_ALIF);
+        CHECK(n->layers[3].kind == SOMA_LAYER_CONV && n->layers[3].out_h == 1 && n->layers[3].out_c == 3);
+        CHECK(n->layers[4].kind == SOMA_LAYER_CELL && n->layers[4].ltc == 2 && n->layers[4].k == 3);
+        CHECK(n->layers[5].kind == SOMA_LAYER_FLATTEN && n->layers[6].kind == SOMA_LAYER_DENSE);
+    }
+    int64_t shape[4];
+    int ndim = 0;
+    int i = find_tensor(n, "2.tau_m.weight");
+    if (CHECK(i >= 0)) {
+        soma_net_tensor(n, i, NULL, &ndim, shape, NULL);
+        CHECK(ndim == 4 && shape[0] == 4 && shape[1] == 4 && shape[2] == 3 && shape[3] == 3);
+    }
+    CHECK(find_tensor(n, "2.tau_m.bias") >= 0 && find_tensor(n, "2.tau_adp.weight") >= 0 &&
+          find_tensor(n, "2.tau_adp.bias") >= 0 && find_tensor(n, "4.tau_m.weight") >= 0);
+    CHECK(find_tensor(n, "2.tau_m.k") < 0 && find_tensor(n, "2.tau_adp.k") < 0);  /* no slope (2.4) */
+    CHECK(find_tensor(n, "7.tau_m.k") >= 0);   /* the LTC readout keeps its dense map */
+    soma_net_free(n);
+    n = make_net_chw("cltc3x4p1-5", 1, 4, 4, SOMA_READOUT_LI, SOMA_NEURON_LIF, 1);
+    if (n) CHECK(find_tensor(n, "1.tau_m.weight") >= 0 && find_tensor(n, "1.tau_adp.weight") < 0);
+    soma_net_free(n);
+    soma_net_options o;
+    soma_net_options_default(&o);
+    o.in_c = 1; o.in_h = 6; o.in_w = 6;
+    const char *bads[] = { "cltc3x4", "cltc2x4-5", "cltc3x4m-5", "cltc3x4m2p1-5", "cltcx4-5", "8-cltc3x4-5" };
+    for (size_t k = 0; k < sizeof bads / sizeof *bads; k++) {
+        int ok = soma_net_new(&n, bads[k], &o) == SOMA_ERR_ARG;
+        if (!ok) fprintf(stderr, "accepted bad spec %s\n", bads[k]);
+        CHECK(ok);
+    }
+}
+
+/* Two steps of "cltc3x2p1-3" on a 1x4x4 input against the equations of
+ * notes/fptt.md 2.4 (no BN), with the core's naive conv as reference. */
+static void test_conv_forward(int uniform)
+{
+    const int B = 2, H = 4, C = 2, M = C * H * H;
+    soma_net *n = make_net_chw("cltc3x2p1-3", 1, H, H, SOMA_READOUT_LI, SOMA_NEURON_ALIF, 3);
+    if (!n) return;
+    soma_layer *l = &n->layers[1];
+    l->cell.init = uniform ? SOMA_STATE_UNIFORM : SOMA_STATE_ZERO;
+    float *b0 = soma__param_value(n, n->layers[0].b);
+    b0[0] = 0.5f; b0[1] = 0.3f;   /* some spikes */
+    CHECK(soma_net_prepare_time(n, B, 2) == SOMA_OK);
+    soma_rng rng, ref;
+    soma_rng_seed(&rng, 8);
+    soma_rng_seed(&ref, 8);
+    CHECK(soma_net_reset_state(n, B, &rng) == SOMA_OK);
+    float x[2][32], u[64] = { 0 }, a[64] = { 0 }, s[64] = { 0 };
+    for (int t = 0; t < 2; t++)
+        for (int k = 0; k < 32; k++) x[t][k] = soma_rng_normal(&ref);
+    soma_rng_seed(&ref, 8);
+    if (uniform)
+        for (int e = 0; e < B * M; e++) { u[e] = soma_rng_uniform(&ref); a[e] = 0.1f; }
+    soma_conv_shape c0, cm;
+    soma_conv_shape_init(&c0, B, 1, H, H, C, 3, 3, 1, 1);
+    soma_conv_shape_init(&cm, B, C, H, H, C, 3, 3, 1, 1);
+    int spikes = 0;
+    for (int t = 0; t < 2; t++) {
+        const float *out;
+        CHECK(soma_net_step(n, x[t], B, &out) == SOMA_OK);
+        float I[64], sm[64], sa[64], hm[64], ha[64];
+        soma_conv2d_forward_naive(I, x[t], soma__param_value(n, n->layers[0].w), b0, &c0);
+        for (int e = 0; e < B * M; e++) { sm[e] = I[e] + u[e]; sa[e] = I[e] + a[e]; }
+        soma_conv2d_forward_naive(hm, sm, soma__param_value(n, l->tm_w), soma__param_value(n, l->tm_b), &cm);
+        soma_conv2d_forward_naive(ha, sa, soma__param_value(n, l->ta_w), soma__param_value(n, l->ta_b), &cm);
+        for (int e = 0; e < B * M; e++) {
+            float tm = sigm(hm[e]), ta = sigm(ha[e]);
+            a[e] = ta * a[e] + (1 - ta) * s[e];
+            float th = 0.1f + 1.8f * a[e];
+            float v = (1 - tm) * u[e] + tm * I[e];
+            s[e] = v > th ? 1.0f : 0.0f;
+            u[e] = v * (1 - s[e]);
+            spikes += s[e] != 0;
+        }
+        int slot = soma__slot_of(n, t);
+        char label[64];
+        snprintf(label, sizeof label, "cltc forward u step %d init %d", t, uniform);
+        check_close_f(label, soma__slot(n, l, l->cu, slot), u, B * M, 1e-5, 1e-6);
+        snprintf(label, sizeof label, "cltc forward eta step %d init %d", t, uniform);
+        check_close_f(label, soma__slot(n, l, l->ca, slot), a, B * M, 1e-5, 1e-6);
+        snprintf(label, sizeof label, "cltc forward s step %d init %d", t, uniform);
+        check_close_f(label, soma__slot(n, l, l->out, slot), s, B * M, 0, 0);
+    }
+    CHECK(spikes > 0);
+    soma_net_free(n);
+}
+
+/* bn / bnN in temporal nets (notes/fptt.md 2.2): placement after ltc /
+ * rltc / cltc tokens, the recurrent link, one affine, running statistics
+ * per time step (train: updated from the step's batch; eval: used). */
+static void test_bn_time(void)
+{
+    const int B = 4, D = 3, N = 5, T = 4, S = 3;
+    soma_net *n = make_net("3-rltc5-bn3-2", D, SOMA_READOUT_LI, SOMA_NEURON_ALIF, 2);
+    if (!n) return;
+    CHECK(n->n_layers == 5);
+    if (n->n_layers != 5) { soma_net_free(n); return; }
+    CHECK(n->layers[0].kind == SOMA_LAYER_DENSE && n->layers[1].kind == SOMA_LAYER_BATCHNORM &&
+          n->layers[2].kind == SOMA_LAYER_CELL && n->layers[2].ltc == 1 && n->layers[0].rec_src == 2);
+    CHECK(n->layers[1].bn_steps == S && n->prefix == 0);
+    int im = find_tensor(n, "1.running_mean"), iv = find_tensor(n, "1.running_var");
+    int64_t shape[4];
+    int ndim = 0;
+    float *rm = NULL, *rv = NULL;
+    if (CHECK(im >= 0 && iv >= 0)) {
+        rm = soma_net_tensor(n, im, NULL, &ndim, shape, NULL);
+        CHECK(ndim == 2 && shape[0] == S && shape[1] == N);
+        rv = soma_net_tensor(n, iv, NULL, NULL, NULL, NULL);
+        CHECK(rv[0] == 1 && rv[S * N - 1] == 1);
+    }
+    soma_net_tensor(n, find_tensor(n, "1.weight"), NULL, &ndim, shape, NULL);
+    CHECK(ndim == 1 && shape[0] == N);
+    CHECK(soma_net_prepare_time(n, B, T) == SOMA_OK);
+    soma_net_set_train(n, 1);
+    soma_rng rng;
+    soma_rng_seed(&rng, 3);
+    float x[4][12];
+    for (int t = 0; t < T; t++)
+        for (int k = 0; k < B * D; k++) x[t][k] = 2.0f * soma_rng_normal(&rng);
+    CHECK(soma_net_reset_state(n, B, NULL) == SOMA_OK);
+    /* expected rows: m = 0.1 mean_t, v = 0.9 + 0.1 var_t (unbiased); step 3 updates row 2 again */
+    double em[3][5], ev[3][5];
+    for (int r = 0; r < S; r++) for (int j = 0; j < N; j++) { em[r][j] = 0; ev[r][j] = 1; }
+    for (int t = 0; t < T; t++) {
+        const float *out;
+        CHECK(soma_net_step(n, x[t], B, &out) == SOMA_OK);
+        const float *I = soma__slot(n, &n->layers[0], n->layers[0].out, soma__slot_of(n, t));
+        int r = t < S ? t : S - 1;
+        for (int j = 0; j < N; j++) {
+            double mu = 0, var = 0;
+            for (int bi = 0; bi < B; bi++) mu += I[bi * N + j];
+            mu /= B;
+            for (int bi = 0; bi < B; bi++) var += (I[bi * N + j] - mu) * (I[bi * N + j] - mu);
+            var /= B - 1;
+            em[r][j] = 0.9 * em[r][j] + 0.1 * mu;
+            ev[r][j] = 0.9 * ev[r][j] + 0.1 * var;
+        }
+    }
+    if (rm && rv) {
+        double got_m[15], got_v[15];
+        for (int k = 0; k < S * N; k++) { got_m[k] = rm[k]; got_v[k] = rv[k]; }
+        check_close_d("bnN running mean per step", got_m, &em[0][0], S * N, 1e-5, 1e-6);
+        check_close_d("bnN running var per step", got_v, &ev[0][0], S * N, 1e-5, 1e-6);
+    }
+    /* eval: step t normalises with row min(t, S-1) */
+    soma_net_set_train(n, 0);
+    float *g = soma__param_value(n, n->layers[1].w), *be = soma__param_value(n, n->layers[1].b);
+    for (int j = 0; j < N; j++) { g[j] = 0.5f + 0.1f * j; be[j] = 0.05f * j; }
+    CHECK(soma_net_reset_state(n, B, NULL) == SOMA_OK);
+    int bad = 0;
+    for (int t = 0; t < T; t++) {
+        const float *out;
+        CHECK(soma_net_step(n, x[t], B, &out) == SOMA_OK);
+        int slot = soma__slot_of(n, t), r = t < S ? t : S - 1;
+        const float *I = soma__slot(n, &n->layers[0], n->layers[0].out, slot);
+        const float *y = soma__slot(n, &n->layers[1], n->layers[1].out, slot);
+        for (int bi = 0; bi < B; bi++)
+            for (int j = 0; j < N; j++) {
+                float want = g[j] * (I[bi * N + j] - rm[r * N + j]) / sqrtf(rv[r * N + j] + 1e-5f) + be[j];
+                bad += fabsf(y[bi * N + j] - want) > 1e-5f * (1 + fabsf(want));
+            }
+    }
+    CHECK(bad == 0);
+    soma_net_free(n);
+    /* placements: after a dense with --neuron cells, inside cltc (before its pool) */
+    soma_net_options o;
+    soma_net_options_default(&o);
+    o.in_c = 1; o.in_h = 4; o.in_w = 4;
+    o.spiking = 1;
+    if (CHECK(soma_net_new(&n, "16-r6-bn-3", &o) == SOMA_OK)) {
+        CHECK(n->layers[0].kind == SOMA_LAYER_FLATTEN || n->layers[0].kind == SOMA_LAYER_DENSE);
+        int d = n->layers[0].kind == SOMA_LAYER_DENSE ? 0 : 1;
+        CHECK(n->layers[d + 1].kind == SOMA_LAYER_BATCHNORM && n->layers[d + 1].bn_steps == 0 &&
+              n->layers[d + 2].kind == SOMA_LAYER_CELL && n->layers[d].rec_src == d + 2);
+        soma_net_free(n);
+    }
+    if (CHECK(soma_net_new(&n, "cltc3x2p1m2-bn6-3", &o) == SOMA_OK)) {
+        CHECK(n->layers[0].kind == SOMA_LAYER_CONV && n->layers[1].kind == SOMA_LAYER_BATCHNORM &&
+              n->layers[1].out_h == 4 && n->layers[1].out_c == 2 && n->layers[2].kind == SOMA_LAYER_MAXPOOL &&
+              n->layers[3].kind == SOMA_LAYER_CELL && n->layers[3].ltc == 2);
+        soma_net_free(n);
+    }
+    const char *bads[] = { "cltc3x2p1-bn-bn-3", "bn-16-3", "16-r6-bn0-3" };
+    for (size_t k = 0; k < sizeof bads / sizeof *bads; k++) {
+        int ok = soma_net_new(&n, bads[k], &o) == SOMA_ERR_ARG;
+        if (!ok) fprintf(stderr, "accepted bad spec %s\n", bads[k]);
+        CHECK(ok);
+    }
+    o.spiking = 0;
+    CHECK(soma_net_new(&n, "16-8-bn4-3", &o) == SOMA_ERR_ARG);   /* bnN: temporal only */
+    CHECK(strstr(soma_last_error(), "temporal") != NULL);
+}
+
 int main(void)
 {
     test_spec();
-    test_forward();
+    test_forward(0);
+    test_forward(1);
+    test_init_state();
     fd_ltc("5-rltc8-3", SOMA_READOUT_LI, SOMA_NEURON_ALIF, 0, 8);
     fd_ltc("5-rltc8-3", SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 0, 8);
     fd_ltc("5-ltc6-rltc7-3", SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 0, 6);
@@ -272,5 +567,19 @@ int main(void)
     /* an FPTT-K window entered with a (constant) state: K = 4 after 5 steps */
     fd_ltc("5-rltc8-3", SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 5, 4);
     fd_ltc("5-ltc6-rltc7-3", SOMA_READOUT_LI, SOMA_NEURON_ALIF, 3, 3);
+    /* convolutional LTC cells (notes/fptt.md 2.4, no BN) */
+    test_conv_spec();
+    test_conv_forward(0);
+    test_conv_forward(1);
+    fd_ltc_chw("cltc3x3p1-cltc3x2-4", 2, 5, 5, SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 0, 5, 1e-2f);
+    /* smaller steps: a larger one moves the max pool's argmax (not smooth) */
+    fd_ltc_chw("cltc3x3p1m2-4", 2, 5, 5, SOMA_READOUT_LI, SOMA_NEURON_ALIF, 0, 5, 1e-3f);
+    fd_ltc_chw("cltc3x3p1-4", 1, 4, 4, SOMA_READOUT_LTC, SOMA_NEURON_LIF, 0, 5, 1e-2f);
+    fd_ltc_chw("cltc3x3p1-cltc3x2-4", 2, 5, 5, SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 3, 3, 1e-2f);   /* FPTT-K window */
+    /* per-time-step batchnorm (notes/fptt.md 2.2), batch statistics in training */
+    test_bn_time();
+    fd_ltc("5-rltc8-bn4-3", SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 0, 6);
+    fd_ltc("5-ltc6-bn-rltc7-bn3-3", SOMA_READOUT_LI, SOMA_NEURON_ALIF, 3, 3);
+    fd_ltc_chw("cltc3x3p1-bn2-4", 2, 4, 4, SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 0, 4, 1e-2f);
     return check_report("test_ltc");
 }

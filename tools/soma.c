@@ -87,7 +87,7 @@ enum {
     O_NEURON, O_T, O_ENCODING, O_GAIN, O_READOUT, O_REDUCE, O_ALPHA, O_TAU, O_THRESHOLD,
     O_RESET, O_DETACH_RESET, O_RHO, O_BETA_A, O_SURROGATE, O_SLOPE, O_WIDTH, O_READOUT_ALPHA,
     O_TRUNC, O_ENC_SEED, O_BINARY_FRAMES, O_NO_NORMALIZE, O_LR_MIN, O_RHO_MAX,
-    O_LTC_NEURON, O_LTC_THRESHOLD, O_LTC_BETA_A,
+    O_LTC_NEURON, O_LTC_THRESHOLD, O_LTC_BETA_A, O_INIT_FROM, O_LTC_INIT,
     O_RULE_OPT = 1000   /* + index of soma_rule_option_key */
 };
 
@@ -117,7 +117,7 @@ static const struct option train_opts[] = {
     { "binary-frames", 0, 0, O_BINARY_FRAMES }, { "no-normalize", 0, 0, O_NO_NORMALIZE },
     { "lr-min", 1, 0, O_LR_MIN }, { "rho-max", 1, 0, O_RHO_MAX },
     { "ltc-neuron", 1, 0, O_LTC_NEURON }, { "ltc-threshold", 1, 0, O_LTC_THRESHOLD },
-    { "ltc-beta-a", 1, 0, O_LTC_BETA_A },
+    { "ltc-beta-a", 1, 0, O_LTC_BETA_A }, { "init-from", 1, 0, O_INIT_FROM }, { "ltc-init", 1, 0, O_LTC_INIT },
     { 0, 0, 0, 0 }
 };
 
@@ -171,6 +171,8 @@ static void train_help(void)
     printf("  --ltc-neuron NAME    ltc/rltc cells: alif (adaptive threshold) or lif (default alif)\n"
            "  --ltc-threshold F    ltc threshold b0 (default 0.1)\n"
            "  --ltc-beta-a F       ltc adaptation strength (default 1.8)\n"
+           "  --ltc-init NAME      ltc state at each sequence start: zero, or uniform\n"
+           "                       (u ~ U[0,1), eta = b0, as the authors' S-MNIST code; default zero)\n"
            "  --lr-min F --rho-max F   MQ optimizer (defaults 1e-3, 0.9999; --eps is its r)\n"
            "  --no-normalize       feed pixels in [0,1] (no mean/std; rule ep always does)\n");
     printf("learning:\n  --rule NAME          learning rule (default bp):\n");
@@ -200,6 +202,8 @@ static void train_help(void)
            "  --threads N          (default $SOMA_THREADS or 1)\n"
            "  --save PATH          checkpoint after every epoch (atomic)\n"
            "  --resume PATH        continue from a checkpoint to --epochs\n"
+           "  --init-from PATH     start from a checkpoint's weights (fresh optimizer and epochs;\n"
+           "                       any rule: e.g. BP pre-training, then --rule lfp)\n"
            "  --metrics PATH       JSONL log (default runs/DATA-RULE-sSEED.jsonl)\n"
            "  --dry-run            print the network and the memory plan, do not train\n"
            "  --quiet              no progress line\n");
@@ -361,6 +365,7 @@ static int apply_train_option(train_cli *t, int code, const char *name, const ch
     case O_NO_VERIFY: c->verify = 0; break;
     case O_SAVE: c->save = arg; break;
     case O_RESUME: c->resume = arg; break;
+    case O_INIT_FROM: c->init_from = arg; break;
     case O_METRICS: c->metrics = arg; break;
     case O_DRY_RUN: t->dry_run = 1; break;
     case O_NEURON: {
@@ -411,6 +416,9 @@ static int apply_train_option(train_cli *t, int code, const char *name, const ch
     }
     case O_LTC_THRESHOLD: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->ltc.threshold = f; break;
     case O_LTC_BETA_A: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->ltc.beta_a = f; break;
+    case O_LTC_INIT:
+        if ((st = soma_state_init_from_name(&c->ltc.init, arg))) return usage_error("%s: %s", opt, soma_last_error());
+        break;
     case O_TRUNC: if (!parse_long(opt, arg, 0, INT_MAX, &v)) return EXIT_USAGE; c->rule_cfg.trunc = (int)v; break;
     case O_QUIET: t->quiet = 1; break;
     default:
@@ -555,9 +563,12 @@ static int cmd_eval(int argc, char **argv)
     static const struct option opts[] = {
         { "ckpt", 1, 0, 'c' }, { "data", 1, 0, 'd' }, { "data-dir", 1, 0, 'D' },
         { "batch", 1, 0, 'b' }, { "test-limit", 1, 0, 'l' }, { "threads", 1, 0, 't' },
-        { "no-verify", 0, 0, 'n' }, { "help", 0, 0, 'h' }, { 0, 0, 0, 0 }
+        { "no-verify", 0, 0, 'n' }, { "help", 0, 0, 'h' }, { "prune", 1, 0, 'p' },
+        { "prune-per-layer", 0, 0, 'P' }, { 0, 0, 0, 0 }
     };
     const char *ckpt = NULL, *data = "mnist", *dir = NULL;
+    float prune = 0;
+    int per_layer = 0;
     long batch = 256, limit = 0, threads = 0;
     int verify = 1, code;
     optind = 1;
@@ -571,6 +582,11 @@ static int cmd_eval(int argc, char **argv)
         case 'l': if (!parse_long("--test-limit", optarg, 0, INT_MAX, &limit)) return EXIT_USAGE; break;
         case 't': if (!parse_long("--threads", optarg, 1, 1024, &threads)) return EXIT_USAGE; break;
         case 'n': verify = 0; break;
+        case 'p':
+            if (!parse_float("--prune", optarg, &prune)) return EXIT_USAGE;
+            if (!(prune >= 0 && prune <= 1)) return usage_error("--prune: must be a fraction in [0, 1], got %s%s", optarg, "");
+            break;
+        case 'P': per_layer = 1; break;
         case 'h':
             printf("usage: soma eval --ckpt PATH [--data NAME] [options]\n"
                    "Evaluates a checkpoint on the test split: accuracy, loss, confusion matrix.\n"
@@ -582,7 +598,10 @@ static int cmd_eval(int argc, char **argv)
                    "  --batch N            (default 256)\n"
                    "  --test-limit N       first N test samples (default 0 = all)\n"
                    "  --threads N          (default $SOMA_THREADS or 1)\n"
-                   "  --no-verify          skip the SHA-256 check of the data files\n");
+                   "  --no-verify          skip the SHA-256 check of the data files\n"
+                   "  --prune F            first zero the fraction F of dense/conv weights with the\n"
+                   "                       smallest |w| (global; no fine-tuning)\n"
+                   "  --prune-per-layer    prune F of each layer instead\n");
             return 0;
         case ':': return usage_error("eval: option '%s' needs a value%s", argv[optind - 1], "");
         default: return usage_error("eval: unknown option '%s'%s", argv[optind - 1], "");
@@ -593,10 +612,11 @@ static int cmd_eval(int argc, char **argv)
     soma_set_threads((int)threads);
     soma_eval_result *r = malloc(sizeof *r);
     if (!r) return EXIT_RUNTIME;
-    soma_status st = soma_evaluate(ckpt, data, dir, (int)batch, (int)limit, verify, r);
+    soma_status st = soma_evaluate(ckpt, data, dir, (int)batch, (int)limit, verify, prune, per_layer, r);
     if (st) { free(r); return runtime_error(st); }
-    printf("accuracy %.2f%% (%d samples), loss %.4f\nconfusion matrix (rows: true class, columns: predicted):\n",
-           100 * r->acc, r->n, r->loss);
+    printf("accuracy %.2f%% (%d samples), loss %.4f, weight gini %.4f", 100 * r->acc, r->n, r->loss, r->gini);
+    if (prune > 0) printf(", pruned %zu weights (%g%%%s)", r->pruned, 100.0 * prune, per_layer ? " per layer" : "");
+    printf("\nconfusion matrix (rows: true class, columns: predicted):\n");
     printf("      ");
     for (int j = 0; j < r->classes; j++) printf("%6d", j);
     printf("\n");

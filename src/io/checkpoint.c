@@ -16,11 +16,11 @@
 static void cell_to_string(char *buf, size_t n, const soma_cell_params *p)
 {
     snprintf(buf, n, "kind=%s alpha=%.9g threshold=%.9g reset=%s detach=%d scale=%d rho=%.9g "
-             "beta_a=%.9g surr=%s slope=%.9g width=%.9g height=%.9g k=%.9g gamma=%.9g",
+             "beta_a=%.9g surr=%s slope=%.9g width=%.9g height=%.9g k=%.9g gamma=%.9g init=%s",
              soma_neuron_name(p->kind), p->alpha, p->threshold, soma_reset_name(p->reset),
              p->detach_reset, p->input_scale, p->rho, p->beta_a,
              soma_surrogate_name(p->surr.kind), p->surr.slope, p->surr.width, p->surr.height,
-             p->surr.scale, p->surr.gamma);
+             p->surr.scale, p->surr.gamma, soma_state_init_name(p->init));
 }
 
 static soma_status cell_from_string(soma_cell_params *p, const char *s, const char *path)
@@ -41,7 +41,8 @@ static soma_status cell_from_string(soma_cell_params *p, const char *s, const ch
         else if (!strcmp(k, "surr")) {
             soma_surrogate sg;
             if (!(st = soma_surrogate_from_name(&sg, v))) p->surr.kind = sg.kind;
-        } else if (!num) return soma__fail(SOMA_ERR_FORMAT, "%s: cell field %s='%s' is not a number", path, k, v);
+        } else if (!strcmp(k, "init")) st = soma_state_init_from_name(&p->init, v);
+        else if (!num) return soma__fail(SOMA_ERR_FORMAT, "%s: cell field %s='%s' is not a number", path, k, v);
         else if (!strcmp(k, "alpha")) p->alpha = f;
         else if (!strcmp(k, "threshold")) p->threshold = f;
         else if (!strcmp(k, "detach")) p->detach_reset = (int)f;

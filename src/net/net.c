@@ -44,6 +44,20 @@ void soma_net_options_default(soma_net_options *o)
     soma_surrogate_default(&o->ltc.surr, SOMA_SURR_MULTIGAUSS);
 }
 
+static const char *const state_init_names[SOMA_STATE_COUNT] = { "zero", "uniform" };
+
+const char *soma_state_init_name(soma_state_init k)
+{
+    return (unsigned)k < SOMA_STATE_COUNT ? state_init_names[k] : "?";
+}
+
+soma_status soma_state_init_from_name(soma_state_init *out, const char *name)
+{
+    for (int i = 0; i < SOMA_STATE_COUNT; i++)
+        if (!strcmp(name, state_init_names[i])) { *out = (soma_state_init)i; return SOMA_OK; }
+    return soma__fail(SOMA_ERR_ARG, "unknown initial state '%s' (valid: zero, uniform)", name);
+}
+
 /* ---- stores ------------------------------------------------------------ */
 
 static int store_add(soma_store *s, int *cap, const char *name, int ndim, const int64_t *shape)
@@ -158,31 +172,38 @@ static soma_status create_params(soma_net *n)
             snprintf(name, sizeof name, "%d.bias", i);
             l->b = store_add(&n->params, &pcap, name, 1, bs);
         } else if (l->kind == SOMA_LAYER_CELL && l->ltc) {
-            /* tau maps: dense on [I_t, state_{t-1}] and a scalar slope */
-            int64_t ws[2] = { l->out_c, 2 * (int64_t)l->out_c }, bs[1] = { l->out_c }, ks[1] = { 1 };
+            /* tau maps: dense on [I_t, state_{t-1}] and a scalar slope; a
+             * conv cell (ltc 2): a KxK conv C -> C of I_t + state_{t-1}, no slope */
+            int conv = l->ltc == 2;
+            int64_t ws[4] = { l->out_c, conv ? l->out_c : 2 * (int64_t)l->out_c, l->k, l->k };
+            int64_t bs[1] = { l->out_c }, ks[1] = { 1 };
             int alif = l->cell.kind == SOMA_NEURON_ALIF;
             for (int m = 0; m < 1 + alif; m++) {
                 const char *tn = m ? "tau_adp" : "tau_m";
                 int *idx[3] = { m ? &l->ta_w : &l->tm_w, m ? &l->ta_b : &l->tm_b, m ? &l->ta_k : &l->tm_k };
                 snprintf(name, sizeof name, "%d.%s.weight", i, tn);
-                *idx[0] = store_add(&n->params, &pcap, name, 2, ws);
+                *idx[0] = store_add(&n->params, &pcap, name, conv ? 4 : 2, ws);
                 snprintf(name, sizeof name, "%d.%s.bias", i, tn);
                 *idx[1] = store_add(&n->params, &pcap, name, 1, bs);
-                snprintf(name, sizeof name, "%d.%s.k", i, tn);
-                *idx[2] = store_add(&n->params, &pcap, name, 1, ks);
-                if (*idx[0] < 0 || *idx[1] < 0 || *idx[2] < 0) return SOMA_ERR_NOMEM;
+                if (!conv) {
+                    snprintf(name, sizeof name, "%d.%s.k", i, tn);
+                    *idx[2] = store_add(&n->params, &pcap, name, 1, ks);
+                }
+                if (*idx[0] < 0 || *idx[1] < 0 || (!conv && *idx[2] < 0)) return SOMA_ERR_NOMEM;
             }
             continue;
         } else if (l->kind == SOMA_LAYER_BATCHNORM) {
-            int64_t cs[1] = { l->out_c };
+            /* one affine; running statistics per time step with bnN */
+            int64_t cs[1] = { l->out_c }, rs[2] = { l->bn_steps, l->out_c };
+            int rd = l->bn_steps ? 2 : 1;
             snprintf(name, sizeof name, "%d.weight", i);
             l->w = store_add(&n->params, &pcap, name, 1, cs);
             snprintf(name, sizeof name, "%d.bias", i);
             l->b = store_add(&n->params, &pcap, name, 1, cs);
             snprintf(name, sizeof name, "%d.running_mean", i);
-            l->run_mean = store_add(&n->buffers, &bcap, name, 1, cs);
+            l->run_mean = store_add(&n->buffers, &bcap, name, rd, l->bn_steps ? rs : cs);
             snprintf(name, sizeof name, "%d.running_var", i);
-            l->run_var = store_add(&n->buffers, &bcap, name, 1, cs);
+            l->run_var = store_add(&n->buffers, &bcap, name, rd, l->bn_steps ? rs : cs);
         } else {
             continue;
         }
@@ -218,10 +239,20 @@ static void init_params(soma_net *n, uint64_t seed)
                 soma_init_fill(soma__param_value(n, l->rec), n->params.p[l->rec].n, l->out_c,
                                l->out_c, n->init, &rng);
         } else if (l->kind == SOMA_LAYER_CELL && l->ltc) {
-            /* as the authors' code: Xavier-normal W (fans 2N in, N out), b = 0, k = 1 */
+            /* as the authors' code: Xavier-normal W (fans 2N in, N out), b = 0, k = 1;
+             * conv maps: PyTorch's Conv2d default (the net's init scheme, as conv layers) */
             int w3[2][3] = { { l->tm_w, l->tm_b, l->tm_k }, { l->ta_w, l->ta_b, l->ta_k } };
             for (int m = 0; m < 2; m++) {
                 if (w3[m][0] < 0) continue;
+                if (l->ltc == 2) {
+                    int fan_in = l->out_c * l->k * l->k;
+                    soma_init_fill(soma__param_value(n, w3[m][0]), n->params.p[w3[m][0]].n, fan_in, fan_in,
+                                   n->init, &rng);
+                    float *bv = soma__param_value(n, w3[m][1]), bound = 1.0f / sqrtf((float)fan_in);
+                    for (int j = 0; j < l->out_c; j++)
+                        bv[j] = n->init == SOMA_INIT_TORCH ? (2.0f * soma_rng_uniform(&rng) - 1.0f) * bound : 0.0f;
+                    continue;
+                }
                 soma_init_fill(soma__param_value(n, w3[m][0]), n->params.p[w3[m][0]].n, 2 * l->out_c,
                                l->out_c, SOMA_INIT_XAVIER_NORMAL, &rng);
                 memset(soma__param_value(n, w3[m][1]), 0, (size_t)l->out_c * sizeof(float));
@@ -230,7 +261,8 @@ static void init_params(soma_net *n, uint64_t seed)
         } else if (l->kind == SOMA_LAYER_BATCHNORM) {
             float *g = soma__param_value(n, l->w), *bb = soma__param_value(n, l->b);
             float *rv = n->buffers.value + n->buffers.p[l->run_var].offset;
-            for (int c = 0; c < l->out_c; c++) { g[c] = 1; bb[c] = 0; rv[c] = 1; }
+            for (int c = 0; c < l->out_c; c++) { g[c] = 1; bb[c] = 0; }
+            for (size_t c = 0; c < n->buffers.p[l->run_var].n; c++) rv[c] = 1;
         }
     }
 }
@@ -245,6 +277,9 @@ soma_status soma_net_new(soma_net **out, const char *spec, const soma_net_option
                           o->in_c, o->in_h, o->in_w);
     if ((unsigned)o->act >= SOMA_ACT_COUNT) return soma__fail(SOMA_ERR_ARG, "unknown activation %d", (int)o->act);
     if ((unsigned)o->init >= SOMA_INIT_COUNT) return soma__fail(SOMA_ERR_ARG, "unknown init %d", (int)o->init);
+    if ((unsigned)o->cell.init >= SOMA_STATE_COUNT || (unsigned)o->ltc.init >= SOMA_STATE_COUNT ||
+        (unsigned)o->readout_cell.init >= SOMA_STATE_COUNT)
+        return soma__fail(SOMA_ERR_ARG, "unknown initial cell state (valid: zero, uniform)");
     soma_net_options ltc_o;
     if (!o->spiking && spec && soma__spec_has_ltc(spec)) {
         /* an LTC layer is a cell: the net steps through time */
@@ -280,8 +315,10 @@ soma_status soma_net_new(soma_net **out, const char *spec, const soma_net_option
     soma_status st = SOMA_ERR_NOMEM;
     if (!(n->spec = soma__strdup(spec ? spec : ""))) goto fail;
     if ((st = soma__spec_parse(&n->layers, &n->n_layers, spec, o))) goto fail;
+    /* batchnorm in a temporal net updates its statistics every step: not prefix */
     while (n->prefix < n->n_layers && n->layers[n->prefix].kind != SOMA_LAYER_CELL &&
-           n->layers[n->prefix].rec != 1)  /* spec.c's flag: recurrent dense */
+           n->layers[n->prefix].rec != 1 &&  /* spec.c's flag: recurrent dense */
+           !(n->spiking && n->layers[n->prefix].kind == SOMA_LAYER_BATCHNORM))
         n->prefix++;
     if ((st = create_params(n))) goto fail;
     init_params(n, o->seed);
@@ -378,11 +415,12 @@ static soma_status prepare_slots(soma_net *n, int B, int slots)
         } else if (l->kind == SOMA_LAYER_DROPOUT) {
             if (!(l->mask = plan_alloc(one, &bytes))) goto nomem;
         } else if (l->kind == SOMA_LAYER_BATCHNORM) {
-            l->bn.mean = soma__malloc((size_t)l->out_c * sizeof(float));
-            l->bn.invstd = soma__malloc((size_t)l->out_c * sizeof(float));
+            /* per slot: the batch statistics and xhat of each step */
+            l->bn.mean = soma__malloc((size_t)slots * l->out_c * sizeof(float));
+            l->bn.invstd = soma__malloc((size_t)slots * l->out_c * sizeof(float));
             l->bn.xhat = plan_alloc(sz, &bytes);
             if (!l->bn.mean || !l->bn.invstd || !l->bn.xhat) goto nomem;
-            bytes += 2 * (size_t)l->out_c * sizeof(float);
+            bytes += 2 * (size_t)slots * l->out_c * sizeof(float);
         } else if (l->kind == SOMA_LAYER_CONV) {
             soma_conv_shape cs;
             soma_conv_shape_init(&cs, B, l->in_c, l->in_h, l->in_w, l->out_c, l->k, l->k,
@@ -399,8 +437,16 @@ static soma_status prepare_slots(soma_net *n, int B, int slots)
                     goto nomem;
                 if (alif && !(l->ga[k] = plan_alloc(one, &bytes))) goto nomem;
             }
-            if (l->ltc && (!(l->chm = plan_alloc(sz, &bytes)) || !(l->lsc = plan_alloc(4 * one, &bytes))))
+            /* scratch: alpha, rho, dalpha, drho (+ a conv cell's sum and dsum) */
+            if (l->ltc && (!(l->chm = plan_alloc(sz, &bytes)) ||
+                           !(l->lsc = plan_alloc((l->ltc == 2 ? 6 : 4) * one, &bytes))))
                 goto nomem;
+            if (l->ltc == 2) {
+                soma_conv_shape cs;
+                soma_conv_shape_init(&cs, B, l->out_c, l->out_h, l->out_w, l->out_c, l->k, l->k, 1, l->pad);
+                size_t w = soma_conv2d_workspace(&cs, threads);
+                if (w > ws) ws = w;
+            }
             if (l->ltc && l->ta_w >= 0 && !(l->cha = plan_alloc(sz, &bytes))) goto nomem;
         }
     }
@@ -468,6 +514,20 @@ void soma_net_set_train(soma_net *n, int train) { n->train = train; }
 static void conv_shape(soma_conv_shape *cs, const soma_layer *l, int B)
 {
     soma_conv_shape_init(cs, B, l->in_c, l->in_h, l->in_w, l->out_c, l->k, l->k, l->stride, l->pad);
+}
+
+/* The tau maps of a conv LTC cell: C -> C, KxK, stride 1, same padding. */
+static void ltc_conv_shape(soma_conv_shape *cs, const soma_layer *l, int B)
+{
+    soma_conv_shape_init(cs, B, l->out_c, l->out_h, l->out_w, l->out_c, l->k, l->k, 1, l->pad);
+}
+
+/* A batchnorm layer's cache of one slot (slot 0: l->bn itself). */
+static void bn_cache(soma_bn_cache *bc, const soma_net *n, const soma_layer *l, int slot)
+{
+    bc->mean = l->bn.mean + (size_t)slot * l->out_c;
+    bc->invstd = l->bn.invstd + (size_t)slot * l->out_c;
+    bc->xhat = soma__slot(n, l, l->bn.xhat, slot);
 }
 
 static void pool_shape(soma_pool_shape *ps, const soma_layer *l, int B)
@@ -540,11 +600,15 @@ static soma_status layer_forward(soma_net *n, int i, const float *in, int slot, 
         }
         break;
     case SOMA_LAYER_BATCHNORM: {
-        float *rm = n->buffers.value + n->buffers.p[l->run_mean].offset;
-        float *rv = n->buffers.value + n->buffers.p[l->run_var].offset;
+        /* bnN: the statistics row of this step (the last one from step N on) */
+        size_t row = l->bn_steps ? (size_t)(n->t < l->bn_steps ? n->t : l->bn_steps - 1) * l->out_c : 0;
+        float *rm = n->buffers.value + n->buffers.p[l->run_mean].offset + row;
+        float *rv = n->buffers.value + n->buffers.p[l->run_var].offset + row;
+        soma_bn_cache bc;
+        bn_cache(&bc, n, l, slot);
         if (n->train && B < 2 && l->out_h * l->out_w == 1)
             return soma__fail(SOMA_ERR_ARG, "batchnorm in training needs more than 1 value per channel (batch %d)", B);
-        soma_batchnorm_forward(out, &l->bn, rm, rv, in, soma__param_value(n, l->w),
+        soma_batchnorm_forward(out, &bc, rm, rv, in, soma__param_value(n, l->w),
                                soma__param_value(n, l->b), B, l->out_c, l->out_h * l->out_w,
                                l->eps, l->momentum, n->train);
         break;
@@ -555,7 +619,24 @@ static soma_status layer_forward(soma_net *n, int i, const float *in, int slot, 
         cell_state(&ns, n, l, slot);
         soma_cell_cache cc = { soma__slot(n, l, l->cv, slot), l->cth ? soma__slot(n, l, l->cth, slot) : NULL };
         float *alpha_v = NULL, *rho_v = NULL;
-        if (l->ltc) {
+        if (l->ltc == 2) {
+            /* conv cell: tau_m = sigmoid(conv_tm(I_t + u_{t-1})), alpha = 1 - tau_m;
+             * tau_adp = sigmoid(conv_ta(I_t + eta_{t-1})), rho = tau_adp */
+            soma_conv_shape cs;
+            ltc_conv_shape(&cs, l, B);
+            float *hm = soma__slot(n, l, l->chm, slot), *sum = l->lsc + 4 * count;
+            alpha_v = l->lsc;
+            soma__ltc_conv_forward(hm, sum, n->ws, in, ps.u, soma__param_value(n, l->tm_w),
+                                   soma__param_value(n, l->tm_b), &cs);
+            soma__ltc_tau(alpha_v, hm, 1.0f, count, 1);
+            if (l->ta_w >= 0) {
+                float *ha = soma__slot(n, l, l->cha, slot);
+                rho_v = l->lsc + count;
+                soma__ltc_conv_forward(ha, sum, n->ws, in, ps.a, soma__param_value(n, l->ta_w),
+                                       soma__param_value(n, l->ta_b), &cs);
+                soma__ltc_tau(rho_v, ha, 1.0f, count, 0);
+            }
+        } else if (l->ltc) {
             /* tau_m = sigmoid(k_m (W_tm [I_t, u_{t-1}] + b_tm)), alpha = 1 - tau_m;
              * tau_adp = sigmoid(k_a (W_ta [I_t, eta_{t-1}] + b_ta)), rho = tau_adp */
             const int N = l->out_c;
@@ -634,10 +715,13 @@ static soma_status layer_backward(soma_net *n, int i, float *d, const float *dy,
         if (n->train && l->p > 0) soma_dropout_backward(d, dy, l->mask, count);
         else memcpy(d, dy, count * sizeof(float));
         break;
-    case SOMA_LAYER_BATCHNORM:
-        soma_batchnorm_backward(d, soma__param_grad(n, l->w), soma__param_grad(n, l->b), dy, &l->bn,
+    case SOMA_LAYER_BATCHNORM: {
+        soma_bn_cache bc;
+        bn_cache(&bc, n, l, slot);
+        soma_batchnorm_backward(d, soma__param_grad(n, l->w), soma__param_grad(n, l->b), dy, &bc,
                                 soma__param_value(n, l->w), B, l->out_c, l->out_h * l->out_w, n->train);
         break;
+    }
     case SOMA_LAYER_CELL: {
         /* dL/d(output)_t = from the layer above (dy) + carried from step t+1;
          * the output is s_t, or u_t for a leaky-integrator readout */
@@ -658,12 +742,13 @@ static soma_status layer_backward(soma_net *n, int i, float *d, const float *dy,
         const int N = l->out_c;
         float *alpha_v = l->lsc, *rho_v = l->lsc + count, *dal = l->lsc + 2 * count, *drh = l->lsc + 3 * count;
         const float *hm = soma__slot(n, l, l->chm, slot);
-        float km = soma__param_value(n, l->tm_k)[0];
+        const int conv = l->ltc == 2;
+        float km = conv ? 1.0f : soma__param_value(n, l->tm_k)[0];
         soma__ltc_tau(alpha_v, hm, km, count, 1);
         memset(dal, 0, count * sizeof(float));
         int adp = l->ta_w >= 0;
         const float *ha = adp ? soma__slot(n, l, l->cha, slot) : NULL;
-        float ka = adp ? soma__param_value(n, l->ta_k)[0] : 0.0f;
+        float ka = adp && !conv ? soma__param_value(n, l->ta_k)[0] : 1.0f;
         if (adp) {
             soma__ltc_tau(rho_v, ha, ka, count, 0);
             memset(drh, 0, count * sizeof(float));
@@ -672,6 +757,17 @@ static soma_status layer_backward(soma_net *n, int i, float *d, const float *dy,
                                   adp ? rho_v : NULL, &l->cell, &n->spike, count);
         /* alpha = 1 - tau_m: dL/dtau_m = -dL/dalpha */
         for (size_t k = 0; k < count; k++) dal[k] = -dal[k];
+        if (conv) {
+            soma_conv_shape cs;
+            ltc_conv_shape(&cs, l, B);
+            float *sum = l->lsc + 4 * count, *dsum = l->lsc + 5 * count;
+            soma__ltc_conv_backward(dI, dprev.u, soma__param_grad(n, l->tm_w), soma__param_grad(n, l->tm_b),
+                                    dal, sum, dsum, n->ws, hm, in, ps.u, soma__param_value(n, l->tm_w), &cs);
+            if (adp)
+                soma__ltc_conv_backward(dI, dprev.a, soma__param_grad(n, l->ta_w), soma__param_grad(n, l->ta_b),
+                                        drh, sum, dsum, n->ws, ha, in, ps.a, soma__param_value(n, l->ta_w), &cs);
+            break;
+        }
         soma__ltc_map_backward(dI, dprev.u, soma__param_grad(n, l->tm_w), soma__param_grad(n, l->tm_b),
                                soma__param_grad(n, l->tm_k), dal, hm, km, in, ps.u,
                                soma__param_value(n, l->tm_w), B, N);
@@ -861,6 +957,9 @@ soma_status soma_net_reset_state(soma_net *n, int B, soma_rng *rng)
         return soma__fail(SOMA_ERR_ARG, "soma_net_reset_state needs soma_net_prepare_time first");
     soma_status st = check_batch(n, B);
     if (st) return st;
+    for (int i = 0; i < n->n_layers; i++)
+        if (n->layers[i].kind == SOMA_LAYER_CELL && n->layers[i].cell.init == SOMA_STATE_UNIFORM && !rng)
+            return soma__fail(SOMA_ERR_ARG, "a uniform initial cell state needs an rng");
     n->t = 0;
     n->cur_b = B;
     int s0 = soma__slot_of(n, -1);
@@ -868,10 +967,21 @@ soma_status soma_net_reset_state(soma_net *n, int B, soma_rng *rng)
         soma_layer *l = &n->layers[i];
         size_t one = (size_t)n->max_batch * l->out_size;
         if (l->kind == SOMA_LAYER_CELL) {
-            /* all states start at zero */
+            /* states start at zero; uniform: u ~ U[0,1) (the first B rows,
+             * in order), a = threshold (the FPTT authors' eta = b0) */
+            int li = l->cell.kind == SOMA_NEURON_LI;   /* LI: the membrane is the output */
+            float *u = soma__slot(n, l, li ? l->out : l->cu, s0);
             memset(soma__slot(n, l, l->out, s0), 0, one * sizeof(float));
-            memset(l->cell.kind == SOMA_NEURON_LI ? l->cu : soma__slot(n, l, l->cu, s0), 0, one * sizeof(float));
+            memset(li ? l->cu : u, 0, one * sizeof(float));
             if (l->ca) memset(soma__slot(n, l, l->ca, s0), 0, one * sizeof(float));
+            if (l->cell.init == SOMA_STATE_UNIFORM) {
+                size_t m = (size_t)B * l->out_size;
+                for (size_t k = 0; k < m; k++) u[k] = soma_rng_uniform(rng);
+                if (l->ca) {
+                    float *a = soma__slot(n, l, l->ca, s0);
+                    for (size_t k = 0; k < m; k++) a[k] = l->cell.threshold;
+                }
+            }
         } else if (l->kind == SOMA_LAYER_DROPOUT && n->train && l->p > 0) {
             /* variational: one mask for the whole sequence */
             if (!rng) return soma__fail(SOMA_ERR_ARG, "dropout in training mode needs an rng");

@@ -58,6 +58,9 @@ typedef struct soma_layer {
     float p;                   /* DROPOUT probability */
     int k, stride, pad;        /* CONV, POOL */
     float eps, momentum;       /* BATCHNORM */
+    int bn_steps;              /* BATCHNORM in a temporal net (bnN): running statistics per
+                                * time step, rows (N, C), step t >= N uses row N - 1;
+                                * 0: one row shared by all steps */
     soma_cell_params cell;     /* CELL */
     /* CELL with liquid time constants (ltcN, rltcN, the LTC readout): the
      * rates are tau = sigmoid(k (W [I_t, x_{t-1}] + b)) (ltc.h); tau_m
@@ -74,7 +77,7 @@ typedef struct soma_layer {
     float   *out;              /* layer output (a cell's: its spikes, or LI membrane) */
     int32_t *idx;              /* MAXPOOL argmax */
     float   *mask;             /* DROPOUT keep mask, one per sequence (variational) */
-    soma_bn_cache bn;          /* BATCHNORM (static nets only) */
+    soma_bn_cache bn;          /* BATCHNORM: mean, invstd (C) and xhat per slot */
     float   *cu, *ca, *cv, *cth; /* CELL: membrane u, adaptation a, v_t, th_t per slot */
     float   *gu[2], *ga[2], *gs[2]; /* CELL: state-gradient carries (this step, previous) */
     float   *delta;            /* DENSE, static nets: dL/d(output) kept by the fused update */

@@ -133,10 +133,9 @@ static soma_status parse_conv(spec_builder *b, const char *tok, int pos)
     return SOMA_OK;
 }
 
-static soma_status parse_pool(spec_builder *b, const char *tok, int pos, int avg)
+static soma_status parse_pool(spec_builder *b, const char *tok, int pos, int avg, int k)
 {
-    int k;
-    if (!parse_int(tok + (avg ? 7 : 4), &k)) return bad(tok, pos, "pool size must be a positive integer");
+    if (!k && !parse_int(tok + (avg ? 7 : 4), &k)) return bad(tok, pos, "pool size must be a positive integer");
     if (b->flat) return bad(tok, pos, "pooling needs an image-shaped input (after conv)");
     soma_pool_shape ps;
     if (soma_pool_shape_init(&ps, 1, b->c, b->h, b->w, k, k)) return bad(tok, pos, soma_last_error());
@@ -144,6 +143,54 @@ static soma_status parse_pool(spec_builder *b, const char *tok, int pos, int avg
     if (!l) return SOMA_ERR_NOMEM;
     l->k = k; l->stride = k;
     set_out(b, l, b->c, ps.OH, ps.OW);
+    return SOMA_OK;
+}
+
+/* The cell just pushed is fed back by a recurrent dense layer before it
+ * (directly, or through its batchnorm). */
+static void link_rec(spec_builder *b)
+{
+    int j = b->n - 2;
+    if (j >= 0 && b->layers[j].kind == SOMA_LAYER_BATCHNORM) j--;
+    if (j >= 0 && b->layers[j].kind == SOMA_LAYER_DENSE && b->layers[j].rec) b->layers[j].rec_src = b->n - 1;
+}
+
+/* bn / bnN (steps: N, or 0).  After a conv or dense layer; in a temporal
+ * net also after an ltcN / rltcN / cltcKxC token, where it normalises the
+ * token's linear output (inserted right after its dense/conv, before the
+ * pool and the cell, as notes/fptt.md 2.2 / 2.4). */
+static soma_status add_bn(spec_builder *b, const char *tok, int pos, int steps)
+{
+    int at = b->n;   /* insert position */
+    if (b->o->spiking && b->n >= 2 && b->layers[b->n - 1].kind == SOMA_LAYER_CELL && b->layers[b->n - 1].ltc &&
+        b->last_linear >= 0 && b->last_linear < b->n - 1) {
+        for (int i = b->last_linear + 1; i < b->n; i++)
+            if (b->layers[i].kind != SOMA_LAYER_MAXPOOL && b->layers[i].kind != SOMA_LAYER_CELL)
+                return bad(tok, pos, "bn must directly follow a conv or dense layer");
+        at = b->last_linear + 1;
+    } else if (b->last_linear < 0 || b->last_linear != b->n - 1) {
+        return bad(tok, pos, "bn must directly follow a conv or dense layer");
+    }
+    if (steps && !b->o->spiking) return bad(tok, pos, "per-time-step statistics (bnN) need a temporal net");
+    soma_layer *l = push(b, SOMA_LAYER_BATCHNORM);
+    if (!l) return SOMA_ERR_NOMEM;
+    soma_layer nl = *l;
+    const soma_layer *ll = &b->layers[at - 1];
+    nl.eps = 1e-5f; nl.momentum = 0.1f;
+    nl.bn_steps = steps;
+    nl.in_c = nl.out_c = ll->out_c; nl.in_h = nl.out_h = ll->out_h; nl.in_w = nl.out_w = ll->out_w;
+    nl.in_size = nl.out_size = ll->out_size;
+    if (at == b->n - 1) {
+        *l = nl;
+        set_out(b, l, b->c, b->h, b->w);
+        return SOMA_OK;
+    }
+    /* move the pool / cell layers up by one; fix the recurrent link */
+    memmove(&b->layers[at + 1], &b->layers[at], (size_t)(b->n - 1 - at) * sizeof *b->layers);
+    b->layers[at] = nl;
+    for (int i = 0; i < b->n; i++)
+        if (b->layers[i].kind == SOMA_LAYER_DENSE && b->layers[i].rec && b->layers[i].rec_src >= at)
+            b->layers[i].rec_src++;
     return SOMA_OK;
 }
 
@@ -157,8 +204,7 @@ static soma_status add_act(spec_builder *b, soma_act act)
     l->act = act;
     if (b->o->spiking) l->cell = b->o->cell;
     set_out(b, l, b->c, b->h, b->w);
-    soma_layer *prev = &b->layers[b->n - 2];
-    if (prev->kind == SOMA_LAYER_DENSE && prev->rec) prev->rec_src = b->n - 1;
+    link_rec(b);
     return SOMA_OK;
 }
 
@@ -171,10 +217,38 @@ static soma_status add_ltc_cell(spec_builder *b)
     l->cell = b->o->ltc;
     l->ltc = 1;
     set_out(b, l, b->c, b->h, b->w);
-    soma_layer *prev = &b->layers[b->n - 2];
-    if (prev->kind == SOMA_LAYER_DENSE && prev->rec) prev->rec_src = b->n - 1;
+    link_rec(b);
     return SOMA_OK;
 }
+
+/* cltcKxC[sS][pP][mM]: convKxC[sS][pP], an M x M max pool when m is given,
+ * then a convolutional LTC cell whose tau maps are KxK same-padding convs
+ * of C_t + u_{t-1} and C_t + eta_{t-1} (notes/fptt.md 2.4; K odd). */
+static soma_status parse_cltc(spec_builder *b, const char *tok, int pos)
+{
+    char conv[MAX_TOKEN + 1] = "conv";
+    snprintf(conv + 4, sizeof conv - 4, "%s", tok + 4);
+    int pool = 0;
+    char *m = strchr(conv, 'm');
+    if (m) {
+        if (!parse_int(m + 1, &pool)) return bad(tok, pos, "max pool size must be a positive integer (m<size> last)");
+        *m = 0;
+    }
+    soma_status st = parse_conv(b, conv, pos);
+    if (st) return st;
+    int k = b->layers[b->n - 1].k;
+    if (k % 2 == 0) return bad(tok, pos, "the tau maps are same-padding KxK convs: K must be odd");
+    if (pool && (st = parse_pool(b, tok, pos, 0, pool))) return st;
+    soma_layer *l = push(b, SOMA_LAYER_CELL);
+    if (!l) return SOMA_ERR_NOMEM;
+    l->cell = b->o->ltc;
+    l->ltc = 2;
+    l->k = k; l->stride = 1; l->pad = (k - 1) / 2;
+    set_out(b, l, b->c, b->h, b->w);
+    return SOMA_OK;
+}
+
+static int is_cltc(const char *t) { return !strncmp(t, "cltc", 4); }
 
 /* 1 if t is ltcN (recurrent: rltcN), *units set. */
 static int parse_ltc(const char *t, int *units, int *recurrent)
@@ -193,7 +267,7 @@ int soma__spec_has_ltc(const char *spec)
         if (len < MAX_TOKEN) {
             memcpy(tok, p, len);
             tok[len] = 0;
-            if (parse_ltc(tok, &u, &r)) return 1;
+            if (parse_ltc(tok, &u, &r) || is_cltc(tok)) return 1;
         }
         p = e ? e + 1 : NULL;
     }
@@ -234,7 +308,7 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
         int dummy;
         if ((parse_int(toks[i], &dummy) && i > 0) || !strncmp(toks[i], "fc", 2) ||
             !strncmp(toks[i], "conv", 4) || (toks[i][0] == 'r' && parse_int(toks[i] + 1, &dummy)) ||
-            parse_ltc(toks[i], &dummy, &dummy))
+            parse_ltc(toks[i], &dummy, &dummy) || is_cltc(toks[i]))
             last_lin_tok = i;
     }
     soma_status st = SOMA_OK;
@@ -251,7 +325,7 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
             }
             continue;
         }
-        int is_bn = !strcmp(t, "bn");
+        int bn_steps = 0, is_bn = !strcmp(t, "bn") || (!strncmp(t, "bn", 2) && parse_int(t + 2, &bn_steps));
         if (pending_act && !is_bn) {
             if ((st = add_act(&b, act))) break;
             pending_act = 0;
@@ -263,6 +337,11 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
             if ((st = add_dense(&b, v, ltc_rec))) break;
             st = add_ltc_cell(&b);
             continue;
+        } else if (is_cltc(t)) {
+            if (!o->spiking) { st = bad(t, i + 1, "LTC layers need a spiking net"); break; }
+            if (i == last_lin_tok) { st = bad(t, i + 1, "an LTC layer cannot be the output layer (add a dense layer after it)"); break; }
+            st = parse_cltc(&b, t, i + 1);
+            continue;
         } else if (is_rec) {
             if (!o->spiking) { st = bad(t, i + 1, "recurrent layers (rN) need a spiking net (--neuron)"); break; }
             if (i == last_lin_tok) { st = bad(t, i + 1, "the output layer cannot be recurrent"); break; }
@@ -272,18 +351,10 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
             if (!parse_int(t + 2, &v)) { st = bad(t, i + 1, "expected fcN with N a positive integer"); break; }
             st = add_dense(&b, v, 0);
         } else if (!strncmp(t, "conv", 4)) st = parse_conv(&b, t, i + 1);
-        else if (!strncmp(t, "avgpool", 7)) st = parse_pool(&b, t, i + 1, 1);
-        else if (!strncmp(t, "pool", 4)) st = parse_pool(&b, t, i + 1, 0);
+        else if (!strncmp(t, "avgpool", 7)) st = parse_pool(&b, t, i + 1, 1, 0);
+        else if (!strncmp(t, "pool", 4)) st = parse_pool(&b, t, i + 1, 0, 0);
         else if (is_bn) {
-            if (o->spiking) { st = bad(t, i + 1, "batchnorm is not supported in spiking nets yet"); break; }
-            if (b.last_linear < 0 || b.last_linear != b.n - 1) {
-                st = bad(t, i + 1, "bn must directly follow a conv or dense layer");
-                break;
-            }
-            soma_layer *l = push(&b, SOMA_LAYER_BATCHNORM);
-            if (!l) { st = SOMA_ERR_NOMEM; break; }
-            l->eps = 1e-5f; l->momentum = 0.1f;
-            set_out(&b, l, b.c, b.h, b.w);
+            st = add_bn(&b, t, i + 1, bn_steps);
             continue;
         } else if (!strncmp(t, "drop", 4)) {
             char *end;
@@ -299,7 +370,7 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
             set_out(&b, l, b.c, b.h, b.w);
             continue;
         } else {
-            st = bad(t, i + 1, "unknown layer (expected N, fcN, rN, ltcN, rltcN, convKxC, poolK, avgpoolK, bn, dropP)");
+            st = bad(t, i + 1, "unknown layer (expected N, fcN, rN, ltcN, rltcN, convKxC, cltcKxC, poolK, avgpoolK, bn, bnN, dropP)");
             break;
         }
         if (!st && (is_rec || parse_int(t, &v) || !strncmp(t, "fc", 2) || !strncmp(t, "conv", 4)) &&

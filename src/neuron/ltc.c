@@ -10,6 +10,8 @@
  *   dk += sum dz h        dh = k dz
  *   dW_I += dh^T I   dW_x += dh^T x   db += sum_b dh
  *   dI  += dh W_I    dx  += dh W_x
+ *
+ * Convolutional cells (cltcKxC) use h = conv(I + x) with no slope (below).
  */
 #include "ltc.h"
 #include <math.h>
@@ -42,11 +44,8 @@ void soma__ltc_tau(float *tau, const float *h, float k, size_t n, int complement
         for (size_t j = 0; j < n; j++) tau[j] = sigm(k * h[j]);
 }
 
-void soma__ltc_map_backward(float *dI, float *dx, float *dW, float *db, float *dk, float *dtau,
-                            const float *h, float k, const float *I, const float *x,
-                            const float *W, int B, int N)
+void soma__ltc_tau_backward(float *dtau, const float *h, float k, float *dk, size_t n)
 {
-    size_t n = (size_t)B * N;
     double sk = 0;
     for (size_t j = 0; j < n; j++) {
         const float t = sigm(k * h[j]);
@@ -55,6 +54,13 @@ void soma__ltc_map_backward(float *dI, float *dx, float *dW, float *db, float *d
         dtau[j] = k * dz;            /* now dL/dh */
     }
     if (dk) *dk += (float)sk;
+}
+
+void soma__ltc_map_backward(float *dI, float *dx, float *dW, float *db, float *dk, float *dtau,
+                            const float *h, float k, const float *I, const float *x,
+                            const float *W, int B, int N)
+{
+    soma__ltc_tau_backward(dtau, h, k, dk, (size_t)B * N);
     const float *dh = dtau;
     if (dW) {
         soma_gemm(1, 0, N, N, B, 1.0f, dh, N, I, N, 1.0f, dW, 2 * N);
@@ -67,4 +73,33 @@ void soma__ltc_map_backward(float *dI, float *dx, float *dW, float *db, float *d
         }
     if (dI) soma_gemm(0, 0, B, N, N, 1.0f, dh, N, W, 2 * N, 1.0f, dI, N);
     if (dx) soma_gemm(0, 0, B, N, N, 1.0f, dh, N, W + N, 2 * N, 1.0f, dx, N);
+}
+
+/* ---- convolutional cells: h = conv(I + x), tau = sigmoid(h) ---------------
+ * Backward: dh = dtau tau (1 - tau);  conv backward gives dsum, dW, db;
+ * dI += dsum, dx += dsum. */
+
+static void add_sum(float *sum, const float *I, const float *x, size_t n)
+{
+    for (size_t j = 0; j < n; j++) sum[j] = I[j] + x[j];
+}
+
+void soma__ltc_conv_forward(float *h, float *sum, float *ws, const float *I, const float *x,
+                            const float *W, const float *b, const soma_conv_shape *cs)
+{
+    add_sum(sum, I, x, (size_t)cs->B * cs->C * cs->H * cs->W);
+    soma_conv2d_forward(h, ws, sum, W, b, cs);
+}
+
+void soma__ltc_conv_backward(float *dI, float *dx, float *dW, float *db, float *dtau, float *sum,
+                             float *dsum, float *ws, const float *h, const float *I, const float *x,
+                             const float *W, const soma_conv_shape *cs)
+{
+    const size_t n = (size_t)cs->B * cs->C * cs->H * cs->W;
+    soma__ltc_tau_backward(dtau, h, 1.0f, NULL, n);
+    add_sum(sum, I, x, n);
+    memset(dsum, 0, n * sizeof(float));
+    soma_conv2d_backward(dI || dx ? dsum : NULL, dW, db, ws, dtau, sum, W, cs);
+    if (dI) for (size_t j = 0; j < n; j++) dI[j] += dsum[j];
+    if (dx) for (size_t j = 0; j < n; j++) dx[j] += dsum[j];
 }

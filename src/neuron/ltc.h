@@ -29,4 +29,22 @@ void soma__ltc_map_backward(float *dI, float *dx, float *dW, float *db, float *d
                             const float *h, float k, const float *I, const float *x,
                             const float *W, int B, int N);
 
+/* dtau (n) holds dL/dtau of tau = sigmoid(k h) on entry and dL/dh on return;
+ * *dk += sum dL/dz h when dk is non-NULL. */
+void soma__ltc_tau_backward(float *dtau, const float *h, float k, float *dk, size_t n);
+
+/* Convolutional cells (cltcKxC, notes/fptt.md 2.4): the map is a same-padding
+ * conv of a sum, not a dense map of a concatenation, and has no slope:
+ *   h = conv(I_t + x_{t-1}; W (C,C,K,K), b (C)),   tau = sigmoid(h)
+ * cs: the map's shape (B, C, H, W -> C, K, stride 1, pad (K-1)/2); sum (B,C*H*W)
+ * and ws (soma_conv2d_workspace) are scratch. */
+void soma__ltc_conv_forward(float *h, float *sum, float *ws, const float *I, const float *x,
+                            const float *W, const float *b, const soma_conv_shape *cs);
+/* Backward of tau = sigmoid(h(I, x)): dtau as in soma__ltc_map_backward (dL/dh
+ * on return); accumulates dI, dx (either may be NULL), dW, db.  sum and dsum
+ * (B, C*H*W) and ws are scratch. */
+void soma__ltc_conv_backward(float *dI, float *dx, float *dW, float *db, float *dtau, float *sum,
+                             float *dsum, float *ws, const float *h, const float *I, const float *x,
+                             const float *W, const soma_conv_shape *cs);
+
 #endif

@@ -32,10 +32,28 @@
  * initial estimate (+G, the fixed-point step), and the multi-layer Jacobian
  * is taken at a_T, not at f(a_T).
  *
+ * Convolutional form (the net's first layer is a conv): H = 1, F = that conv
+ * (+ bias), the rates the (C, OH, OW) map of its output, W a conv kernel
+ * "<i>.weight_fb" (C, C, K, K), stride 1, pad K/2, no bias (K = ide_fb_k,
+ * odd; 0 = F's kernel), the readout the one dense layer after the flatten.
+ * W a is soma_conv2d_forward; W^T v (the Jacobian products) is the conv
+ * backward's dx path, the transposed convolution; dL/dw its dw path.
+ *
+ * F's batchnorm (a bn right after F, as in F400 / F64C5; notes 2.5): with
+ * constant input F x is the same at every step, so its batch statistics are
+ * computed once per batch and stay fixed through the simulation, the map and
+ * the solve (F is not in J); the running statistics are updated once per
+ * training batch (the authors' code does it twice: its save/restore is a
+ * no-op), the parameter VJP goes through the batch statistics, prediction
+ * uses the running ones.
+ *
  * Spectral norm (ide_sn): W = clamp(alpha, -c, c) w / sigma, sigma = u^T w v
  * after one power iteration v = w^T u / |.|, u = w v / |.| per training
  * batch (u, v persistent buffers, no gradient through them); alpha starts
- * at sigma(w) (10 power iterations).  Predict reuses u, v unchanged.
+ * at sigma(w) (10 power iterations).  Predict reuses u, v unchanged.  Conv
+ * form: the power iteration runs on the conv operator (forward and its
+ * adjoint), so sigma is its operator norm (the authors': the reshaped
+ * kernel's norm, which does not bound the operator).
  * Every product goes through soma_gemm / soma_dense_*.
  */
 #include "ide.h"
@@ -53,6 +71,7 @@ void soma_ide_config_default(soma_rule_config *c)
     c->ide_strict = 0;
     c->ide_sn = 1;
     c->ide_sn_c = 1.0f;
+    c->ide_fb_k = 0;
 }
 
 static soma_status check_config(const soma_rule_config *c)
@@ -70,6 +89,9 @@ static soma_status check_config(const soma_rule_config *c)
         return soma__fail(SOMA_ERR_ARG, "IDE fixed-point damping must be in (0, 1], got %g", c->ide_damp);
     if (c->ide_sn && (!(c->ide_sn_c > 0.0f) || !isfinite(c->ide_sn_c)))
         return soma__fail(SOMA_ERR_ARG, "IDE spectral-norm clip c must be > 0, got %g", c->ide_sn_c);
+    if (c->ide_fb_k < 0 || (c->ide_fb_k > 0 && c->ide_fb_k % 2 == 0))
+        return soma__fail(SOMA_ERR_ARG, "IDE conv feedback kernel must be odd (same-size output "
+                          "with pad K/2), or 0 for F's kernel; got %d", c->ide_fb_k);
     return SOMA_OK;
 }
 
@@ -109,19 +131,47 @@ static double normalize(float *x, int n)
     return nrm;
 }
 
-/* One power iteration on w (m, n): v = w^T u / |.|, u = w v / |.|. */
-static void power_iter(const float *w, float *u, float *v, int m, int n)
+/* The conv feedback operator on one sample (B = 1) */
+static soma_conv_shape one_sample(soma_conv_shape s)
 {
+    s.B = 1;
+    return s;
+}
+
+/* One power iteration on the feedback operator: v = W^T u / |.|, u = W v / |.|.
+ * Dense: W = w (m, n).  Conv: W is the convolution by the kernel w on a
+ * (C, OH, OW) map and W^T its adjoint, the transposed convolution, i.e. the
+ * conv backward's dx path (so sigma is the operator norm of the conv, not
+ * the norm of the reshaped kernel as in the authors' code, notes 2.4). */
+static void power_iter(ide_state *e, const float *w, float *u, float *v)
+{
+    int m = e->n[1], n = e->n[e->H];
+    if (e->conv) {
+        soma_conv_shape s = one_sample(e->wcs);
+        memset(v, 0, (size_t)n * sizeof(float));
+        soma_conv2d_backward(v, NULL, NULL, e->cws, u, NULL, w, &s);
+        normalize(v, n);
+        soma_conv2d_forward(u, e->cws, v, w, NULL, &s);
+        normalize(u, m);
+        return;
+    }
     soma_gemv(1, m, n, 1.0f, w, n, u, 0.0f, v);
     normalize(v, n);
     soma_gemv(0, m, n, 1.0f, w, n, v, 0.0f, u);
     normalize(u, m);
 }
 
-/* sigma = u^T w v, in double */
-static double sn_sigma(const float *w, const float *u, const float *v, int m, int n)
+/* sigma = u^T W v, in double (conv: W v into the scratch e->cfb) */
+static double sn_sigma(ide_state *e, const float *w, const float *u, const float *v)
 {
+    int m = e->n[1], n = e->n[e->H];
     double s = 0;
+    if (e->conv) {
+        soma_conv_shape cs = one_sample(e->wcs);
+        soma_conv2d_forward(e->cfb, e->cws, v, w, NULL, &cs);
+        for (int i = 0; i < m; i++) s += (double)u[i] * e->cfb[i];
+        return s;
+    }
     for (int i = 0; i < m; i++) {
         double row = 0;
         for (int j = 0; j < n; j++) row += (double)w[(size_t)i * n + j] * v[j];
@@ -135,18 +185,19 @@ void soma__ide_weight(soma_rule *r, int do_iter)
     ide_state *e = r->state;
     soma_net *net = r->net;
     if (e->sn_g < 0) return;   /* weff is the parameter itself */
-    int m = e->n[1], n = e->n[e->H];
     const float *w = soma__param_value(net, e->fb);
     float *u = soma__buffer_value(net, e->sn_u), *v = soma__buffer_value(net, e->sn_v);
-    if (do_iter) power_iter(w, u, v, m, n);
-    e->sigma = (float)sn_sigma(w, u, v, m, n);
+    if (do_iter) power_iter(e, w, u, v);
+    e->sigma = (float)sn_sigma(e, w, u, v);
     float c = r->cfg.ide_sn_c, g = soma__param_value(net, e->sn_g)[0];
     float gc = g < -c ? -c : g > c ? c : g;
     float k = gc / e->sigma;
-    for (size_t i = 0; i < (size_t)m * n; i++) e->weff[i] = k * w[i];
+    for (size_t i = 0; i < e->wn; i++) e->weff[i] = k * w[i];
 }
 
-/* W_eff = gc w / sigma:  dw = (gc/sigma) G - (gc <G,w> / sigma^2) u v^T,
+/* W_eff = gc w / sigma:  dw = (gc/sigma) G - (gc <G,w> / sigma^2) dsigma/dw,
+ * dsigma/dw = u v^T (dense) or the conv kernel gradient of <u, conv(v; w)>
+ * (the conv backward's dw with dy = u, x = v);
  * dalpha = <G,w> / sigma where |alpha| <= c (clamp passes on the closed interval). */
 static void sn_backward(soma_rule *r)
 {
@@ -159,9 +210,14 @@ static void sn_backward(soma_rule *r)
     float c = r->cfg.ide_sn_c, g = soma__param_value(net, e->sn_g)[0];
     float gc = g < -c ? -c : g > c ? c : g;
     double sig = e->sigma, gw = 0;
-    for (size_t i = 0; i < (size_t)m * n; i++) gw += (double)e->gweff[i] * w[i];
+    for (size_t i = 0; i < e->wn; i++) gw += (double)e->gweff[i] * w[i];
     double k1 = gc / sig, k2 = gc * gw / (sig * sig);
-    for (int i = 0; i < m; i++)
+    if (e->conv) {
+        soma_conv_shape s = one_sample(e->wcs);
+        memset(e->dsig, 0, e->wn * sizeof(float));
+        soma_conv2d_backward(NULL, e->dsig, NULL, e->cws, u, v, w, &s);
+        for (size_t q = 0; q < e->wn; q++) dw[q] += (float)(k1 * e->gweff[q] - k2 * e->dsig[q]);
+    } else for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
             size_t q = (size_t)i * n + j;
             dw[q] += (float)(k1 * e->gweff[q] - k2 * u[i] * v[j]);
@@ -177,59 +233,121 @@ static soma_status ide_init(soma_rule *r, int max_batch)
     const soma_rule_config *c = &r->cfg;
     if (soma_net_is_spiking(net))
         return soma__fail(SOMA_ERR_ARG, "rule ide builds its own spiking dynamics over a rate net's "
-                          "dense layers; net '%s' has neuron cells (drop --neuron)", soma_net_spec(net));
+                          "dense / conv layers; net '%s' has neuron cells (drop --neuron)", soma_net_spec(net));
     soma_status st = check_config(c);
     if (st) return st;
     ide_state *e = soma__calloc(1, sizeof *e);
     if (!e) return SOMA_ERR_NOMEM;
     r->state = e;
     e->fb = e->sn_g = e->sn_u = e->sn_v = -1;
-    int L = 0, first = -1;
+    e->bn_g = e->bn_b = e->bn_rm = e->bn_rv = -1;
+    /* dense form: D_1 [bn] D_2 .. D_L;  conv form: conv [bn] flatten D (the readout) */
+    int L = 0, first = -1, last_param = -1;
+    const soma_layer *cl = NULL;
     for (int i = 0; i < net->n_layers; i++) {
         const soma_layer *l = &net->layers[i];
         if (l->kind == SOMA_LAYER_ACT || l->kind == SOMA_LAYER_FLATTEN) continue;
+        if (l->kind == SOMA_LAYER_CONV) {
+            if (first >= 0)
+                return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide: the convolutional form takes one "
+                                  "conv layer, first (the input map F), then the dense readout; layer "
+                                  "%d of '%s' is another conv", i, soma_net_spec(net));
+            first = last_param = i;
+            cl = l;
+            e->conv = 1;
+            e->w[1] = l->w;
+            e->b[1] = l->b;
+            e->n[1] = (int)l->out_size;
+            continue;
+        }
+        if (l->kind == SOMA_LAYER_BATCHNORM) {
+            if (last_param != first || first < 0 || e->bn_g >= 0 || (!e->conv && L != 1))
+                return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide: batchnorm only right after the "
+                                  "input map F (the first dense / conv layer); layer %d of '%s'", i,
+                                  soma_net_spec(net));
+            e->bn_g = l->w;
+            e->bn_b = l->b;
+            e->bn_rm = l->run_mean;
+            e->bn_rv = l->run_var;
+            e->bn_c = l->in_c;
+            e->bn_s = l->in_h * l->in_w;
+            e->bn_eps = l->eps;
+            e->bn_mom = l->momentum;
+            last_param = -2;
+            continue;
+        }
         if (l->kind != SOMA_LAYER_DENSE)
-            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide runs over dense layers only; layer %d "
-                              "of '%s' is not dense (convolutional feedback, batchnorm and dropout "
-                              "are not implemented)", i, soma_net_spec(net));
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide runs over dense layers, or one conv "
+                              "layer and a dense readout; layer %d of '%s' is neither (pooling, "
+                              "dropout are not implemented)", i, soma_net_spec(net));
         if (l->rec >= 0)
             return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide: layer %d has a recurrent weight; the "
                               "feedback matrix is the rule's own", i);
+        if (e->conv && L == 1)
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide: the convolutional form takes one "
+                              "dense readout after the conv layer; '%s' has more", soma_net_spec(net));
         if (L == IDE_MAXH + 1)
             return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide takes at most %d dense layers", IDE_MAXH + 1);
         L++;
+        last_param = i;
         if (first < 0) first = i;
-        e->w[L] = l->w;
-        e->b[L] = l->b;
-        if (L <= IDE_MAXH) e->n[L] = l->out_c;
+        int k = e->conv ? 2 : L;
+        e->w[k] = l->w;
+        e->b[k] = l->b;
+        if (!e->conv && L <= IDE_MAXH) e->n[L] = l->out_c;
     }
-    if (L < 2)
+    if (e->conv ? L != 1 : L < 2)
         return soma__fail(SOMA_ERR_ARG, "rule ide needs a feedback (hidden) layer and a readout: "
-                          "'%s' has %d dense layer (e.g. 784-400-10)", soma_net_spec(net), L);
-    e->H = L - 1;
+                          "'%s' has %d dense layer (e.g. 784-400-10, conv5x64s2p2-bn-10)",
+                          soma_net_spec(net), L);
+    e->H = e->conv ? 1 : L - 1;
     e->n[0] = soma_net_inputs(net);
     e->C = soma_net_outputs(net);
     int H = e->H, n1 = e->n[1], nH = e->n[H];
+    if (e->bn_g >= 0 && e->bn_c * e->bn_s != n1)
+        return soma__fail(SOMA_ERR_SHAPE, "rule ide: F's batchnorm has %d x %d values, F %d",
+                          e->bn_c, e->bn_s, n1);
 
-    /* the feedback matrix W (n1, nH) and the spectral norm's tensors */
+    int K = 0, Cc = 0;
+    if (e->conv) {
+        Cc = cl->out_c;
+        K = c->ide_fb_k ? c->ide_fb_k : cl->k;
+        if (K % 2 == 0)
+            return soma__fail(SOMA_ERR_ARG, "rule ide: the conv feedback kernel takes F's size %d, "
+                              "which is even (no same-size output); set ide-fb-k to an odd size", K);
+        if ((st = soma_conv_shape_init(&e->fcs, max_batch, cl->in_c, cl->in_h, cl->in_w, cl->out_c,
+                                       cl->k, cl->k, cl->stride, cl->pad)))
+            return st;
+        if ((st = soma_conv_shape_init(&e->wcs, max_batch, Cc, cl->out_h, cl->out_w, Cc, K, K, 1,
+                                       K / 2)))
+            return st;
+        e->wn = (size_t)Cc * Cc * K * K;
+    } else {
+        e->wn = (size_t)n1 * nH;
+    }
+
+    /* the feedback weight W, (n1, nH) or (C, C, K, K), and the spectral norm's tensors */
     soma_rng rng;
     soma_rng_seed(&rng, net->opts.seed ^ 0x49444546424bull);   /* "IDEFBK": its own stream */
     char name[48];
     snprintf(name, sizeof name, "%d.weight_fb", first);
-    int64_t shape[2] = { n1, nH };
+    int64_t shape2[2] = { n1, nH }, shape4[4] = { Cc, Cc, K, K };
     int created;
-    int idx = find_or_add(net, 1, name, 2, shape, &created);
+    int idx = find_or_add(net, 1, name, e->conv ? 4 : 2, e->conv ? shape4 : shape2, &created);
     if (idx < 0) return (soma_status)idx;
     e->fb = idx;
     if (created) {
-        /* the authors' init: U(-1, 1), every output unit's row scaled to unit L2 norm */
+        /* the authors' init: U(-1, 1), every output unit's row (a dense row,
+         * an output channel's filter) scaled to unit L2 norm */
+        int rows = e->conv ? Cc : n1, cols = (int)(e->wn / (size_t)rows);
         float *w = soma__param_value(net, idx);
-        for (int i = 0; i < n1; i++) {
-            float *row = w + (size_t)i * nH;
-            for (int j = 0; j < nH; j++) row[j] = 2.0f * soma_rng_uniform(&rng) - 1.0f;
-            normalize(row, nH);
+        for (int i = 0; i < rows; i++) {
+            float *row = w + (size_t)i * cols;
+            for (int j = 0; j < cols; j++) row[j] = 2.0f * soma_rng_uniform(&rng) - 1.0f;
+            normalize(row, cols);
         }
     }
+    int init_alpha = 0;
     if (c->ide_sn) {
         int64_t one = 1, su = n1, sv = nH;
         int cg, cu, cv;
@@ -249,12 +367,7 @@ static soma_status ide_init(soma_rule *r, int max_batch)
             normalize(u, n1);
             normalize(v, nH);
         }
-        if (cg) {   /* alpha = sigma(w): 10 power iterations (from u, v, which they refine) */
-            const float *w = soma__param_value(net, e->fb);
-            float *u = soma__buffer_value(net, e->sn_u), *v = soma__buffer_value(net, e->sn_v);
-            for (int it = 0; it < 10; it++) power_iter(w, u, v, n1, nH);
-            soma__param_value(net, e->sn_g)[0] = (float)sn_sigma(w, u, v, n1, nH);
-        }
+        init_alpha = cg;
     }
 
     /* buffers */
@@ -263,9 +376,17 @@ static soma_status ide_init(soma_rule *r, int max_batch)
     size_t B = (size_t)max_batch, S = 0;
     for (int k = 1; k <= H; k++) S += (size_t)e->n[k];
     e->mem = c->ide_max_iter < IDE_MEM ? c->ide_max_iter : IDE_MEM;
-    size_t wn = (size_t)n1 * nH;
+    size_t wn = e->wn, cws = 0;
+    if (e->conv) {
+        e->cws_threads = soma_get_threads();
+        size_t a = soma_conv2d_workspace(&e->fcs, e->cws_threads);
+        size_t b = soma_conv2d_workspace(&e->wcs, e->cws_threads);
+        cws = a > b ? a : b;
+    }
+    size_t nbn = e->bn_g >= 0 ? 2 * B * n1 + 2 * (size_t)e->bn_c : 0;
     e->floats = 4 * B * S + B * n1 + 10 * B * nH + 2 * B * (size_t)e->mem * nH + 2 * B * maxn +
-                3 * B * e->C + (c->ide_sn ? 2 * wn : 0);
+                3 * B * e->C + (c->ide_sn ? 2 * wn : 0) + cws + (e->conv ? B * n1 : 0) +
+                (e->conv && c->ide_sn ? wn : 0) + nbn;
     float *p = soma__malloc_aligned(e->floats * sizeof(float));
     if (!p) return SOMA_ERR_NOMEM;
     memset(p, 0, e->floats * sizeof(float));
@@ -292,6 +413,23 @@ static soma_status ide_init(soma_rule *r, int max_batch)
         e->gweff = p; p += wn;
     } else {
         e->weff = soma__param_value(net, e->fb);   /* stable: nothing is added after init */
+    }
+    if (e->conv) {
+        e->cws = p; p += cws;
+        e->cfb = p; p += B * n1;
+        if (c->ide_sn) { e->dsig = p; p += wn; }
+    }
+    if (e->bn_g >= 0) {
+        e->fpre = p; p += B * n1;
+        e->bnc.xhat = p; p += B * n1;
+        e->bnc.mean = p; p += e->bn_c;
+        e->bnc.invstd = p; p += e->bn_c;
+    }
+    if (init_alpha) {   /* alpha = sigma(W): 10 power iterations (from u, v, which they refine) */
+        const float *w = soma__param_value(net, e->fb);
+        float *u = soma__buffer_value(net, e->sn_u), *v = soma__buffer_value(net, e->sn_v);
+        for (int it = 0; it < 10; it++) power_iter(e, w, u, v);
+        soma__param_value(net, e->sn_g)[0] = (float)sn_sigma(e, w, u, v);
     }
     return SOMA_OK;
 }
@@ -325,6 +463,48 @@ static void spike_step(float *u, float *s, size_t m, float V, float lam)
     }
 }
 
+/* e->fx (B, n1) <- F x: dense or conv (+ bias), then F's batchnorm if any:
+ * mode 0 running statistics, 1 batch statistics and one update of the
+ * running ones, 2 batch statistics only.  The statistics are those of F x
+ * itself, fixed for the whole simulation, the rate map and the implicit
+ * solve (constant input: F x is the same at every step; notes 2.5). */
+static void input_map(soma_rule *r, const float *x, int B, int mode)
+{
+    ide_state *e = r->state;
+    soma_net *net = r->net;
+    int n1 = e->n[1];
+    float *out = e->bn_g >= 0 ? e->fpre : e->fx;
+    if (e->conv) {
+        soma_conv_shape s = e->fcs;
+        s.B = B;
+        soma_conv2d_forward(out, e->cws, x, soma__param_value(net, e->w[1]),
+                            soma__param_value(net, e->b[1]), &s);
+    } else {
+        soma_dense_forward(out, x, soma__param_value(net, e->w[1]), soma__param_value(net, e->b[1]),
+                           B, e->n[0], n1);
+    }
+    if (e->bn_g < 0) return;
+    int upd = mode == 1;
+    soma_batchnorm_forward(e->fx, &e->bnc, upd || !mode ? soma__buffer_value(net, e->bn_rm) : NULL,
+                           upd || !mode ? soma__buffer_value(net, e->bn_rv) : NULL, e->fpre,
+                           soma__param_value(net, e->bn_g), soma__param_value(net, e->bn_b), B,
+                           e->bn_c, e->bn_s, e->bn_eps, e->bn_mom, mode != 0);
+}
+
+/* out (B, n1) += W a: the feedback (conv form: through the scratch e->cfb) */
+static void feedback_add(ide_state *e, float *out, const float *a, int B)
+{
+    int n1 = e->n[1], nH = e->n[e->H];
+    if (e->conv) {
+        soma_conv_shape s = e->wcs;
+        s.B = B;
+        soma_conv2d_forward(e->cfb, e->cws, a, e->weff, NULL, &s);
+        for (size_t i = 0; i < (size_t)B * n1; i++) out[i] += e->cfb[i];
+        return;
+    }
+    soma_gemm(0, 1, B, n1, nH, 1.0f, a, nH, e->weff, nH, 1.0f, out, n1);
+}
+
 void soma__ide_simulate(soma_rule *r, const float *x, int B)
 {
     ide_state *e = r->state;
@@ -332,8 +512,7 @@ void soma__ide_simulate(soma_rule *r, const float *x, int B)
     const soma_rule_config *c = &r->cfg;
     int H = e->H, n1 = e->n[1], nH = e->n[H];
     float V = c->ide_vth, lam = c->ide_leak;
-    soma_dense_forward(e->fx, x, soma__param_value(net, e->w[1]), soma__param_value(net, e->b[1]),
-                       B, e->n[0], n1);
+    input_map(r, x, B, e->sim_mode);
     for (int k = 1; k <= H; k++) {
         memset(e->u[k], 0, (size_t)B * e->n[k] * sizeof(float));
         memset(e->s[k], 0, (size_t)B * e->n[k] * sizeof(float));
@@ -342,8 +521,8 @@ void soma__ide_simulate(soma_rule *r, const float *x, int B)
     size_t m1 = (size_t)B * n1, mH = (size_t)B * nH;
     for (int t = 0; t < c->T; t++) {
         for (size_t i = 0; i < m1; i++) e->u[1][i] += e->fx[i];
-        if (t > 0)   /* u_1 += s_H(t-1) W^T */
-            soma_gemm(0, 1, B, n1, nH, 1.0f, e->s[H], nH, e->weff, nH, 1.0f, e->u[1], n1);
+        if (t > 0)   /* u_1 += W s_H(t-1) */
+            feedback_add(e, e->u[1], e->s[H], B);
         spike_step(e->u[1], e->s[1], m1, V, lam);
         for (int k = 2; k <= H; k++) {
             int nk = e->n[k], np = e->n[k - 1];
@@ -380,9 +559,9 @@ void soma__ide_map(soma_rule *r, float *out, const float *a, int B)
     soma_net *net = r->net;
     int H = e->H, n1 = e->n[1], nH = e->n[H];
     float invV = 1.0f / r->cfg.ide_vth;
-    /* pre_1 = (a W^T + F x + b_1) / V */
+    /* pre_1 = (W a + F x + b_1) / V */
     memcpy(e->pre[1], e->fx, (size_t)B * n1 * sizeof(float));
-    soma_gemm(0, 1, B, n1, nH, 1.0f, a, nH, e->weff, nH, 1.0f, e->pre[1], n1);
+    feedback_add(e, e->pre[1], a, B);
     clamp_layer(e->pre[1], e->act[1], (size_t)B * n1, invV);
     for (int k = 2; k <= H; k++) {
         soma_dense_forward(e->pre[k], e->act[k - 1], soma__param_value(net, e->w[k]),
@@ -425,6 +604,13 @@ void soma__ide_jt(soma_rule *r, float *out, const float *v, int B)
     ide_state *e = r->state;
     int n1 = e->n[1], nH = e->n[e->H];
     const float *e1 = chain_back(r, v, B, 0);
+    if (e->conv) {   /* from pre_1 = W a: d a = W^T e_1, the transposed conv */
+        soma_conv_shape s = e->wcs;
+        s.B = B;
+        memset(out, 0, (size_t)B * nH * sizeof(float));
+        soma_conv2d_backward(out, NULL, NULL, e->cws, e1, NULL, e->weff, &s);
+        return;
+    }
     /* from pre_1 = a W^T: d a = e_1 W */
     soma_gemm(0, 0, B, nH, n1, 1.0f, e1, n1, e->weff, nH, 0.0f, out, nH);
 }
@@ -436,11 +622,29 @@ static void ide_vjp(soma_rule *r, const float *beta, const float *x, const float
     soma_net *net = r->net;
     int n1 = e->n[1], nH = e->n[e->H];
     const float *e1 = chain_back(r, beta, B, 1);
-    soma_dense_backward(NULL, soma__param_grad(net, e->w[1]), soma__param_grad(net, e->b[1]), e1, x,
-                        soma__param_value(net, e->w[1]), B, e->n[0], n1);
+    const float *dF = e1;   /* dL/d(F x) before F's batchnorm */
+    if (e->bn_g >= 0) {
+        /* batch statistics in the backward graph (notes 2.5: the differentiable
+         * f(a_T) has every batchnorm in training mode) */
+        float *d = e1 == e->d0 ? e->d1 : e->d0;
+        memset(d, 0, (size_t)B * n1 * sizeof(float));
+        soma_batchnorm_backward(d, soma__param_grad(net, e->bn_g), soma__param_grad(net, e->bn_b), e1,
+                                &e->bnc, soma__param_value(net, e->bn_g), B, e->bn_c, e->bn_s, 1);
+        dF = d;
+    }
     float *gw = e->sn_g >= 0 ? e->gweff : soma__param_grad(net, e->fb);
-    if (e->sn_g >= 0) memset(gw, 0, (size_t)n1 * nH * sizeof(float));
-    soma_dense_backward(NULL, gw, NULL, e1, a, e->weff, B, nH, n1);
+    if (e->sn_g >= 0) memset(gw, 0, e->wn * sizeof(float));
+    if (e->conv) {
+        soma_conv_shape fs = e->fcs, ws = e->wcs;
+        fs.B = ws.B = B;
+        soma_conv2d_backward(NULL, soma__param_grad(net, e->w[1]), soma__param_grad(net, e->b[1]),
+                             e->cws, dF, x, soma__param_value(net, e->w[1]), &fs);
+        soma_conv2d_backward(NULL, gw, NULL, e->cws, e1, a, e->weff, &ws);
+    } else {
+        soma_dense_backward(NULL, soma__param_grad(net, e->w[1]), soma__param_grad(net, e->b[1]), dF, x,
+                            soma__param_value(net, e->w[1]), B, e->n[0], n1);
+        soma_dense_backward(NULL, gw, NULL, e1, a, e->weff, B, nH, n1);
+    }
     if (e->sn_g >= 0) sn_backward(r);
 }
 
@@ -567,6 +771,21 @@ double soma__ide_solve(soma_rule *r, const float *g, int B, int *iters)
 
 /* ---- gradient, train, predict ------------------------------------------- */
 
+/* The conv workspace was sized for cws_threads; batch statistics need more
+ * than one value per channel. */
+static soma_status check_run(soma_rule *r, int B, int train)
+{
+    ide_state *e = r->state;
+    if (e->conv && soma_get_threads() > e->cws_threads)
+        return soma__fail(SOMA_ERR_ARG, "rule ide: %d threads, but the conv workspace was sized for "
+                          "%d at init (set the threads before building the rule)", soma_get_threads(),
+                          e->cws_threads);
+    if (train && e->bn_g >= 0 && (int64_t)B * e->bn_s < 2)
+        return soma__fail(SOMA_ERR_ARG, "rule ide: F's batchnorm needs more than one value per "
+                          "channel in training (batch %d x %d)", B, e->bn_s);
+    return SOMA_OK;
+}
+
 static void readout(soma_rule *r, const float *a, int B)
 {
     ide_state *e = r->state;
@@ -579,8 +798,12 @@ static void readout(soma_rule *r, const float *a, int B)
 soma_status soma__ide_grad(soma_rule *r, const soma_batch *b, int power_iter_on, soma_step_stats *st)
 {
     ide_state *e = r->state;
+    soma_status s = check_run(r, b->n, 1);
+    if (s) return s;
     soma__ide_weight(r, power_iter_on);
+    e->sim_mode = 1;   /* F's batchnorm: batch statistics, running ones updated once here */
     soma__ide_simulate(r, b->x, b->n);
+    e->sim_mode = 0;
     return soma__ide_grad_at(r, b, e->a, st);
 }
 
@@ -591,11 +814,11 @@ soma_status soma__ide_grad_at(soma_rule *r, const soma_batch *b, const float *a,
     const soma_rule_config *c = &r->cfg;
     int B = b->n, nH = e->n[e->H], L = e->H + 1;
     size_t mH = (size_t)B * nH;
-    soma_dense_forward(e->fx, b->x, soma__param_value(net, e->w[1]), soma__param_value(net, e->b[1]),
-                       B, e->n[0], e->n[1]);
+    soma_status s = check_run(r, B, 1);
+    if (s) return s;
+    input_map(r, b->x, B, 2);
     readout(r, a, B);
-    soma_status s = soma__loss_and_grad_t(e->dl, e->probs, e->logits, b->y, b->target, B, e->C,
-                                          c->loss, st);
+    s = soma__loss_and_grad_t(e->dl, e->probs, e->logits, b->y, b->target, B, e->C, c->loss, st);
     if (s) return s;
     soma_net_zero_grad(net);
     /* readout: its own gradient, and g = dL/da */
@@ -645,6 +868,8 @@ static soma_status ide_predict(soma_rule *r, const soma_batch *b, const float **
                                soma_step_stats *st)
 {
     ide_state *e = r->state;
+    soma_status s = check_run(r, b->n, 0);
+    if (s) return s;
     soma__ide_weight(r, 0);
     soma__ide_simulate(r, b->x, b->n);
     readout(r, e->a, b->n);

@@ -21,6 +21,26 @@ typedef struct ide_state {
     int sn_g, sn_u, sn_v;        /* spectral norm: param "..._g" (1), buffers u (n[1]),
                                     v (n[H]); -1 when off */
     int mem;                     /* Broyden pairs per sample */
+    /* convolutional form (conv != 0): H = 1, F = the net's first conv layer,
+     * the rates are its (C, OH, OW) output map (n[1] = C*OH*OW), W is a conv
+     * kernel "<i>.weight_fb" (C, C, K, K), stride 1, pad K/2, no bias */
+    int conv;
+    soma_conv_shape fcs;         /* F: x (B, Cin, Hin, Win) -> (B, C, OH, OW) */
+    soma_conv_shape wcs;         /* W: (B, C, OH, OW) -> (B, C, OH, OW) */
+    size_t wn;                   /* floats of the feedback weight */
+    float *cws;                  /* conv im2col workspace, for cws_threads threads */
+    int cws_threads;
+    float *cfb;                  /* (B, n[1]) conv mode: W a before it is added */
+    float *dsig;                 /* conv sn: d sigma / dw (wn) */
+    /* batchnorm on F (the layer right after the first dense / conv), -1 when
+     * none: gamma, beta params; running mean / var buffers */
+    int bn_g, bn_b, bn_rm, bn_rv;
+    int bn_c, bn_s;              /* channels, values per channel per sample */
+    float bn_eps, bn_mom;
+    soma_bn_cache bnc;           /* batch statistics of the last input map */
+    float *fpre;                 /* F x before the batchnorm (B, n[1]) */
+    int sim_mode;                /* F's batchnorm in soma__ide_simulate: 0 running
+                                    statistics, 1 batch statistics + one running update */
     float *weff;                 /* effective feedback W (n[1], n[H]); sn off: the param itself */
     float *gweff;                /* dL/dW_eff with sn on (n[1] * n[H]) */
     float sigma;                 /* sn: u^T w v of the last weight computation */
@@ -45,7 +65,9 @@ typedef struct ide_state {
 /* Recomputes W_eff from the raw weight (spectral norm on: one power
  * iteration first when power_iter != 0). */
 void soma__ide_weight(soma_rule *r, int power_iter);
-/* T steps of the feedback SNN on x (B, n[0]) -> e->a (B, n[H]). */
+/* T steps of the feedback SNN on x (B, n[0]) -> e->a (B, n[H]).  F's
+ * batchnorm (if any) per e->sim_mode: soma__ide_grad sets 1 (training, the
+ * running statistics are updated here, once per batch), otherwise 0. */
 void soma__ide_simulate(soma_rule *r, const float *x, int B);
 /* out (B, n[H]) <- f(a) at a (B, n[H]) for the input of the last simulation
  * (e->fx); keeps the per-layer pre-activations for the products below. */
@@ -60,7 +82,8 @@ double soma__ide_solve(soma_rule *r, const float *g, int B, int *iters);
  * power_iter: advance the spectral norm's power iteration (training). */
 soma_status soma__ide_grad(soma_rule *r, const soma_batch *b, int power_iter, soma_step_stats *st);
 /* The same at a given rate point a (B, n[H]) instead of the simulation's
- * (the weight as it is: no power iteration). */
+ * (the weight as it is: no power iteration).  F's batchnorm uses the batch
+ * statistics of x without touching the running statistics. */
 soma_status soma__ide_grad_at(soma_rule *r, const soma_batch *b, const float *a, soma_step_stats *st);
 
 #endif

@@ -320,6 +320,7 @@ static const rule_opt rule_opts[] = {
     RO("ide-strict", OPT_BOOL, ide_strict, "ide: fail a batch whose solve ends above ide-tol (0)"),
     RO("ide-sn", OPT_BOOL, ide_sn, "ide: spectral-norm reparameterisation of W (1)"),
     RO("ide-sn-c", OPT_FLOAT, ide_sn_c, "ide: clip c of the spectral-norm scale alpha (1)"),
+    RO("ide-fb-k", OPT_INT, ide_fb_k, "ide: conv feedback kernel size, odd, 0 = F's (0)"),
 };
 #undef RO
 #define N_RULE_OPTS ((int)(sizeof rule_opts / sizeof *rule_opts))

@@ -241,6 +241,16 @@ static soma_status build(run *r)
             return soma__fail(SOMA_ERR_ARG, "%s was trained with rule '%s', not '%s'", c->resume, rule, c->rule);
     } else {
         if ((st = soma_net_new(&r->net, c->net, &o))) return st;
+        if (c->init_from) {
+            /* warm start: the weights (and buffers) of another run, a fresh
+             * optimizer and epoch count; any rule (e.g. BP pre-training,
+             * then LFP) */
+            soma_st *ist;
+            if ((st = soma_st_read(&ist, c->init_from))) return st;
+            st = soma_checkpoint_restore_net(r->net, ist, c->init_from);
+            soma_st_free(ist);
+            if (st) return st;
+        }
     }
     if (!r->spiking && soma_net_inputs(r->net) != r->train->c * r->train->h * r->train->w)
         return soma__fail(SOMA_ERR_SHAPE, "net '%s' takes %d inputs, %s samples have %d",
@@ -395,6 +405,7 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
     run r = { .c = c };
     double t_start = now_s();
     FILE *log = NULL;
+    float *prev_w = NULL;
     if ((st = build(&r))) goto done;
     soma_rule_plan(r.rule, &res->plan);
     res->regression = r.regression;
@@ -403,11 +414,15 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
         goto done;
     }
     int64_t steps = soma_loader_batches(r.ltrain);
+    prev_w = soma__malloc((soma_net_param_floats(r.net) ? soma_net_param_floats(r.net) : 1) * sizeof(float));
+    if (!prev_w) { st = SOMA_ERR_NOMEM; goto done; }
     soma_schedule sched = c->sched;
     if (sched.kind == SOMA_SCHED_COSINE && sched.t_max <= 0) sched.t_max = (float)c->epochs;
     res->epochs_done = r.start_epoch;
     for (int e = r.start_epoch; e < c->epochs; e++) {
         soma_loader_start_epoch(r.ltrain, e);
+        /* parameter sign changes over the epoch (the LFP paper's measure) */
+        if (prev_w) memcpy(prev_w, soma_net_param_values(r.net), soma_net_param_floats(r.net) * sizeof(float));
         soma_rng rng;
         soma_rng_seed(&rng, epoch_seed(c->seed, e));
         soma_step_stats ts = { 0 };
@@ -469,6 +484,12 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
         json_num(log, res->test_loss);
         fprintf(log, ",\"test_acc\":");
         json_num(log, res->test_acc);
+        if (prev_w) {
+            const float *w = soma_net_param_values(r.net);
+            size_t np = soma_net_param_floats(r.net), flips = 0;
+            for (size_t k = 0; k < np; k++) flips += (prev_w[k] > 0) != (w[k] > 0) || (prev_w[k] < 0) != (w[k] < 0);
+            fprintf(log, ",\"sign_changes\":%zu", flips);
+        }
         fprintf(log, ",\"train_seconds\":");
         json_num(log, train_s);
         fprintf(log, ",\"samples_per_s\":");
@@ -495,13 +516,15 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
     }
 done:
     res->seconds = now_s() - t_start;
+    soma__free(prev_w);
     if (log) fclose(log);
     run_free(&r);
     return st;
 }
 
 soma_status soma_evaluate(const char *checkpoint, const char *data, const char *data_dir,
-                          int batch, int limit, int verify, soma_eval_result *res)
+                          int batch, int limit, int verify, double prune, int prune_per_layer,
+                          soma_eval_result *res)
 {
     memset(res, 0, sizeof *res);
     if (batch <= 0) return soma__fail(SOMA_ERR_ARG, "--batch must be > 0, got %d", batch);
@@ -554,6 +577,8 @@ soma_status soma_evaluate(const char *checkpoint, const char *data, const char *
     c.rule = rule_buf;
     soma_optim_config_default(&c.rule_cfg.optim, ok);
     if ((st = build(&r))) goto done;
+    if (prune > 0 && (st = soma_net_prune(r.net, prune, prune_per_layer, &res->pruned))) goto done;
+    res->gini = soma_net_weight_gini(r.net);
     res->classes = r.test->classes;
     if (res->classes > SOMA_MAX_CLASSES) {
         st = soma__fail(SOMA_ERR_UNSUPPORTED, "%d classes exceed %d", res->classes, SOMA_MAX_CLASSES);
