@@ -153,6 +153,15 @@ expect 0 "test MSE" -- $SOMA train --data adding --net 2-r32-1 --neuron lif --ru
 expect 0 "test MSE" -- $SOMA train --data adding --net 2-ltc32-1 --rule fptt --encoding frames --T 20 --fptt-k 5 \
     --readout none --reduce last --loss mse --opt adam --lr 0.003 --clip 1 --train-limit 256 --test-limit 64 --epochs 1 --quiet --metrics $T/a.jsonl
 
+# --- pruning, warm starts, sign changes, LTC init -----------------------------
+expect 0 "pruned" -- $SOMA eval --ckpt $T/a.st --data mnist --data-dir $T/d --no-verify --prune 0.5
+expect 2 "--prune" -- $SOMA eval --ckpt $T/a.st --data mnist --data-dir $T/d --no-verify --prune 1.5
+expect 0 "test accuracy" -- $SOMA train $D --net 784-32-10 --rule lfp --epochs 1 --init-from $T/a.st
+grep -q '"sign_changes"' "$T/m.jsonl" && ok || bad "no sign_changes in the epoch log"
+expect 1 "shape" -- $SOMA train $D --net 784-64-10 --epochs 1 --init-from $T/a.st
+expect 0 "test accuracy" -- $SOMA train $D --net 784-ltc16-10 --rule fptt --T 3 --ltc-init uniform --epochs 1 --batch 32
+expect 2 "uniform" -- $SOMA train $D --net 784-ltc16-10 --rule fptt --T 3 --ltc-init random
+
 # --- dry run prints the memory plan -----------------------------------------
 expect 0 "activations" -- $SOMA train $D --net 784-512-512-10 --dry-run
 
