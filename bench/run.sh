@@ -15,7 +15,7 @@ for threads in 1 2; do
         s=$(OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads "$BUILD/bench/bench_bp" $batch $threads $steps $REPEATS) || exit 1
         echo "$s"
         if [ $have_torch = 1 ]; then
-            t=$(/usr/bin/python3 bench/torch_mlp.py $batch $threads $steps $REPEATS) || exit 1
+            t=$(OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads /usr/bin/python3 bench/torch_mlp.py $batch $threads $steps $REPEATS) || exit 1
             echo "$t"
             ss=$(echo "$s" | sed -E 's/.*samples_per_s=([0-9.]+).*/\1/')
             ts=$(echo "$t" | sed -E 's/.*samples_per_s=([0-9.]+).*/\1/')
@@ -67,11 +67,11 @@ for mode in mlp smnist; do
         s=$(OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads "$BUILD/bench/bench_bptt" $mode $threads $steps $BPTT_REPEATS $batch) || { bptt_fail=1; break 2; }
         emit "$s"
         if [ $have_torch = 1 ]; then
-            t=$(/usr/bin/python3 bench/torch_snn.py $mode $threads $steps $BPTT_REPEATS $batch) || { bptt_fail=1; break 2; }
+            t=$(OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads /usr/bin/python3 bench/torch_snn.py $mode $threads $steps $BPTT_REPEATS $batch) || { bptt_fail=1; break 2; }
             emit "$t"
             emit "ratio soma/torch $mode batch=$batch threads=$threads: $(awk "BEGIN{printf \"%.2f\", $(field "$s" samples_per_s)/$(field "$t" samples_per_s)}")x"
             if [ $mode = mlp ]; then
-                t=$(/usr/bin/python3 bench/torch_snn.py $mode $threads $steps $BPTT_REPEATS $batch hoist) || { bptt_fail=1; break 2; }
+                t=$(OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads /usr/bin/python3 bench/torch_snn.py $mode $threads $steps $BPTT_REPEATS $batch hoist) || { bptt_fail=1; break 2; }
                 emit "$t"
                 emit "ratio soma/torch-hoist $mode batch=$batch threads=$threads: $(awk "BEGIN{printf \"%.2f\", $(field "$s" samples_per_s)/$(field "$t" samples_per_s)}")x"
             fi
@@ -83,7 +83,7 @@ if [ $bptt_fail = 0 ]; then
         s=$("$BUILD/bench/bench_bptt" rss $T) || { bptt_fail=1; break; }
         emit "$s"
         if [ $have_torch = 1 ]; then
-            t=$(/usr/bin/python3 bench/torch_snn.py rss $T) || { bptt_fail=1; break; }
+            t=$(OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 /usr/bin/python3 bench/torch_snn.py rss $T) || { bptt_fail=1; break; }
             emit "$t"
         fi
     done
