@@ -56,31 +56,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     return 0;
 }
 
-#ifdef SOMA_FUZZ_MAIN
-/* Replays each file given on the command line through the target. */
-int main(int argc, char **argv)
-{
-    int n = 0;
-    for (int i = 1; i < argc; i++) {
-        FILE *f = fopen(argv[i], "rb");
-        if (!f) { perror(argv[i]); return 1; }
-        size_t cap = 1 << 16, len = 0, got;
-        uint8_t *buf = malloc(cap);
-        while (buf && (got = fread(buf + len, 1, cap - len, f)) > 0) {
-            len += got;
-            if (len == cap) {
-                uint8_t *nb = realloc(buf, cap *= 2);
-                if (!nb) { free(buf); buf = NULL; }
-                buf = nb;
-            }
-        }
-        fclose(f);
-        if (!buf) { fprintf(stderr, "%s: out of memory\n", argv[i]); return 1; }
-        LLVMFuzzerTestOneInput(buf, len);
-        free(buf);
-        n++;
-    }
-    printf("fuzz_safetensors: replayed %d file(s) without a crash\n", n);
-    return 0;
-}
-#endif
+#include "replay.h"
+
