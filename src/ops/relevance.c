@@ -129,14 +129,18 @@ static size_t rule_floats(const lin_op *op, soma_lrp_rule r)
 }
 
 /* out[k] += x[k] * y[k] over n */
+/* Elementwise passes over weight-sized arrays: split across threads when
+ * large (elementwise, so the result does not depend on the split). */
 static void add_prod(float *out, const float *x, const float *y, size_t n)
 {
+#pragma omp parallel for simd schedule(static) if (n >= 32768)
     for (size_t k = 0; k < n; k++) out[k] += x[k] * y[k];
 }
 
 /* fb += |w| * G */
 static void add_absw(float *fb, const float *w, const float *G, size_t n)
 {
+#pragma omp parallel for simd schedule(static) if (n >= 32768)
     for (size_t k = 0; k < n; k++) fb[k] += fabsf(w[k]) * G[k];
 }
 

@@ -286,6 +286,7 @@ soma_status soma_lfp_feedback(soma_rule *r, const soma_batch *b, soma_rng *rng, 
     /* the optimizers descend: hand them -fb */
     size_t np = soma_net_param_floats(net);
     float *g = soma_net_param_grads(net);
+#pragma omp parallel for simd schedule(static) if (np >= 32768)
     for (size_t k = 0; k < np; k++) g[k] = -g[k];
     if (st) { st->loss += local.loss; st->correct += local.correct; st->n += local.n; }
     return SOMA_OK;
