@@ -50,7 +50,8 @@ BENCH_SRC = $(wildcard bench/*.c)
 BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 HDR      = include/soma.h src/soma_internal.h $(wildcard src/*/*.h)
 
-.PHONY: all demo test check bench data deps refs fuzz clean
+.PHONY: all demo test check bench data deps refs fuzz clean FORCE
+FORCE:
 ifeq ($(SAN),1)
 all: $(LIB_A) $(LIB_SO) $(CLI)
 else
@@ -68,7 +69,13 @@ $(LIB_A): $(LIB_OBJ)
 $(LIB_SO): $(LIB_OBJ)
 	$(CC) -shared -o $@ $^ $(LDSAN) $(LDLIBS)
 
-$(CLI): tools/soma.c $(LIB_A) $(HDR)
+# The commit the CLI records in its logs: a stamp file that changes only when
+# the commit does, so the CLI is rebuilt then (and only then).
+$(BUILD)/gitstamp: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(GIT)' | cmp -s - $@ || echo '$(GIT)' > $@
+
+$(CLI): tools/soma.c $(LIB_A) $(HDR) $(BUILD)/gitstamp
 	$(CC) $(CFLAGS) -DSOMA_GIT=\"$(GIT)\" -Isrc tools/soma.c $(LIB_A) -o $@ $(LDSAN) $(LDLIBS)
 
 # ./soma at the top is the release CLI; replaced by rename so a running
