@@ -92,21 +92,11 @@ static soma_status run_sequence(soma_rule *r, const soma_batch *b, soma_rng *rng
     if (st) return st;
     memset(s->scores, 0, bc * sizeof(float));
     for (int t = 0; t < c->T; t++) {
-        const float *xt = b->x;
-        if (s->xs) {
-            float *dst = s->xs + (size_t)t * B * step;
-            soma_encode_step(s->enc, dst, b->x, B, t, rng);
-            xt = dst;
-        }
+        const float *xt = soma__encode_input(s->enc, s->xs ? s->xs + (size_t)t * B * step : NULL, b, t, rng);
         const float *out;
         if ((st = soma_net_step(net, xt, B, &out))) return st;
         s->outs[t] = out;
-        if (c->reduce == SOMA_REDUCE_LAST) {
-            if (t == c->T - 1) memcpy(s->scores, out, bc * sizeof(float));
-        } else {
-            float w = c->reduce == SOMA_REDUCE_SUM ? 1.0f : 1.0f / (float)c->T;
-            for (size_t i = 0; i < bc; i++) s->scores[i] += w * out[i];
-        }
+        soma__reduce_add(c, s->scores, out, t, bc);
     }
     return SOMA_OK;
 }
@@ -168,7 +158,7 @@ static soma_status bptt_predict(soma_rule *r, const soma_batch *b, const float *
     /* Poisson inputs in evaluation draw from a fixed stream, so a checkpoint
      * always scores the same */
     soma_rng rng;
-    soma_rng_seed(&rng, 0x5eed0fULL);
+    soma_rng_seed(&rng, SOMA__EVAL_SEED);
     soma_status e = run_sequence(r, b, &rng);
     if (e) return e;
     *scores = s->scores;

@@ -161,25 +161,8 @@ static void fptt_release(soma_rule *r)
 static soma_status step_once(soma_rule *r, const soma_batch *b, int t, soma_rng *rng, const float **out)
 {
     fptt_state *s = r->state;
-    const float *xt = b->x;
-    if (s->xs) {
-        int step = soma_encoder_step_size(s->enc);
-        float *dst = s->xs + (size_t)(t % r->cfg.fptt_k) * b->n * step;
-        soma_encode_step(s->enc, dst, b->x, b->n, t, rng);
-        xt = dst;
-    }
-    return soma_net_step(r->net, xt, b->n, out);
-}
-
-/* scores (+)= reduce contribution of out_t */
-static void reduce_add(const soma_rule_config *c, float *scores, const float *out, int t, size_t bc)
-{
-    if (c->reduce == SOMA_REDUCE_LAST) {
-        if (t == c->T - 1) memcpy(scores, out, bc * sizeof(float));
-    } else {
-        float w = c->reduce == SOMA_REDUCE_SUM ? 1.0f : 1.0f / (float)c->T;
-        for (size_t i = 0; i < bc; i++) scores[i] += w * out[i];
-    }
+    float *slot = s->xs ? s->xs + (size_t)(t % r->cfg.fptt_k) * b->n * soma_encoder_step_size(s->enc) : NULL;
+    return soma_net_step(r->net, soma__encode_input(s->enc, slot, b, t, rng), b->n, out);
 }
 
 /* After the optimizer step, in this order (notes 2.6):
@@ -261,7 +244,7 @@ soma_status soma__fptt_window(soma_rule *r, const soma_batch *b, int p, float lr
     for (int j = 0; j < K; j++) {
         int t = p * K + j;
         if ((e = step_once(r, b, t, rng, &out))) return e;
-        reduce_add(c, s->scores, out, t, bc);
+        soma__reduce_add(c, s->scores, out, t, bc);
     }
     /* l_p = (p+1)/P loss(out, y) at the window's last step */
     soma_step_stats one = { 0 };
@@ -318,14 +301,14 @@ static soma_status fptt_predict(soma_rule *r, const soma_batch *b, const float *
     soma_net_set_train(net, 0);
     /* Poisson inputs in evaluation draw from a fixed stream (as bptt) */
     soma_rng rng;
-    soma_rng_seed(&rng, 0x5eed0fULL);
+    soma_rng_seed(&rng, SOMA__EVAL_SEED);
     soma_status e = soma_net_reset_state(net, b->n, &rng);
     if (e) return e;
     memset(s->scores, 0, bc * sizeof(float));
     for (int t = 0; t < c->T; t++) {
         const float *out;
         if ((e = step_once(r, b, t, &rng, &out))) return e;
-        reduce_add(c, s->scores, out, t, bc);
+        soma__reduce_add(c, s->scores, out, t, bc);
     }
     *scores = s->scores;
     if (st) e = soma__loss_and_grad_t(NULL, s->probs, s->scores, b->y, b->target, b->n,

@@ -156,12 +156,8 @@ static soma_status run(soma_rule *r, lfp_snn *s, const soma_batch *b, soma_rng *
     if (st) return st;
     memset(s->counts, 0, (size_t)B * C * sizeof(float));
     for (int t = 0; t < r->cfg.T; t++) {
-        const float *xt = b->x, *out;
-        if (s->xs) {
-            float *dst = s->xs + (size_t)t * B * step;
-            soma_encode_step(s->enc, dst, b->x, B, t, rng);
-            xt = dst;
-        }
+        const float *out;
+        const float *xt = soma__encode_input(s->enc, s->xs ? s->xs + (size_t)t * B * step : NULL, b, t, rng);
         if ((st = soma_net_step(net, xt, B, &out))) return st;
         for (int i = 0; i < B * C; i++) s->counts[i] += out[i];
     }
@@ -277,7 +273,7 @@ soma_status soma__lfp_snn_predict(soma_rule *r, void *p, const soma_batch *b, co
     lfp_snn *s = p;
     soma_net_set_train(r->net, 0);
     soma_rng rng;
-    soma_rng_seed(&rng, 0x5eed0fULL);
+    soma_rng_seed(&rng, SOMA__EVAL_SEED);
     soma_status e = run(r, s, b, &rng);
     if (e) return e;
     *scores = s->counts;

@@ -208,6 +208,24 @@ void soma__clip_norm(float *g, size_t n, float max_norm)
         for (size_t i = 0; i < n; i++) g[i] = (float)(g[i] * coef);
 }
 
+const float *soma__encode_input(const soma_encoder *enc, float *xs, const soma_batch *b, int t,
+                                soma_rng *rng)
+{
+    if (!xs) return b->x;
+    soma_encode_step(enc, xs, b->x, b->n, t, rng);
+    return xs;
+}
+
+void soma__reduce_add(const soma_rule_config *c, float *scores, const float *out, int t, size_t bc)
+{
+    if (c->reduce == SOMA_REDUCE_LAST) {
+        if (t == c->T - 1) memcpy(scores, out, bc * sizeof(float));
+    } else {
+        float w = c->reduce == SOMA_REDUCE_SUM ? 1.0f : 1.0f / (float)c->T;
+        for (size_t i = 0; i < bc; i++) scores[i] += w * out[i];
+    }
+}
+
 soma_status soma__loss_and_grad(float *dscores, float *probs, const float *scores,
                                 const int32_t *labels, int B, int C, soma_loss_kind kind,
                                 soma_step_stats *st)

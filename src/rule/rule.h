@@ -39,6 +39,18 @@ struct soma_rule {
 };
 
 extern const soma_rule_ops soma__rule_bp;
+/* Shared by the temporal rules (bptt, fptt, lfp through time). */
+/* Seed of the stream that evaluation draws Poisson inputs from, so a
+ * checkpoint always scores the same. */
+#define SOMA__EVAL_SEED 0x5eed0fULL
+/* Input of step t: b->x itself (direct encoding: xs == NULL), or step t of
+ * it encoded into xs (B, step) and returned. */
+const float *soma__encode_input(const soma_encoder *enc, float *xs, const soma_batch *b, int t,
+                                soma_rng *rng);
+/* scores(bc) += step t's contribution of out to the reduced scores (mean,
+ * sum, each: the mean, or last: a copy at t = T-1). */
+void soma__reduce_add(const soma_rule_config *c, float *scores, const float *out, int t, size_t bc);
+
 /* LFP through time for step-function spiking nets (lfp_snn.c), called by
  * lfp.c when the net has cells. */
 #define SOMA_LFP_SNN_MAX_CELLS 8
