@@ -51,7 +51,6 @@ BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 HDR      = include/soma.h src/soma_internal.h $(wildcard src/*/*.h)
 
 .PHONY: all demo test check bench data deps refs fuzz clean FORCE
-FORCE:
 ifeq ($(SAN),1)
 all: $(LIB_A) $(LIB_SO) $(CLI)
 else
@@ -68,6 +67,8 @@ $(LIB_A): $(LIB_OBJ)
 
 $(LIB_SO): $(LIB_OBJ)
 	$(CC) -shared -o $@ $^ $(LDSAN) $(LDLIBS)
+
+FORCE:
 
 # The commit the CLI records in its logs: a stamp file that changes only when
 # the commit does, so the CLI is rebuilt then (and only then).
