@@ -121,3 +121,17 @@ for T in $RSS_TS; do
 done
 rm -f "$bout"
 [ $bptt_fail = 0 ] || { echo "bench: a BPTT benchmark failed" >&2; exit 1; }
+
+# --- the learning rules: one script per rule (bench/run_<rule>.sh), same build
+# and REPEATS; each prints its own table. BENCH_ONLY=ep,pc runs a subset.
+rule_fail=0
+for f in bench/run_*.sh; do
+    [ -e "$f" ] || continue
+    name=${f#bench/run_}; name=${name%.sh}
+    if [ -n "$BENCH_ONLY" ]; then
+        case ",$BENCH_ONLY," in *,$name,*) ;; *) continue ;; esac
+    fi
+    echo
+    sh "$f" "$BUILD" || { echo "bench: bench/run_$name.sh failed" >&2; rule_fail=1; }
+done
+[ $rule_fail = 0 ] || exit 1
