@@ -546,6 +546,7 @@ typedef struct soma_loader_config {
     int      hflip;       /* random horizontal flip */
     int      normalize;   /* subtract mean, divide std (else pixels/255 in [0,1]);
                              a raw dataset gives the bytes as they are either way */
+    int      target_is_input; /* autoencoders: every batch's target is its own input */
 } soma_loader_config;
 
 typedef struct soma_batch {
@@ -938,7 +939,11 @@ typedef struct soma_mem_plan {
 /* Learning rules                                                            */
 /* ======================================================================== */
 
-typedef enum soma_loss_kind { SOMA_LOSS_CE = 0, SOMA_LOSS_MSE, SOMA_LOSS_COUNT } soma_loss_kind;
+/* CE: softmax cross-entropy against class labels; MSE: against one-hot labels or
+ * the batch's targets; BCE: sigmoid binary cross-entropy against targets in [0,1]
+ * (autoencoders), summed over the outputs and averaged over the batch, so that its
+ * gradient is PC's top error h_L - sigmoid(p_L) over B. */
+typedef enum soma_loss_kind { SOMA_LOSS_CE = 0, SOMA_LOSS_MSE, SOMA_LOSS_BCE, SOMA_LOSS_COUNT } soma_loss_kind;
 const char *soma_loss_name(soma_loss_kind k);
 soma_status soma_loss_from_name(soma_loss_kind *out, const char *name);
 
@@ -1246,6 +1251,8 @@ typedef struct soma_train_config {
     int              binary_frames;   /* nmnist: 0/1 frames instead of event counts */
     soma_cell_params ltc;             /* cells of ltcN / rltcN layers and the ltc readout */
     int              raw_pixels;      /* pixels in [0,1], no mean/std normalisation */
+    int              autoencoder;     /* the target is the input (raw pixels), loss bce or
+                                         mse, outputs = inputs; rule pc: pc_autoencoder */
     const char *argv_line;    /* command line recorded in the log, may be NULL */
 } soma_train_config;
 
@@ -1260,13 +1267,16 @@ typedef struct soma_progress {
     double  samples_per_s, eta_s;   /* eta: this epoch */
     int     epoch_done;             /* 1 once per epoch, with the fields below */
     double  test_loss, test_acc, val_acc, lr, seconds;
-    int     regression;             /* losses are MSE; accuracies do not apply */
+    int     regression;             /* targets, not classes: losses are loss_kind's, no accuracy */
+    soma_loss_kind loss_kind;       /* the loss of a regression (MSE or BCE) */
 } soma_progress;
 typedef void (*soma_progress_fn)(void *user, const soma_progress *p);
 
 typedef struct soma_train_result {
     double test_acc, test_loss, val_acc;
-    int    regression;    /* the task was a regression: test_loss is the MSE */
+    int    regression;    /* targets, not classes (adding task, autoencoder): test_loss
+                             is the loss_kind's (MSE or BCE), no accuracy */
+    soma_loss_kind loss_kind;
     int    epochs_done;
     double seconds;
     soma_mem_plan plan;
@@ -1283,6 +1293,8 @@ soma_status soma_train_plan(const soma_train_config *c, soma_mem_plan *plan, cha
 typedef struct soma_eval_result {
     double  acc, loss;
     int     n, classes;
+    int     regression;   /* targets, not classes (autoencoder): loss only, no confusion */
+    soma_loss_kind loss_kind;
     double  gini;         /* Gini index of |w| of the evaluated weights */
     size_t  pruned;       /* weights zeroed before evaluating */
     int64_t confusion[SOMA_MAX_CLASSES * SOMA_MAX_CLASSES]; /* [true * classes + predicted] */

@@ -142,6 +142,24 @@ expect 0 "test accuracy" -- $SOMA train $D --net 784-32-10 --rule pc --opt adam 
 expect 0 "confusion matrix" -- $SOMA eval --ckpt $T/pc.st --data mnist --data-dir $T/d --no-verify
 expect 0 "test accuracy" -- $SOMA train $D --net 784-32-10 --rule pc --opt mq --lr 1e-3 --epochs 1 --save $T/mq.st
 expect 0 "optim.mq_v" -- $SOMA info $T/mq.st
+# autoencoders: the input is the target (BCE summed over the pixels), for bp and pc
+expect 2 "--autoencoder needs --loss bce or mse" -- $SOMA train $D --net 784-16-784 --autoencoder
+expect 2 "--loss bce needs targets" -- $SOMA train $D --net 784-16-784 --loss bce
+expect 2 "--pc-autoencoder needs --autoencoder" -- $SOMA train $D --net 784-16-784 --rule pc --pc-autoencoder 1
+expect 2 "rule pc needs --loss bce" -- $SOMA train $D --net 784-16-784 --rule pc --autoencoder --loss mse
+expect 1 "has 10 outputs but 784 inputs" -- $SOMA train $D --net 784-16-10 --autoencoder --loss bce
+for rule in bp pc; do
+    out=$($SOMA train --data mnist --data-dir $T/d --no-verify --metrics $T/ae.jsonl --net 784-32-784 --autoencoder \
+          --loss bce --rule $rule --opt adam --lr 1e-3 --epochs 3 --save $T/ae-$rule.st 2>&1) || bad "ae $rule: $out"
+    # the reconstruction loss falls from epoch 1 to 3, and the log has no accuracy
+    first=$(grep '"epoch":1,' $T/ae.jsonl | sed -E 's/.*"test_loss":([0-9.e+-]+).*/\1/')
+    last=$(grep '"epoch":3,' $T/ae.jsonl | sed -E 's/.*"test_loss":([0-9.e+-]+).*/\1/')
+    awk "BEGIN{exit !($last < $first && $first > 0)}" && ok || bad "ae $rule: test BCE $first -> $last"
+    case "$out" in *"test BCE"*) ok;; *) bad "ae $rule: output lacks 'test BCE': $out";; esac
+    # eval of the checkpoint reproduces the last epoch's test loss
+    ev=$($SOMA eval --ckpt $T/ae-$rule.st --data mnist --data-dir $T/d --no-verify 2>&1 | sed -nE 's/^test BCE ([0-9.]+) .*/\1/p')
+    awk "BEGIN{d = ${ev:-0} - $last; exit !(d < 1e-3 * $last && -d < 1e-3 * $last)}" && ok || bad "ae $rule: eval BCE '$ev' vs log $last"
+done
 expect 0 "test accuracy" -- $SOMA train $D --net 784-32-10 --act clamp01 --init xavier_uniform --rule ep --loss mse \
     --opt sgd --momentum 0 --lr 1 --ep-lrs 0.1,0.05 --ep-free 20 --ep-nudge 6 --batch 20 --epochs 1 --save $T/ep.st
 expect 0 "confusion matrix" -- $SOMA eval --ckpt $T/ep.st --data mnist --data-dir $T/d --no-verify

@@ -87,7 +87,7 @@ enum {
     O_NEURON, O_T, O_ENCODING, O_GAIN, O_READOUT, O_REDUCE, O_ALPHA, O_TAU, O_THRESHOLD,
     O_RESET, O_DETACH_RESET, O_RHO, O_BETA_A, O_SURROGATE, O_SLOPE, O_WIDTH, O_READOUT_ALPHA,
     O_TRUNC, O_ENC_SEED, O_BINARY_FRAMES, O_NO_NORMALIZE, O_LR_MIN, O_RHO_MAX,
-    O_LTC_NEURON, O_LTC_THRESHOLD, O_LTC_BETA_A, O_INIT_FROM, O_LTC_INIT,
+    O_LTC_NEURON, O_LTC_THRESHOLD, O_LTC_BETA_A, O_INIT_FROM, O_LTC_INIT, O_AUTOENCODER,
     O_RULE_OPT = 1000   /* + index of soma_rule_option_key */
 };
 
@@ -118,6 +118,7 @@ static const struct option train_opts[] = {
     { "lr-min", 1, 0, O_LR_MIN }, { "rho-max", 1, 0, O_RHO_MAX },
     { "ltc-neuron", 1, 0, O_LTC_NEURON }, { "ltc-threshold", 1, 0, O_LTC_THRESHOLD },
     { "ltc-beta-a", 1, 0, O_LTC_BETA_A }, { "init-from", 1, 0, O_INIT_FROM }, { "ltc-init", 1, 0, O_LTC_INIT },
+    { "autoencoder", 0, 0, O_AUTOENCODER },
     { 0, 0, 0, 0 }
 };
 
@@ -178,7 +179,10 @@ static void train_help(void)
     printf("learning:\n  --rule NAME          learning rule (default bp):\n");
     for (int i = 0; i < soma_rule_count(); i++)
         printf("                         %-8s %s\n", soma_rule_name_at(i), soma_rule_about_at(i));
-    printf("  --loss NAME          ce or mse (default ce)\n"
+    printf("  --loss NAME          ce, mse or bce (default ce; bce: sigmoid BCE summed over the\n"
+           "                       outputs, with --autoencoder)\n"
+           "  --autoencoder        the target is the input, in [0,1]; net outputs = inputs;\n"
+           "                       test loss instead of accuracy (rule pc: pc-autoencoder)\n"
            "  --opt NAME           optimizer (default sgd): ");
     list_names(stdout, optim_at, SOMA_OPTIM_COUNT);
     printf("\n  --lr F               learning rate (default 0.05)\n"
@@ -405,6 +409,7 @@ static int apply_train_option(train_cli *t, int code, const char *name, const ch
     case O_READOUT_ALPHA: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->readout_cell.alpha = f; break;
     case O_BINARY_FRAMES: c->binary_frames = 1; break;
     case O_NO_NORMALIZE: c->raw_pixels = 1; break;
+    case O_AUTOENCODER: c->autoencoder = 1; break;
     case O_LR_MIN: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->rule_cfg.optim.lr_min = f; break;
     case O_RHO_MAX: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->rule_cfg.optim.rho_max = f; break;
     case O_LTC_NEURON: {
@@ -460,8 +465,9 @@ static void progress_cb(void *user, const soma_progress *p)
     int tty = *(int *)user;
     if (p->epoch_done && p->regression) {
         if (tty) fprintf(stderr, "\r\033[K");
-        printf("epoch %d/%d  train MSE %.5f  test MSE %.5f  lr %.4g  %.0f samples/s  %.1fs\n", p->epoch,
-               p->epochs, p->loss, p->test_loss, p->lr, p->samples_per_s, p->seconds);
+        const char *ln = p->loss_kind == SOMA_LOSS_BCE ? "BCE" : "MSE";
+        printf("epoch %d/%d  train %s %.5f  test %s %.5f  lr %.4g  %.0f samples/s  %.1fs\n", p->epoch,
+               p->epochs, ln, p->loss, ln, p->test_loss, p->lr, p->samples_per_s, p->seconds);
         fflush(stdout);
         return;
     }
@@ -543,7 +549,8 @@ static int cmd_train(int argc, char **argv)
         st = soma_train(c, t.quiet ? NULL : progress_cb, &tty, &res);
         if (st) rc = runtime_error(st);
         else if (res.regression) {
-            printf("test MSE: %.5f after %d epoch%s, %.1fs; log %s%s%s\n", res.test_loss, res.epochs_done,
+            printf("test %s: %.5f after %d epoch%s, %.1fs; log %s%s%s\n",
+                   res.loss_kind == SOMA_LOSS_BCE ? "BCE" : "MSE", res.test_loss, res.epochs_done,
                    res.epochs_done == 1 ? "" : "s", res.seconds, c->metrics, c->save ? ", checkpoint " : "",
                    c->save ? c->save : "");
         } else {
@@ -614,6 +621,14 @@ static int cmd_eval(int argc, char **argv)
     if (!r) return EXIT_RUNTIME;
     soma_status st = soma_evaluate(ckpt, data, dir, (int)batch, (int)limit, verify, prune, per_layer, r);
     if (st) { free(r); return runtime_error(st); }
+    if (r->regression) {
+        printf("test %s %.5f (%d samples), weight gini %.4f", r->loss_kind == SOMA_LOSS_BCE ? "BCE" : "MSE",
+               r->loss, r->n, r->gini);
+        if (prune > 0) printf(", pruned %zu weights (%g%%%s)", r->pruned, 100.0 * prune, per_layer ? " per layer" : "");
+        printf("\n");
+        free(r);
+        return 0;
+    }
     printf("accuracy %.2f%% (%d samples), loss %.4f, weight gini %.4f", 100 * r->acc, r->n, r->loss, r->gini);
     if (prune > 0) printf(", pruned %zu weights (%g%%%s)", r->pruned, 100.0 * prune, per_layer ? " per layer" : "");
     printf("\nconfusion matrix (rows: true class, columns: predicted):\n");

@@ -227,7 +227,7 @@ int soma_loader_next(soma_loader *l, soma_batch *b)
     b->c = ds->c; b->h = ds->h; b->w = ds->w;
     b->x = l->x;
     b->y = l->y;
-    b->target = NULL;
+    b->target = l->cfg.target_is_input ? l->x : NULL;
     b->index = l->perm + l->pos;
     l->pos += cnt;
     return 1;

@@ -556,11 +556,9 @@ static soma_status score(soma_rule *r, const float *logits, const soma_batch *b,
     pc_state *s = r->state;
     if (!r->cfg.pc_autoencoder)
         return soma__loss_and_grad(NULL, s->probs, logits, b->y, b->n, s->C, SOMA_LOSS_CE, st);
-    /* reconstruction: BCE with logits, mean over pixels, against the input */
-    float loss = soma_bce_logits_forward(logits, b->x, b->n, s->C);
-    if (!isfinite(loss)) return soma__fail(SOMA_ERR_NUMERIC, "loss is %s", isnan(loss) ? "NaN" : "Inf");
-    if (st) { st->loss += (double)loss * b->n; st->n += b->n; }
-    return SOMA_OK;
+    /* reconstruction: BCE through the sigmoid against the input, summed over the
+     * outputs (the top energy of F), as the bce loss of the other rules */
+    return soma__loss_and_grad_t(NULL, s->probs, logits, b->y, b->x, b->n, s->C, SOMA_LOSS_BCE, st);
 }
 
 static soma_status pc_train_batch(soma_rule *r, const soma_batch *b, float lr, soma_rng *rng,

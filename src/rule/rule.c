@@ -22,7 +22,7 @@ static const soma_rule_ops *const rules[] = {
 #define N_RULES ((int)(sizeof rules / sizeof *rules))
 
 static const char *const loss_names[SOMA_LOSS_COUNT] = {
-    [SOMA_LOSS_CE] = "ce", [SOMA_LOSS_MSE] = "mse",
+    [SOMA_LOSS_CE] = "ce", [SOMA_LOSS_MSE] = "mse", [SOMA_LOSS_BCE] = "bce",
 };
 
 const char *soma_loss_name(soma_loss_kind k)
@@ -34,7 +34,7 @@ soma_status soma_loss_from_name(soma_loss_kind *out, const char *name)
 {
     for (int i = 0; i < SOMA_LOSS_COUNT; i++)
         if (!strcmp(name, loss_names[i])) { *out = (soma_loss_kind)i; return SOMA_OK; }
-    return soma__fail(SOMA_ERR_ARG, "unknown loss '%s' (valid: ce, mse)", name);
+    return soma__fail(SOMA_ERR_ARG, "unknown loss '%s' (valid: ce, mse, bce)", name);
 }
 
 static const char *const reduce_names[SOMA_REDUCE_COUNT] = {
@@ -239,16 +239,20 @@ soma_status soma__loss_and_grad_t(float *dscores, float *probs, const float *sco
 {
     float loss;
     if (target) {
-        /* regression: MSE against the targets, whatever the loss kind */
-        loss = soma_mse_forward(scores, target, B, C);
+        /* regression: BCE (sum over the outputs) or else MSE against the targets */
+        if (kind == SOMA_LOSS_BCE) loss = (float)C * soma_bce_logits_forward(scores, target, B, C);
+        else loss = soma_mse_forward(scores, target, B, C);
         if (dscores) {
             memset(dscores, 0, (size_t)B * C * sizeof(float));
-            soma_mse_backward(dscores, scores, target, B, C, 1.0f);
+            if (kind == SOMA_LOSS_BCE) soma_bce_logits_backward(dscores, scores, target, B, C, (float)C);
+            else soma_mse_backward(dscores, scores, target, B, C, 1.0f);
         }
         if (!isfinite(loss)) return soma__fail(SOMA_ERR_NUMERIC, "loss is %s", isnan(loss) ? "NaN" : "Inf");
         if (st) { st->loss += (double)loss * B; st->n += B; }
         return SOMA_OK;
     }
+    if (kind == SOMA_LOSS_BCE)
+        return soma__fail(SOMA_ERR_ARG, "loss bce needs targets (an autoencoder), not class labels");
     if (kind == SOMA_LOSS_CE) {
         loss = soma_ce_forward(probs, scores, labels, B, C);
         if (dscores) {

@@ -62,6 +62,17 @@ soma_status soma_train_config_check(const soma_train_config *c)
     if (c->threads < 0) return soma__fail(SOMA_ERR_ARG, "--threads must be >= 0, got %d", c->threads);
     if (!c->net && !c->resume) return soma__fail(SOMA_ERR_ARG, "--net is required (or --resume)");
     if (!c->data || !*c->data) return soma__fail(SOMA_ERR_ARG, "--data is required");
+    if (c->autoencoder && c->rule_cfg.loss == SOMA_LOSS_CE)
+        return soma__fail(SOMA_ERR_ARG, "--autoencoder needs --loss bce or mse (ce needs class labels)");
+    if (c->rule_cfg.loss == SOMA_LOSS_BCE && !c->autoencoder)
+        return soma__fail(SOMA_ERR_ARG, "--loss bce needs targets: use it with --autoencoder");
+    if (c->autoencoder && !strcmp(c->rule, "pc") && c->rule_cfg.loss != SOMA_LOSS_BCE)
+        return soma__fail(SOMA_ERR_ARG, "--autoencoder with rule pc needs --loss bce (its top energy)");
+    if (c->rule_cfg.pc_autoencoder && !c->autoencoder)
+        return soma__fail(SOMA_ERR_ARG, "--pc-autoencoder needs --autoencoder (the driver then feeds the "
+                          "input as the target, pixels in [0,1])");
+    if (c->autoencoder && !strcmp(c->data, "adding"))
+        return soma__fail(SOMA_ERR_ARG, "--autoencoder does not apply to --data adding");
     soma_schedule sc = c->sched;
     if (sc.kind == SOMA_SCHED_COSINE && sc.t_max <= 0) sc.t_max = (float)c->epochs;
     soma_status st = soma_schedule_check(&sc);
@@ -115,7 +126,7 @@ typedef struct run {
     soma_loader *ltrain, *lval, *ltest;
     soma_st *resume_st;
     int start_epoch;
-    int regression;      /* generated regression task (adding): MSE, no accuracy */
+    int regression;      /* targets, not classes (adding: MSE; --autoencoder): no accuracy */
     int spiking;         /* temporal net: --neuron, ltc layers or the ltc readout */
 } run;
 
@@ -259,8 +270,13 @@ static soma_status build(run *r)
     if (soma_net_outputs(r->net) < r->train->classes)
         return soma__fail(SOMA_ERR_SHAPE, "net '%s' has %d outputs, %s has %d classes",
                           soma_net_spec(r->net), soma_net_outputs(r->net), c->data, r->train->classes);
+    if (c->autoencoder && soma_net_outputs(r->net) != soma_net_inputs(r->net))
+        return soma__fail(SOMA_ERR_SHAPE, "--autoencoder: net '%s' has %d outputs but %d inputs "
+                          "(an autoencoder reconstructs its input)", soma_net_spec(r->net),
+                          soma_net_outputs(r->net), soma_net_inputs(r->net));
     soma_rule_config rc = c->rule_cfg;
     rc.optim.lr = c->sched.base_lr;
+    if (c->autoencoder) { rc.pc_autoencoder = 1; r->regression = 1; }
     rc.sample_size = sample;
     if (rc.ep_particles) rc.ep_particles = r->train->n; /* one persistent state per sample */
     if ((st = soma_rule_new(&r->rule, c->rule, r->net, &rc, c->batch))) return st;
@@ -277,10 +293,12 @@ static soma_status build(run *r)
     /* Poisson rates need pixels in [0,1]: no mean/std normalisation there */
     int poisson = r->spiking && c->rule_cfg.encoding == SOMA_ENC_POISSON;
     /* EP's input passes through rho (clamp to [0,1]): raw pixels there too */
-    int raw = poisson || c->raw_pixels || !strcmp(c->rule, "ep");
+    /* autoencoders reconstruct pixels in [0,1] (BCE targets) */
+    int raw = poisson || c->raw_pixels || c->autoencoder || !strcmp(c->rule, "ep");
     soma_loader_config lc = { .batch = c->batch, .seed = c->seed, .shuffle = 1,
-                              .normalize = !raw, .crop_pad = c->augment ? 4 : 0, .hflip = c->augment };
-    if (r->regression) {
+                              .normalize = !raw, .crop_pad = c->augment ? 4 : 0, .hflip = c->augment,
+                              .target_is_input = c->autoencoder };
+    if (r->regression && !c->autoencoder) { /* the adding task: generated */
         if ((st = soma_loader_new_adding(&r->ltrain, c->rule_cfg.T, r->train->n, c->batch, c->seed, 0)) ||
             (st = soma_loader_new_adding(&r->ltest, c->rule_cfg.T, r->test->n, c->batch,
                                          c->seed ^ 0x7e57ULL, 1)))
@@ -338,6 +356,7 @@ static soma_status save_checkpoint(run *r, int epochs_done)
         "soma.trunc", trunc, "soma.loss", soma_loss_name(c->rule_cfg.loss),
         "soma.binary_frames", c->binary_frames ? "1" : "0",
         "soma.raw_pixels", c->raw_pixels ? "1" : "0",
+        "soma.autoencoder", c->autoencoder ? "1" : "0",
         "soma.rule_options", ropts,
     };
     return soma_checkpoint_save(c->save, r->net, soma_rule_optim(r->rule), meta,
@@ -409,6 +428,7 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
     if ((st = build(&r))) goto done;
     soma_rule_plan(r.rule, &res->plan);
     res->regression = r.regression;
+    res->loss_kind = r.regression ? (c->autoencoder ? c->rule_cfg.loss : SOMA_LOSS_MSE) : SOMA_LOSS_CE;
     if (!(log = open_metrics(c, &r))) {
         st = soma__fail(SOMA_ERR_IO, "%s: cannot open metrics log: %s", c->metrics, strerror(errno));
         goto done;
@@ -454,7 +474,7 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
                 soma_progress p = { .epoch = e + 1, .epochs = c->epochs, .step = step, .steps = steps,
                                     .loss = ts.loss / ts.n, .acc = (double)ts.correct / ts.n,
                                     .samples_per_s = ts.n / (t - t0 + 1e-9), .lr = lr,
-                                    .regression = r.regression };
+                                    .regression = r.regression, .loss_kind = res->loss_kind };
                 p.eta_s = (steps - step) * (t - t0) / step;
                 progress(user, &p);
             }
@@ -503,7 +523,7 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
                                 .samples_per_s = ts.n / (train_s + 1e-9), .epoch_done = 1,
                                 .test_loss = res->test_loss, .test_acc = res->test_acc,
                                 .val_acc = res->val_acc, .lr = lr, .seconds = train_s,
-                                .regression = r.regression };
+                                .regression = r.regression, .loss_kind = res->loss_kind };
             progress(user, &p);
         }
     }
@@ -569,6 +589,7 @@ soma_status soma_evaluate(const char *checkpoint, const char *data, const char *
     c.spiking = soma_st_meta(probe, "soma.cell") != NULL;
     if ((v = soma_st_meta(probe, "soma.binary_frames"))) c.binary_frames = !strcmp(v, "1");
     if ((v = soma_st_meta(probe, "soma.raw_pixels"))) c.raw_pixels = !strcmp(v, "1");
+    if ((v = soma_st_meta(probe, "soma.autoencoder"))) c.autoencoder = !strcmp(v, "1");
     if ((v = soma_st_meta(probe, "soma.rule_options")) && soma_rule_options_parse(&c.rule_cfg, v)) {
         soma_st_free(probe);
         return soma__fail(SOMA_ERR_FORMAT, "%s: %s", checkpoint, soma_last_error());
@@ -584,8 +605,11 @@ soma_status soma_evaluate(const char *checkpoint, const char *data, const char *
         st = soma__fail(SOMA_ERR_UNSUPPORTED, "%d classes exceed %d", res->classes, SOMA_MAX_CLASSES);
         goto done;
     }
+    res->regression = r.regression;
+    res->loss_kind = r.regression ? (c.autoencoder ? c.rule_cfg.loss : SOMA_LOSS_MSE) : SOMA_LOSS_CE;
     soma_step_stats ts;
-    if ((st = evaluate_loader(r.rule, r.ltest, &ts, res->confusion, res->classes))) goto done;
+    if ((st = evaluate_loader(r.rule, r.ltest, &ts, r.regression ? NULL : res->confusion, res->classes)))
+        goto done;
     res->n = ts.n;
     res->acc = (double)ts.correct / ts.n;
     res->loss = ts.loss / ts.n;
