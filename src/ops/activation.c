@@ -162,11 +162,37 @@ void soma_act_backward(float *dx, const float *dy, const float *x, const float *
     }
 }
 
+static void act_deriv_range(float *d, const float *x, const float *y, size_t n, soma_act a)
+{
+    switch (a) {
+    case SOMA_ACT_RELU:
+        _Pragma("omp simd")
+        for (size_t i = 0; i < n; i++) d[i] = x[i] > 0.0f ? 1.0f : 0.0f;
+        break;
+    case SOMA_ACT_SIGMOID:
+        _Pragma("omp simd")
+        for (size_t i = 0; i < n; i++) d[i] = y[i] * (1.0f - y[i]);
+        break;
+    case SOMA_ACT_CLAMP01:
+        _Pragma("omp simd")
+        for (size_t i = 0; i < n; i++) d[i] = (x[i] >= 0.0f && x[i] <= 1.0f) ? 1.0f : 0.0f;
+        break;
+    default:
+        for (size_t i = 0; i < n; i++) d[i] = deriv1(x, y, i, a);
+        break;
+    }
+}
+
 /* d(n) = f'(x), written, not accumulated.  x/y as for the backward pass. */
 void soma_act_deriv(float *d, const float *x, const float *y, size_t n, soma_act a)
 {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) d[i] = deriv1(x, y, i, a);
+    if (n < PAR_MIN) { act_deriv_range(d, x, y, n, a); return; }
+#pragma omp parallel
+    {
+        size_t lo, hi;
+        soma__thread_range(n, &lo, &hi);
+        act_deriv_range(d + lo, x ? x + lo : NULL, y ? y + lo : NULL, hi - lo, a);
+    }
 }
 
 /* x(B,C) -> y(B,C), each row exp(x - max) / sum: subtracting the row max

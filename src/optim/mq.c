@@ -22,6 +22,8 @@
 #include "optim.h"
 #include <math.h>
 
+#define MQ_BLOCK 1024
+
 static void mq_defaults(soma_optim_config *c)
 {
     c->eps = 1e-6f;
@@ -68,11 +70,20 @@ static void mq_group_step(soma_optim *o, float *w, const float *g, float lr)
         size_t n = o->g_len[k];
         float v = o->g_state[k];
         const float step = (float)((double)lr / ((double)v + o->cfg.eps) + o->cfg.lr_min);
-        SOMA__OPTIM_FOR(n)
-        for (size_t i = 0; i < n; i++) wk[i] -= step * gk[i];
-        /* mean |g| in a fixed order (deterministic), in double */
+        /* One pass: the update and mean |g|, summed in float over blocks (a
+         * vectorised loop) and the blocks in double, in a fixed order, so the
+         * result does not depend on the thread count. */
         double s = 0;
-        for (size_t i = 0; i < n; i++) s += fabs((double)gk[i]);
+        for (size_t b0 = 0; b0 < n; b0 += MQ_BLOCK) {
+            const size_t b1 = n - b0 < MQ_BLOCK ? n : b0 + MQ_BLOCK;
+            float part = 0.0f;
+            _Pragma("omp simd reduction(+:part)")
+            for (size_t i = b0; i < b1; i++) {
+                wk[i] -= step * gk[i];
+                part += fabsf(gk[i]);
+            }
+            s += part;
+        }
         o->g_state[k] = (float)(rho * v + (1.0 - rho) * (s / (double)n));
     }
 }

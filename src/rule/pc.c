@@ -198,7 +198,10 @@ static void block_vjp_input(soma_rule *r, pc_unit *u, const float *in, const flo
     if (u->has_act) {
         /* from a = f(h): dL/dh = dL/da . f'(h) */
         soma_act_deriv(s->fd, in, u->a, cnt, u->act);
-        for (size_t i = 0; i < cnt; i++) s->td[i] *= s->fd[i];
+        float *restrict td = s->td;
+        const float *restrict fd = s->fd;
+        _Pragma("omp simd")
+        for (size_t i = 0; i < cnt; i++) td[i] *= fd[i];
     }
 }
 
