@@ -620,9 +620,117 @@ static void snn_golden(void)
     soma_st_free(st);
 }
 
+/* LFP through time on a spiking conv net (conv3x2 - LIF - maxpool2 -
+ * conv2x4 - LIF - fc3 - LIF on 1x8x8, T = 4: the seed's LIF-CNN in
+ * miniature, in soma's layer order) vs
+ * refs/lfp_snn_ref.py, both denominators: fb of every parameter within
+ * 1e-5 relative (+1e-6 of the tensor's max) and the spike counts exactly.
+ * The lowest conv takes the direct-input path (once, on sum_t q_t), the
+ * second the per-step conv backward with F carried below it. */
+static void snn_conv_golden(void)
+{
+    soma_st *st;
+    if (!CHECK(soma_st_read(&st, "tests/fixtures/lfp_snn_conv.safetensors") == SOMA_OK)) return;
+    const int B = (int)strtol(soma_st_meta(st, "B"), NULL, 10);
+    int c = 0, h = 0, w = 0;
+    if (!CHECK(sscanf(soma_st_meta(st, "input"), "%dx%dx%d", &c, &h, &w) == 3)) { soma_st_free(st); return; }
+    for (int denom = 0; denom < 2; denom++) {
+        soma_net_options o;
+        soma_net_options_default(&o);
+        o.in_c = c; o.in_h = h; o.in_w = w;
+        o.spiking = 1;
+        o.cell.alpha = 0.9f;
+        o.cell.threshold = 1.0f;
+        soma_surrogate_default(&o.cell.surr, SOMA_SURR_NONE);
+        o.readout = SOMA_READOUT_SPIKE;
+        soma_net *net;
+        if (!CHECK(soma_net_new(&net, soma_st_meta(st, "spec"), &o) == SOMA_OK)) break;
+        int copied = 0;
+        for (int i = 0; i < soma_net_tensor_count(net); i++) {
+            const char *name;
+            float *v = soma_net_tensor(net, i, &name, NULL, NULL, NULL);
+            char key[64];
+            snprintf(key, sizeof key, "init.%s", name);
+            const soma_st_tensor *t = soma_st_find(st, key);
+            if (CHECK(t != NULL)) { memcpy(v, t->data, t->nbytes); copied++; }
+        }
+        CHECK(copied == 6);
+        soma_rule_config rc;
+        soma_rule_config_default(&rc);
+        rc.T = (int)strtol(soma_st_meta(st, "T"), NULL, 10);
+        rc.lfp_snn_denom = denom;
+        soma_rule *r;
+        if (!CHECK(soma_rule_new(&r, "lfp", net, &rc, B) == SOMA_OK)) {
+            fprintf(stderr, "%s\n", soma_last_error());
+            soma_net_free(net);
+            break;
+        }
+        soma_batch b = { .n = B, .c = c, .h = h, .w = w, .x = (float *)fx(st, "x", NULL),
+                         .y = (int32_t *)fx(st, "y", NULL) };
+        CHECK(soma_lfp_feedback(r, &b, NULL, NULL, NULL) == SOMA_OK);
+        for (int i = 0; i < soma_net_tensor_count(net); i++) {
+            const char *name;
+            int isp, nd;
+            int64_t sh[4];
+            float *v = soma_net_tensor(net, i, &name, &nd, sh, &isp);
+            if (!isp) continue;
+            size_t n = 1;
+            for (int d = 0; d < nd; d++) n *= (size_t)sh[d];
+            const float *g = soma_net_param_grads(net) + (v - soma_net_param_values(net));
+            float *fb = malloc(n * sizeof *fb);
+            for (size_t k = 0; k < n; k++) fb[k] = -g[k];
+            char key[64];
+            snprintf(key, sizeof key, "fb%c.%s", denom ? 'B' : 'A', name);
+            size_t nw = 0;
+            const float *want = fx(st, key, &nw);
+            if (want && CHECK(nw == n)) close_scaled(key, fb, want, n, 1e-5, 1e-6);
+            free(fb);
+        }
+        const float *scores;
+        size_t nc = 0;
+        const float *counts = fx(st, "counts", &nc);
+        CHECK(soma_rule_predict(r, &b, &scores, NULL) == SOMA_OK);
+        if (counts && CHECK(nc == (size_t)B * 3)) check_close_f("lfp snn conv spike counts", scores, counts, nc, 0, 0);
+        soma_rule_free(r);
+        soma_net_free(net);
+    }
+    soma_st_free(st);
+}
+
+/* Spiking conv nets: a layer kind LFP through time cannot carry is refused
+ * with SOMA_ERR_UNSUPPORTED naming the layer. */
+static void snn_bad_layers(void)
+{
+    static const struct { const char *spec, *layer; } cases[] = {
+        { "conv3x2-avgpool2-fc3", "layer 2 (avgpool)" },
+        { "conv3x2-bn-pool2-fc3", "layer 1 (batchnorm)" },
+        { "conv3x2-pool2-drop0.2-fc3", "layer 3 (dropout)" },
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        soma_net_options o;
+        soma_net_options_default(&o);
+        o.in_c = 1; o.in_h = 8; o.in_w = 8;
+        o.spiking = 1;
+        soma_surrogate_default(&o.cell.surr, SOMA_SURR_NONE);
+        o.readout = SOMA_READOUT_SPIKE;
+        soma_net *net;
+        if (!CHECK(soma_net_new(&net, cases[c].spec, &o) == SOMA_OK)) { fprintf(stderr, "%s\n", soma_last_error()); continue; }
+        soma_rule_config rc;
+        soma_rule_config_default(&rc);
+        rc.T = 3;
+        soma_rule *r = NULL;
+        CHECK(soma_rule_new(&r, "lfp", net, &rc, 2) == SOMA_ERR_UNSUPPORTED && !r);
+        if (!CHECK(strstr(soma_last_error(), cases[c].layer) != NULL))
+            fprintf(stderr, "%s: %s\n", cases[c].spec, soma_last_error());
+        soma_net_free(net);
+    }
+}
+
 int main(void)
 {
     snn_golden();
+    snn_conv_golden();
+    snn_bad_layers();
     test_oracle();
     test_conservation();
     run_golden("tests/fixtures/lfp_a.safetensors");

@@ -2,17 +2,21 @@
  * lfp_snn.c - LFP through time for step-function spiking nets (notes/lfp.md
  * sec. 7): Heaviside LIF neurons trained without any surrogate gradient.
  *
- * Net: dense layers, each followed by a LIF/IF cell; the output layer is a
- * spiking cell (--readout spike) whose spike counts are the prediction.
- * Forward: T steps of the net (soma_net_step, direct or any encoding), every
- * step kept (window T: memory O(T), as BPTT; LFP is not an online method).
+ * Net: dense and conv layers, each followed by a LIF/IF cell (a max pool
+ * may sit between the two, I_t = pool(conv(S_t)), or after the cell, on its
+ * spikes), flatten between conv and dense; the output layer is a spiking
+ * cell (--readout spike) whose spike counts are the prediction.  soma's
+ * spec puts a conv's cell before a following pool (conv-LIF-pool); both
+ * orders are carried.  Forward: T steps of the net (soma_net_step, direct
+ * or any encoding), every step kept (window T: memory O(T), as BPTT; LFP
+ * is not an online method).
  *
  * Reward (the rate-coded sequence reward, sec. 7.3): with N_c the output
  * spike count of class c, M_c = T - N_c and h = floor(T/2),
  *   r_{t,c} = (1 - sigmoid(N_c - h)) / T                 c = the label
  *   r_{t,c} = -S_{t,c} (1 - sigmoid(M_c - h)) / T        otherwise.
  *
- * Propagation, t = T-1 ... 0, top layer to the lowest dense layer
+ * Propagation, t = T-1 ... 0, top layer to the lowest dense/conv layer
  * (sec. 7.2, version A's explicit loop):
  *   cell:  F = feedback from above at t (r_t at the top) + carry
  *          [F /= max |F|]                                   (--lfp-norm)
@@ -21,11 +25,19 @@
  *          carry <- alpha u_{t-1} q                        (for step t-1)
  *   dense: fb_W += |W| (.) q^T x_t,  fb_b += |b| (.) sum_n q,
  *          F_below(t) = x_t (.) (q W)
+ *   conv:  the same with the core's conv backward carrying q in place of
+ *          dL/dy (the conv relevance of lfp.c / relevance.c, whose signal
+ *          here is q, already divided by the membrane):
+ *          fb_W += |W| (.) conv_bw(q, x_t), fb_b += |b| (.) sum q,
+ *          F_below(t) = x_t (.) conv_bx(q, W)            (soma_conv2d_backward)
+ *   max pool: winner takes all (soma_maxpool_relevance, step t's argmax)
+ *   flatten: F passes.
  * with v_t the pre-reset membrane and u the post-reset one of soma's cell
  * (v_t = alpha u_{t-1} + I_t; the authors' snnTorch neuron applies the reset
  * one step later, so its numbers differ by that; soma's own dynamics are
- * what this follows).  With direct input the lowest dense layer sees the
- * same x at every step, so its feedback is formed once from sum_t q_t.
+ * what this follows).  With direct input the lowest dense/conv layer sees
+ * the same x at every step, so its feedback is formed once from sum_t q_t
+ * (exact: fb is linear in q for a fixed x).
  */
 #include "rule.h"
 #include <math.h>
@@ -38,10 +50,38 @@ typedef struct lfp_snn {
     float *probs;          /* (B, C) */
     float *reward;         /* (B, C) the reward at one step */
     float *F[2], *carry[SOMA_LFP_SNN_MAX_CELLS][1]; /* feedback ping-pong; per-cell carries */
-    float *qsum;           /* (B, units of the lowest dense) sum_t q_t for direct input */
-    size_t fsz, xs_bytes;
-    int    lowest;         /* the lowest dense layer */
+    float *qsum;           /* (B, outputs of the lowest dense/conv) sum_t q_t for direct input */
+    size_t fsz, xs_bytes, carry_floats;
+    int    lowest;         /* the lowest dense/conv layer */
 } lfp_snn;
+
+static const char *kind_name(soma_layer_kind k)
+{
+    static const char *const names[SOMA_LAYER_COUNT] = {
+        [SOMA_LAYER_DENSE] = "dense", [SOMA_LAYER_CONV] = "conv", [SOMA_LAYER_MAXPOOL] = "maxpool",
+        [SOMA_LAYER_AVGPOOL] = "avgpool", [SOMA_LAYER_FLATTEN] = "flatten", [SOMA_LAYER_ACT] = "act",
+        [SOMA_LAYER_DROPOUT] = "dropout", [SOMA_LAYER_BATCHNORM] = "batchnorm", [SOMA_LAYER_CELL] = "cell",
+    };
+    return (unsigned)k < SOMA_LAYER_COUNT && names[k] ? names[k] : "?";
+}
+
+/* 1 if the dense/conv layer i feeds a cell, directly or through max pools */
+static int feeds_cell(const soma_net *n, int i)
+{
+    int j = i + 1;
+    while (j < n->n_layers && n->layers[j].kind == SOMA_LAYER_MAXPOOL) j++;
+    return j < n->n_layers && n->layers[j].kind == SOMA_LAYER_CELL;
+}
+
+static void conv_shape(soma_conv_shape *cs, const soma_layer *l, int B)
+{
+    soma_conv_shape_init(cs, B, l->in_c, l->in_h, l->in_w, l->out_c, l->k, l->k, l->stride, l->pad);
+}
+
+static void pool_shape(soma_pool_shape *ps, const soma_layer *l, int B)
+{
+    soma_pool_shape_init(ps, B, l->in_c, l->in_h, l->in_w, l->k, l->stride);
+}
 
 static int cell_index(const soma_net *n, int layer)
 {
@@ -57,6 +97,14 @@ soma_status soma__lfp_snn_init(soma_rule *r, int max_batch, void **out)
     *out = NULL;
     if (c->T <= 0)
         return soma__fail(SOMA_ERR_ARG, "rule lfp on a spiking net needs T > 0 time steps, got %d", c->T);
+    for (int i = 0; i < net->n_layers; i++) {
+        soma_layer_kind k = net->layers[i].kind;
+        if (k != SOMA_LAYER_CELL && k != SOMA_LAYER_DENSE && k != SOMA_LAYER_CONV &&
+            k != SOMA_LAYER_MAXPOOL && k != SOMA_LAYER_FLATTEN)
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule lfp on spiking nets: layer %d (%s) is not "
+                              "served (LFP through time carries dense, conv, maxpool, flatten and "
+                              "lif/if cell layers)", i, kind_name(k));
+    }
     int cells = 0;
     for (int i = 0; i < net->n_layers; i++) {
         const soma_layer *l = &net->layers[i];
@@ -65,16 +113,16 @@ soma_status soma__lfp_snn_init(soma_rule *r, int max_batch, void **out)
                 return soma__fail(SOMA_ERR_UNSUPPORTED, "rule lfp: layer %d is a %s cell; LFP through time "
                                   "serves lif/if cells with spiking output (--readout spike)", i,
                                   soma_neuron_name(l->cell.kind));
+            if (l->ltc)
+                return soma__fail(SOMA_ERR_UNSUPPORTED, "rule lfp: layer %d is a liquid-time-constant "
+                                  "cell; LFP through time serves lif/if cells with fixed alpha", i);
             cells++;
-        } else if (l->kind == SOMA_LAYER_DENSE) {
-            if (l->rec >= 0)
+        } else if (l->kind == SOMA_LAYER_DENSE || l->kind == SOMA_LAYER_CONV) {
+            if (l->kind == SOMA_LAYER_DENSE && l->rec >= 0)
                 return soma__fail(SOMA_ERR_UNSUPPORTED, "rule lfp: recurrent layer %d is not served", i);
-            if (i + 1 >= net->n_layers || net->layers[i + 1].kind != SOMA_LAYER_CELL)
-                return soma__fail(SOMA_ERR_UNSUPPORTED, "rule lfp: dense layer %d must feed a cell "
-                                  "(give --readout spike)", i);
-        } else if (l->kind != SOMA_LAYER_FLATTEN) {
-            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule lfp on spiking nets: layer %d (%s) is not "
-                              "served (dense + cell layers)", i, l->kind == SOMA_LAYER_CONV ? "conv" : "other");
+            if (!feeds_cell(net, i))
+                return soma__fail(SOMA_ERR_UNSUPPORTED, "rule lfp: %s layer %d must feed a cell "
+                                  "(give --readout spike)", kind_name(l->kind), i);
         }
     }
     if (cells > SOMA_LFP_SNN_MAX_CELLS)
@@ -99,9 +147,10 @@ soma_status soma__lfp_snn_init(soma_rule *r, int max_batch, void **out)
     for (int i = 0; i < net->n_layers; i++) {
         const soma_layer *l = &net->layers[i];
         if (l->out_size > maxsz) maxsz = l->out_size;
-        if (l->kind == SOMA_LAYER_DENSE && s->lowest < 0) s->lowest = i;
+        if ((l->kind == SOMA_LAYER_DENSE || l->kind == SOMA_LAYER_CONV) && s->lowest < 0) s->lowest = i;
     }
-    if (s->lowest < 0) return soma__fail(SOMA_ERR_ARG, "rule lfp: net '%s' has no dense layer", soma_net_spec(net));
+    if (s->lowest < 0)
+        return soma__fail(SOMA_ERR_ARG, "rule lfp: net '%s' has no dense or conv layer", soma_net_spec(net));
     int C = soma_net_outputs(net);
     size_t bc = (size_t)max_batch * C;
     s->fsz = (size_t)max_batch * maxsz;
@@ -111,12 +160,14 @@ soma_status soma__lfp_snn_init(soma_rule *r, int max_batch, void **out)
     s->F[0] = soma__malloc_aligned(s->fsz * sizeof(float));
     s->F[1] = soma__malloc_aligned(s->fsz * sizeof(float));
     s->qsum = soma__malloc_aligned((size_t)max_batch * net->layers[s->lowest].out_size * sizeof(float));
+    s->carry_floats = (size_t)max_batch * net->layers[s->lowest].out_size;   /* qsum; the carries below */
     if (!s->counts || !s->probs || !s->reward || !s->F[0] || !s->F[1] || !s->qsum) return SOMA_ERR_NOMEM;
     for (int i = 0; i < net->n_layers; i++) {
         const soma_layer *l = &net->layers[i];
         if (l->kind != SOMA_LAYER_CELL) continue;
         if (!(s->carry[cell_index(net, i)][0] = soma__malloc_aligned((size_t)max_batch * l->out_size * sizeof(float))))
             return SOMA_ERR_NOMEM;
+        s->carry_floats += (size_t)max_batch * l->out_size;
     }
     if (c->encoding != SOMA_ENC_DIRECT) {
         s->xs_bytes = (size_t)c->T * max_batch * step * sizeof(float);
@@ -144,7 +195,7 @@ void soma__lfp_snn_free(void *p)
 size_t soma__lfp_snn_bytes(const void *p)
 {
     const lfp_snn *s = p;
-    return s ? s->xs_bytes + 2 * s->fsz * sizeof(float) : 0;
+    return s ? s->xs_bytes + (2 * s->fsz + s->carry_floats) * sizeof(float) : 0;
 }
 
 /* Runs the T steps; counts = output spikes summed over time. */
@@ -243,11 +294,42 @@ soma_status soma__lfp_snn_feedback(soma_rule *r, void *p, const soma_batch *b, s
                         for (int o = 0; o < O; o++) gb[o] += F[(size_t)n * O + o];
                 }
                 if (below) { F = below; cur ^= 1; }
+            } else if (l->kind == SOMA_LAYER_CONV) {
+                const float *x = i > 0 ? soma__slot(net, &net->layers[i - 1], net->layers[i - 1].out, slot)
+                                       : net->xs[slot];
+                soma_conv_shape cs;
+                conv_shape(&cs, l, B);
+                float *below = i > s->lowest ? s->F[cur] : NULL;
+                if (below) memset(below, 0, (size_t)B * l->in_size * sizeof(float));
+                if (direct && i == s->lowest) {
+                    for (size_t k = 0; k < out_n; k++) s->qsum[k] += F[k];
+                } else {
+                    /* the conv backward with q as dL/dy: below = conv_bx(q, W), raw
+                     * sums conv_bw(q, x) and sum q (|W| (.) at the end) */
+                    soma_conv2d_backward(below, soma__param_grad(net, l->w), soma__param_grad(net, l->b),
+                                         net->ws, F, x, soma__param_value(net, l->w), &cs);
+                }
+                if (below) {
+                    /* F_below = x (.) conv_bx(q, W) */
+                    for (size_t k = 0; k < (size_t)B * l->in_size; k++) below[k] *= x[k];
+                    F = below;
+                    cur ^= 1;
+                }
+            } else if (l->kind == SOMA_LAYER_MAXPOOL) {
+                /* winner takes all, with step t's argmax (the lowest layer has
+                 * parameters, so a pool always has a layer below to feed) */
+                soma_pool_shape ps;
+                pool_shape(&ps, l, B);
+                float *below = s->F[cur];
+                memset(below, 0, (size_t)B * l->in_size * sizeof(float));
+                soma_maxpool_relevance(below, F, soma__slot_idx(net, l, slot), &ps);
+                F = below;
+                cur ^= 1;
             }
             /* FLATTEN passes F through */
         }
     }
-    if (direct) {
+    if (direct && low->kind == SOMA_LAYER_DENSE) {
         const soma_layer *l = low;
         const int I = (int)l->in_size, O = l->out_c;
         int slot = soma__slot_of(net, T - 1);
@@ -257,6 +339,16 @@ soma_status soma__lfp_snn_feedback(soma_rule *r, void *p, const soma_batch *b, s
         float *gb = soma__param_grad(net, l->b);
         for (int n = 0; n < B; n++)
             for (int o = 0; o < O; o++) gb[o] += s->qsum[(size_t)n * O + o];
+    } else if (direct) {
+        /* the lowest conv, once on sum_t q_t: the same x at every step */
+        const soma_layer *l = low;
+        int slot = soma__slot_of(net, T - 1);
+        const float *x = s->lowest > 0 ? soma__slot(net, &net->layers[s->lowest - 1], net->layers[s->lowest - 1].out, slot)
+                                       : net->xs[slot];
+        soma_conv_shape cs;
+        conv_shape(&cs, l, B);
+        soma_conv2d_backward(NULL, soma__param_grad(net, l->w), soma__param_grad(net, l->b), net->ws, s->qsum, x,
+                             soma__param_value(net, l->w), &cs);
     }
     /* fb = |theta| (.) sums; the optimizers descend: grad = -fb */
     size_t np = soma_net_param_floats(net);

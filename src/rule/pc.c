@@ -205,8 +205,9 @@ static void block_vjp_input(soma_rule *r, pc_unit *u, const float *in, const flo
     }
 }
 
-/* Accumulates -VJP_theta(block u; e_u) / B into the grad store. */
-static void block_grads(soma_rule *r, pc_unit *u)
+/* -VJP_theta(block u; e_u) / B into the grad store: written over it when
+ * overwrite (dense blocks), else accumulated. */
+static void block_grads(soma_rule *r, pc_unit *u, int overwrite)
 {
     pc_state *s = r->state;
     soma_net *n = r->net;
@@ -217,7 +218,8 @@ static void block_grads(soma_rule *r, pc_unit *u)
     if (l->kind == SOMA_LAYER_DENSE) {
         /* from p = a W^T + b with cotangent -e/B: dW = -e^T a / B, db = -sum_b e / B */
         soma_gemm(1, 0, (int)u->out, (int)u->in, B, scale, u->e, (int)u->out, u->a, (int)u->in,
-                  1.0f, dw, (int)u->in);
+                  overwrite ? 0.0f : 1.0f, dw, (int)u->in);
+        if (overwrite) memset(db, 0, u->out * sizeof(float));
         for (int b = 0; b < B; b++) {
             const float *er = u->e + (size_t)b * u->out;
             for (size_t o = 0; o < u->out; o++) db[o] += scale * er[o];
@@ -372,8 +374,16 @@ soma_status soma__pc_grads(soma_rule *r)
 {
     pc_state *s = r->state;
     soma_net *n = r->net;
-    soma_net_zero_grad(n);
-    for (int l = 1; l <= s->L; l++) block_grads(r, &s->u[l]);
+    /* When dense blocks' weights and biases are every parameter of the net,
+     * each gradient is written exactly once: no zeroing pass over the store. */
+    size_t dense = 0;
+    for (int l = 1; l <= s->L; l++) {
+        const soma_layer *ly = &n->layers[s->u[l].layer];
+        if (ly->kind == SOMA_LAYER_DENSE && ly->b >= 0) dense += s->u[l].out * (s->u[l].in + 1);
+    }
+    const int overwrite = dense == soma_net_param_floats(n);
+    if (!overwrite) soma_net_zero_grad(n);
+    for (int l = 1; l <= s->L; l++) block_grads(r, &s->u[l], overwrite && n->layers[s->u[l].layer].kind == SOMA_LAYER_DENSE);
     if (!soma__all_finite(soma_net_param_grads(n), soma_net_param_floats(n)))
         return soma__fail(SOMA_ERR_NUMERIC, "pc: weight update contains NaN or Inf");
     return SOMA_OK;
