@@ -804,6 +804,8 @@ soma_status soma_events_to_frames(float *frames, const soma_event *ev, size_t n,
  *              later: a dense layer of N units (same as fcN)
  *   fcN        dense layer of N units
  *   convKxC[sS][pP]  KxK convolution, C filters, stride S (1), padding P (0)
+ *   convKxC[sS][pP]mM  the same, then an MxM max pool before its activation or
+ *                    neuron cell (spiking nets: the cell integrates pooled currents)
  *   poolK / avgpoolK  KxK max / average pooling with stride K
  *   bn         batch normalisation of the previous conv/dense output
  *              (after ltcN / rltcN / cltcKxC: of that token's dense/conv,

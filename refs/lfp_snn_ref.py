@@ -16,7 +16,9 @@ u_t = v_t - s_t.
    W^T q shifted back); max pooling routes F to the first maximum of each
    window in row-major order, found by an explicit scan.  The layer list is
    generic, so the seed paper's order (conv - pool - LIF) is one list away.
-   Writes tests/fixtures/lfp_snn_conv.safetensors.
+   Writes tests/fixtures/lfp_snn_conv.safetensors; the same in the seed
+   paper's order (conv - maxpool2 - LIF, spec conv3x2m2-...) to
+   tests/fixtures/lfp_snn_conv_m.safetensors.
 
 Each fixture: x, y, init.<param>, counts, and fb.<param> for denominator A
 (|v_t|) and B (|u_t-1| + |v_t - u_t-1|).
@@ -238,6 +240,11 @@ def net_feedback(layers, params, y, trace, T, denom):
 CONV_SPEC = "conv3x2-pool2-conv2x4-fc3"
 CONV_LAYERS = [("conv", "0"), ("lif",), ("pool", 2), ("conv", "3"), ("lif",), ("flatten",),
                ("fc", "6"), ("lif",)]
+# the seed paper's order, pool before the cell (soma spec convKxCmM): same
+# layer indices, so the same parameter names
+CONV_SPEC_M = "conv3x2m2-conv2x4-fc3"
+CONV_LAYERS_M = [("conv", "0"), ("pool", 2), ("lif",), ("conv", "3"), ("lif",), ("flatten",),
+                 ("fc", "6"), ("lif",)]
 CONV_T, CONV_B, CONV_HW = 4, 2, 8
 
 
@@ -250,7 +257,7 @@ def conv_params(g):
             "6.bias": torch.randn(3, generator=g) * 0.1 + 0.3}
 
 
-def conv_fixture(outdir):
+def conv_fixture(outdir, CONV_LAYERS=CONV_LAYERS, CONV_SPEC=CONV_SPEC, name="lfp_snn_conv"):
     for seed in range(1, 2000):
         g = torch.Generator().manual_seed(seed)
         x = torch.rand(CONV_B, 1, CONV_HW, CONV_HW, generator=g) * 2 - 1
@@ -278,18 +285,19 @@ def conv_fixture(outdir):
         out["counts"] = counts
         for k, v in fb.items():
             out["fb%s.%s" % (tag, k)] = v
-    fixture.write(os.path.join(outdir, "lfp_snn_conv.safetensors"),
+    fixture.write(os.path.join(outdir, name + ".safetensors"),
                   {k: v.numpy() for k, v in out.items()},
                   {"spec": CONV_SPEC, "input": "1x%dx%d" % (CONV_HW, CONV_HW), "T": CONV_T, "B": CONV_B, "alpha": ALPHA,
                    "threshold": TH, "seed": seed, "margin": margin, "vmin": vmin, "AB_diff": diff,
                    "rates": " ".join("%.3f" % r for r in rates), "torch": torch.__version__})
-    print("conv: seed", seed, "margin", margin, "vmin", vmin, "A/B diff", diff, "rates", rates)
+    print(name + ": seed", seed, "margin", margin, "vmin", vmin, "A/B diff", diff, "rates", rates)
 
 
 def main():
     outdir = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
     dense_fixture(outdir)
     conv_fixture(outdir)
+    conv_fixture(outdir, CONV_LAYERS_M, CONV_SPEC_M, "lfp_snn_conv_m")
 
 
 if __name__ == "__main__":

@@ -142,6 +142,12 @@ expect 0 "test accuracy" -- $SOMA train $D --net 784-32-10 --rule pc --opt adam 
 expect 0 "confusion matrix" -- $SOMA eval --ckpt $T/pc.st --data mnist --data-dir $T/d --no-verify
 expect 0 "test accuracy" -- $SOMA train $D --net 784-32-10 --rule pc --opt mq --lr 1e-3 --epochs 1 --save $T/mq.st
 expect 0 "optim.mq_v" -- $SOMA info $T/mq.st
+# convKxCmM: the pool before the cell (the LIF-CNN's order); poolK after it
+out=$($SOMA train $D --net conv5x4m2-fc10 --neuron lif --rule bptt --T 2 --dry-run 2>&1)
+case "$out" in *"1 maxpool"*"2 cell"*) ok;; *) bad "conv5x4m2 is not conv-pool-cell: $out";; esac
+out=$($SOMA train $D --net conv5x4-pool2-fc10 --neuron lif --rule bptt --T 2 --dry-run 2>&1)
+case "$out" in *"1 cell"*"2 maxpool"*) ok;; *) bad "conv5x4-pool2 is not conv-cell-pool: $out";; esac
+expect 2 "max pool size" -- $SOMA train $D --net conv5x4mz-fc10 --dry-run
 # autoencoders: the input is the target (BCE summed over the pixels), for bp and pc
 expect 2 "--autoencoder needs --loss bce or mse" -- $SOMA train $D --net 784-16-784 --autoencoder
 expect 2 "--loss bce needs targets" -- $SOMA train $D --net 784-16-784 --loss bce

@@ -626,11 +626,12 @@ static void snn_golden(void)
  * refs/lfp_snn_ref.py, both denominators: fb of every parameter within
  * 1e-5 relative (+1e-6 of the tensor's max) and the spike counts exactly.
  * The lowest conv takes the direct-input path (once, on sum_t q_t), the
- * second the per-step conv backward with F carried below it. */
-static void snn_conv_golden(void)
+ * second the per-step conv backward with F carried below it.  The _m
+ * fixture is the seed's order, conv - maxpool2 - LIF (spec conv3x2m2-...). */
+static void snn_conv_golden(const char *path)
 {
     soma_st *st;
-    if (!CHECK(soma_st_read(&st, "tests/fixtures/lfp_snn_conv.safetensors") == SOMA_OK)) return;
+    if (!CHECK(soma_st_read(&st, path) == SOMA_OK)) return;
     const int B = (int)strtol(soma_st_meta(st, "B"), NULL, 10);
     int c = 0, h = 0, w = 0;
     if (!CHECK(sscanf(soma_st_meta(st, "input"), "%dx%dx%d", &c, &h, &w) == 3)) { soma_st_free(st); return; }
@@ -729,7 +730,8 @@ static void snn_bad_layers(void)
 int main(void)
 {
     snn_golden();
-    snn_conv_golden();
+    snn_conv_golden("tests/fixtures/lfp_snn_conv.safetensors");
+    snn_conv_golden("tests/fixtures/lfp_snn_conv_m.safetensors");
     snn_bad_layers();
     test_oracle();
     test_conservation();

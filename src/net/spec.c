@@ -350,8 +350,21 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
         else if (!strncmp(t, "fc", 2)) {
             if (!parse_int(t + 2, &v)) { st = bad(t, i + 1, "expected fcN with N a positive integer"); break; }
             st = add_dense(&b, v, 0);
-        } else if (!strncmp(t, "conv", 4)) st = parse_conv(&b, t, i + 1);
-        else if (!strncmp(t, "avgpool", 7)) st = parse_pool(&b, t, i + 1, 1, 0);
+        } else if (!strncmp(t, "conv", 4)) {
+            /* convKxC[sS][pP]mM: the max pool comes before the nonlinearity
+             * (a spiking net pools the currents, I_t = pool(conv(S_t))) */
+            char conv[MAX_TOKEN];
+            snprintf(conv, sizeof conv, "%s", t);
+            char *m = strchr(conv, 'm');
+            int pool = 0;
+            if (m) {
+                if (!parse_int(m + 1, &pool)) { st = bad(t, i + 1, "max pool size must be a positive integer (m<size> last)"); break; }
+                if (i == last_lin_tok) { st = bad(t, i + 1, "the output layer cannot be pooled (mM)"); break; }
+                *m = 0;
+            }
+            st = parse_conv(&b, conv, i + 1);
+            if (!st && pool) st = parse_pool(&b, t, i + 1, 0, pool);
+        } else if (!strncmp(t, "avgpool", 7)) st = parse_pool(&b, t, i + 1, 1, 0);
         else if (!strncmp(t, "pool", 4)) st = parse_pool(&b, t, i + 1, 0, 0);
         else if (is_bn) {
             st = add_bn(&b, t, i + 1, bn_steps);
