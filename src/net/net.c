@@ -85,6 +85,7 @@ static int store_add(soma_store *s, int *cap, const char *name, int ndim, const 
 
 static soma_status store_alloc(soma_store *s, int with_grad)
 {
+    s->cap = s->total;
     s->value = soma__malloc_aligned((s->total ? s->total : 1) * sizeof(float));
     if (!s->value) return SOMA_ERR_NOMEM;
     memset(s->value, 0, s->total * sizeof(float));
@@ -101,6 +102,35 @@ static void store_free(soma_store *s)
     soma__free(s->p);
     soma__free_aligned(s->value);
     soma__free_aligned(s->grad);
+}
+
+/* Reallocates the store's arrays to cap floats, keeping the first `keep`. */
+static soma_status store_grow(soma_store *s, int is_param, size_t cap, size_t keep)
+{
+    float *v = soma__malloc_aligned((cap ? cap : 1) * sizeof(float));
+    float *g = is_param ? soma__malloc_aligned((cap ? cap : 1) * sizeof(float)) : NULL;
+    if (!v || (is_param && !g)) {
+        soma__free_aligned(v);
+        soma__free_aligned(g);
+        return SOMA_ERR_NOMEM;
+    }
+    memcpy(v, s->value, keep * sizeof(float));
+    soma__free_aligned(s->value);
+    s->value = v;
+    if (is_param) {
+        memcpy(g, s->grad, keep * sizeof(float));
+        soma__free_aligned(s->grad);
+        s->grad = g;
+    }
+    s->cap = cap;
+    return SOMA_OK;
+}
+
+soma_status soma__net_reserve(soma_net *n, int is_param, size_t floats)
+{
+    soma_store *s = is_param ? &n->params : &n->buffers;
+    if (s->total + floats <= s->cap) return SOMA_OK;
+    return store_grow(s, is_param, s->total + floats, s->total);
 }
 
 /* Adds a named tensor to the parameter store (is_param) or the buffer store
@@ -121,26 +151,14 @@ int soma__net_add_tensor(soma_net *n, int is_param, const char *name, int ndim,
     size_t old = s->total;
     int idx = store_add(s, &cap, name, ndim, shape);
     if (idx < 0) return SOMA_ERR_NOMEM;
-    size_t total = s->total ? s->total : 1;
-    float *v = soma__malloc_aligned(total * sizeof(float));
-    float *g = is_param ? soma__malloc_aligned(total * sizeof(float)) : NULL;
-    if (!v || (is_param && !g)) {
-        soma__free_aligned(v);
-        soma__free_aligned(g);
-        s->count--;
-        s->total = old;
-        return SOMA_ERR_NOMEM;
+    if (s->total > s->cap) {
+        /* grow by half at least, so a run of additions reallocates rarely */
+        size_t want = s->cap + s->cap / 2;
+        soma_status st = store_grow(s, is_param, want > s->total ? want : s->total, old);
+        if (st) { s->count--; s->total = old; return st; }
     }
-    memcpy(v, s->value, old * sizeof(float));
-    memset(v + old, 0, (s->total - old) * sizeof(float));
-    soma__free_aligned(s->value);
-    s->value = v;
-    if (is_param) {
-        memcpy(g, s->grad, old * sizeof(float));
-        memset(g + old, 0, (s->total - old) * sizeof(float));
-        soma__free_aligned(s->grad);
-        s->grad = g;
-    }
+    memset(s->value + old, 0, (s->total - old) * sizeof(float));
+    if (is_param) memset(s->grad + old, 0, (s->total - old) * sizeof(float));
     return idx;
 }
 

@@ -40,6 +40,7 @@ typedef struct soma_store {
     soma_param *p;
     int         count;
     size_t      total;         /* floats */
+    size_t      cap;           /* floats allocated for value (and grad), >= total */
     float      *value;         /* (total) */
     float      *grad;          /* (total), NULL for buffer stores */
 } soma_store;
@@ -129,6 +130,10 @@ static inline float *soma__param_grad(soma_net *n, int i) { return n->params.gra
 
 /* A rule's own tensors, added in its init (see net.c). */
 int soma__net_add_tensor(soma_net *n, int is_param, const char *name, int ndim, const int64_t *shape);
+/* Makes room for `floats` more values in a store, so the tensors added next
+ * (up to that size) need no reallocation: one block, not a heap of freed
+ * copies (a rule adding a tensor per parameter calls it first). */
+soma_status soma__net_reserve(soma_net *n, int is_param, size_t floats);
 static inline float *soma__buffer_value(soma_net *n, int i) { return n->buffers.value + n->buffers.p[i].offset; }
 
 /* Small-batch BP step that never stores the gradient (see net.c). */

@@ -131,6 +131,10 @@ static soma_status fptt_init(soma_rule *r, int max_batch)
     s->dstep = soma__malloc(bc * sizeof(float));
     s->dout = soma__calloc((size_t)K, sizeof *s->dout);
     if (!s->scores || !s->probs || !s->dstep || !s->dout) return SOMA_ERR_NOMEM;
+    /* W-bar, lambda (and the class table) in one allocation */
+    soma_status e = soma__net_reserve(net, 0, 2 * soma_net_param_floats(net) +
+                                      (c->fptt_aux ? (size_t)C * (size_t)(c->T / K) * (size_t)C : 0));
+    if (e) return e;
     if ((s->wbar = add_mirror(net, "fptt.wbar.")) < 0) return (soma_status)s->wbar;
     if ((s->lam = add_mirror(net, "fptt.lam.")) < 0) return (soma_status)s->lam;
     s->pest = -1;
