@@ -172,9 +172,11 @@ static soma_status step_once(soma_rule *r, const soma_batch *b, int t, soma_rng 
 /* After the optimizer step, in this order (notes 2.6):
  *   lam  <- lam - alpha (W - Wbar)                          (old Wbar)
  *   Wbar <- (1 - beta) Wbar + beta W - (beta/alpha) lam     (new lam) */
-void soma__fptt_post_update(float *lam, float *wbar, const float *w, size_t n, float alpha, float beta)
+void soma__fptt_post_update(float *restrict lam, float *restrict wbar, const float *restrict w, size_t n,
+                            float alpha, float beta)
 {
     const float ba = beta / alpha;
+    _Pragma("omp simd")
     for (size_t i = 0; i < n; i++) {
         lam[i] -= alpha * (w[i] - wbar[i]);
         wbar[i] = (1.0f - beta) * wbar[i] + beta * w[i] - ba * lam[i];
@@ -190,9 +192,16 @@ static soma_status fptt_update(soma_rule *r, float lr)
     float *w = soma_net_param_values(net), *g = soma_net_param_grads(net);
     float *wb = wbar_of(r), *lam = lam_of(r);
     const float alpha = c->fptt_alpha;
-    for (size_t i = 0; i < np; i++) g[i] += alpha * (w[i] - wb[i]) - lam[i];
-    if (!soma__all_finite(g, np)) return soma__fail(SOMA_ERR_NUMERIC, "gradient contains NaN or Inf");
-    if (c->clip_norm > 0) soma__clip_norm(g, np, c->clip_norm);
+    /* one pass: the regulariser's gradient and the sum of squares, which is
+     * finite (in double) exactly when every gradient is */
+    double ss = 0;
+    _Pragma("omp simd reduction(+:ss)")
+    for (size_t i = 0; i < np; i++) {
+        g[i] += alpha * (w[i] - wb[i]) - lam[i];
+        ss += (double)g[i] * g[i];
+    }
+    if (!isfinite(ss)) return soma__fail(SOMA_ERR_NUMERIC, "gradient contains NaN or Inf");
+    if (c->clip_norm > 0) soma__clip_scale(g, np, c->clip_norm, ss);
     soma_optim_step(r->optim, w, g, lr);
     soma__fptt_post_update(lam, wb, w, np, alpha, c->fptt_beta);
     return SOMA_OK;

@@ -201,6 +201,11 @@ void soma__clip_norm(float *g, size_t n, float max_norm)
     double ss = 0;
 #pragma omp simd reduction(+:ss)
     for (size_t i = 0; i < n; i++) ss += (double)g[i] * g[i];
+    soma__clip_scale(g, n, max_norm, ss);
+}
+
+void soma__clip_scale(float *g, size_t n, float max_norm, double ss)
+{
     double norm = sqrt(ss);
     /* torch: clip_coef = max_norm / (total_norm + 1e-6), applied if < 1 */
     double coef = max_norm / (norm + 1e-6);

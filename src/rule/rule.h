@@ -88,5 +88,7 @@ soma_status soma__loss_and_grad_t(float *dscores, float *probs, const float *sco
 int  soma__all_finite(const float *x, size_t n);
 /* Scales g so its L2 norm is at most max_norm (torch clip_grad_norm_). */
 void soma__clip_norm(float *g, size_t n, float max_norm);
+/* The clip of soma__clip_norm with the sum of squares ss already known. */
+void soma__clip_scale(float *g, size_t n, float max_norm, double ss);
 
 #endif
