@@ -88,7 +88,7 @@ $(BUILD)/tests/%: tests/%.c tests/check.h $(LIB_A) $(HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc -Itests $< $(LIB_A) -o $@ $(LDSAN) $(LDLIBS)
 
-$(BUILD)/bench/%: bench/%.c $(LIB_A) $(HDR)
+$(BUILD)/bench/%: bench/%.c bench/bench_util.h $(LIB_A) $(HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc $< $(LIB_A) -o $@ $(LDSAN) $(LDLIBS)
 

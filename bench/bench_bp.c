@@ -15,26 +15,9 @@
  *   RULE: bp (default) or lfp (LFP-epsilon: same net, same optimizer, its
  *   relevance pass in place of the gradient); CLIP: global-norm clip, 0 = off.
  */
-#include "soma.h"
-#include <cblas.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
-#include <time.h>
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
+#define BENCH_NAME "bench_bp"
+#define BENCH_CBLAS
+#include "bench_util.h"
 
 typedef struct { int m, n, k, ta, tb; } gemm_shape;
 
@@ -48,48 +31,46 @@ int main(int argc, char **argv)
     int repeats = argc > 4 ? atoi(argv[4]) : 5;
     const char *rule_name = argc > 5 ? argv[5] : "bp";
     float clip = argc > 6 ? (float)atof(argv[6]) : 0.0f;
-    if (B <= 0 || threads <= 0 || steps <= 0 || repeats <= 0 || repeats > 64) {
+    if (B <= 0 || threads <= 0 || steps <= 0 || repeats <= 0 || repeats > MAX_REPEATS) {
         fprintf(stderr, "bench_bp: arguments must be positive\n");
         return 2;
     }
     soma_set_threads(threads);
 
     soma_dataset *train, *test;
-    soma_status st = soma_dataset_open(&train, &test, "mnist", "data/mnist", 0);
-    if (st) { fprintf(stderr, "bench_bp: %s (run make data)\n", soma_last_error()); return 1; }
+    if (open_mnist(&train, &test)) return 1;
     soma_net_options o;
     soma_net_options_default(&o);
     soma_net *net;
-    if ((st = soma_net_new(&net, "784-512-512-10", &o))) { fprintf(stderr, "%s\n", soma_last_error()); return 1; }
+    if (soma_net_new(&net, "784-512-512-10", &o)) { fprintf(stderr, "%s\n", soma_last_error()); return 1; }
     soma_rule_config rc;
     soma_rule_config_default(&rc);
     rc.optim.lr = 0.001f; /* small enough that batch 1 with momentum stays finite */
     rc.optim.momentum = 0.9f;
     rc.clip_norm = clip;
     soma_rule *rule;
-    if ((st = soma_rule_new(&rule, rule_name, net, &rc, B))) { fprintf(stderr, "%s\n", soma_last_error()); return 1; }
+    if (soma_rule_new(&rule, rule_name, net, &rc, B)) { fprintf(stderr, "%s\n", soma_last_error()); return 1; }
     soma_loader_config lc = { .batch = B, .seed = 0, .shuffle = 1, .normalize = 1, .drop_last = 1 };
     soma_loader *ld;
-    if ((st = soma_loader_new(&ld, train, &lc))) { fprintf(stderr, "%s\n", soma_last_error()); return 1; }
+    if (soma_loader_new(&ld, train, &lc)) { fprintf(stderr, "%s\n", soma_last_error()); return 1; }
 
     /* --- soma: whole training steps (loader included) --- */
-    double times[64];
+    double times[MAX_REPEATS];
     int epoch = 0;
     soma_loader_start_epoch(ld, epoch);
     soma_batch b;
     for (int r = -1; r < repeats; r++) {          /* r = -1: warm-up */
         double t0 = now_s();
         for (int s = 0; s < steps; s++) {
-            if (!soma_loader_next(ld, &b)) { soma_loader_start_epoch(ld, ++epoch); soma_loader_next(ld, &b); }
-            if ((st = soma_rule_train_batch(rule, &b, rc.optim.lr, NULL, NULL))) {
+            next_batch(ld, &epoch, &b);
+            if (soma_rule_train_batch(rule, &b, rc.optim.lr, NULL, NULL)) {
                 fprintf(stderr, "%s\n", soma_last_error());
                 return 1;
             }
         }
         if (r >= 0) times[r] = (now_s() - t0) / steps;
     }
-    qsort(times, repeats, sizeof *times, cmp_double);
-    double step_s = times[repeats / 2];
+    double step_s = sort_median(times, repeats);
 
     /* --- sgemm alone on the same shapes --- */
     const gemm_shape g[] = {
@@ -111,28 +92,21 @@ int main(int argc, char **argv)
         for (size_t j = 0; j < na; j++) A[i][j] = (float)(j % 7) * 0.01f;
         for (size_t j = 0; j < nb; j++) Bm[i][j] = (float)(j % 5) * 0.01f;
     }
-    double gt[64];
+    double gt[MAX_REPEATS];
     for (int r = -1; r < repeats; r++) {
         double t0 = now_s();
         for (int s = 0; s < steps; s++)
-            for (int i = 0; i < ng; i++) {
-                int lda = g[i].ta ? g[i].m : g[i].k, ldb = g[i].tb ? g[i].k : g[i].n;
-                /* the dW GEMMs accumulate (beta 1), the others overwrite */
-                cblas_sgemm(CblasRowMajor, g[i].ta ? CblasTrans : CblasNoTrans,
-                            g[i].tb ? CblasTrans : CblasNoTrans, g[i].m, g[i].n, g[i].k, 1.0f,
-                            A[i], lda, Bm[i], ldb, i >= 3 && i <= 5 ? 1.0f : 0.0f, C[i], g[i].n);
-            }
+            for (int i = 0; i < ng; i++)   /* the dW GEMMs accumulate (beta 1), the others overwrite */
+                sgemm_rm(g[i].ta, g[i].tb, g[i].m, g[i].n, g[i].k, A[i], Bm[i],
+                         i >= 3 && i <= 5 ? 1.0f : 0.0f, C[i]);
         if (r >= 0) gt[r] = (now_s() - t0) / steps;
     }
-    qsort(gt, repeats, sizeof *gt, cmp_double);
-    double gemm_s = gt[repeats / 2];
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
+    double gemm_s = sort_median(gt, repeats);
     printf("soma rule=%s clip=%g ", rule_name, clip);
     printf("batch=%d threads=%d steps=%d repeats=%d step_ms=%.4f samples_per_s=%.1f "
            "gflops=%.2f sgemm_gflops=%.2f ratio=%.3f peak_rss_mib=%.1f\n",
            B, threads, steps, repeats, step_s * 1e3, B / step_s, flops / step_s * 1e-9,
-           flops / gemm_s * 1e-9, gemm_s / step_s, ru.ru_maxrss / 1024.0);
+           flops / gemm_s * 1e-9, gemm_s / step_s, peak_rss_mib());
     for (int i = 0; i < ng; i++) { free(A[i]); free(Bm[i]); free(C[i]); }
     soma_loader_free(ld);
     soma_rule_free(rule);

@@ -30,52 +30,8 @@
  *        bench_bptt rss    T [HIDDEN] [BATCH] [THREADS]
  * Prints one result line.
  */
-#include "soma.h"
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
-#include <time.h>
-#include <unistd.h>
-
-#define MIB (1024.0 * 1024.0)
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double peak_rss_mib(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_maxrss / 1024.0;   /* Linux: KiB */
-}
-
-/* Resident set now (not the peak), from /proc/self/statm; -1 if unreadable. */
-static double cur_rss_mib(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    long size, res;
-    if (!f) return -1;
-    int ok = fscanf(f, "%ld %ld", &size, &res) == 2;
-    fclose(f);
-    return ok ? (double)res * sysconf(_SC_PAGESIZE) / MIB : -1;
-}
-
-static int fail(const char *what)
-{
-    fprintf(stderr, "bench_bptt: %s: %s\n", what, soma_last_error());
-    return 1;
-}
+#define BENCH_NAME "bench_bptt"
+#include "bench_util.h"
 
 /* The spiking net of every mode: LIF hidden cells, LI readout. */
 static soma_status make_net(soma_net **net, const char *spec, int inputs)
@@ -116,10 +72,7 @@ static int bench_mnist(int smnist, int threads, int steps, int repeats, int B)
     int T = smnist ? 784 : 25;
     soma_set_threads(threads);
     soma_dataset *train;
-    if (soma_dataset_open(&train, NULL, "mnist", "data/mnist", 0)) {
-        fprintf(stderr, "bench_bptt: %s (run make data)\n", soma_last_error());
-        return 1;
-    }
+    if (open_mnist(&train, NULL)) return 1;
     soma_net *net;
     if (make_net(&net, spec, smnist ? 1 : 784)) return fail("net");
     soma_rule_config rc;
@@ -130,7 +83,7 @@ static int bench_mnist(int smnist, int threads, int steps, int repeats, int B)
     soma_loader *ld;
     if (soma_loader_new(&ld, train, &lc)) return fail("loader");
 
-    double times[64];
+    double times[MAX_REPEATS];
     int epoch = 0;
     soma_loader_start_epoch(ld, epoch);
     soma_batch b;
@@ -139,22 +92,21 @@ static int bench_mnist(int smnist, int threads, int steps, int repeats, int B)
         int n = r < 0 ? 1 : steps;
         double t0 = now_s();
         for (int s = 0; s < n; s++) {
-            if (!soma_loader_next(ld, &b)) { soma_loader_start_epoch(ld, ++epoch); soma_loader_next(ld, &b); }
+            next_batch(ld, &epoch, &b);
             soma_step_stats st = { 0 };
             if (soma_rule_train_batch(rule, &b, rc.optim.lr, NULL, &st)) return fail("train step");
             last = st;
         }
         if (r >= 0) times[r] = (now_s() - t0) / n;
     }
-    qsort(times, repeats, sizeof *times, cmp_double);
-    double step_s = times[repeats / 2];
+    double step_s = sort_median(times, repeats);
     soma_mem_plan plan;
     soma_rule_plan(rule, &plan);
     printf("soma %s net=%s batch=%d T=%d threads=%d steps=%d repeats=%d step_ms=%.3f "
            "ms_per_sample=%.3f samples_per_s=%.1f peak_rss_mib=%.1f plan_mib=%.1f loss=%.4f\n",
            smnist ? "smnist" : "mlp", spec, B, T, threads, steps, repeats, step_s * 1e3,
            step_s * 1e3 / B, B / step_s, peak_rss_mib(), plan.total / MIB,
-           last.n ? last.loss / last.n : 0.0);
+           mean_loss(&last));
     soma_loader_free(ld);
     soma_rule_free(rule);
     soma_net_free(net);
@@ -170,10 +122,7 @@ static int bench_rss(int T, int H, int B, int threads)
     snprintf(spec, sizeof spec, "1-r%d-10", H);
     soma_net *net;
     if (make_net(&net, spec, 1)) return fail("net");
-    /* OpenBLAS sets up its buffers on the first call: do that before the
-     * baseline so the delta is the rule's memory */
-    float a[4] = { 1, 2, 3, 4 }, c[4];
-    soma_gemm(0, 0, 2, 2, 2, 1.0f, a, 2, a, 2, 0.0f, c, 2);
+    blas_warmup();   /* before the baseline, so the delta is the rule's memory */
     double base = cur_rss_mib();
 
     /* a sequential sample of T values, one per step */
@@ -225,7 +174,7 @@ int main(int argc, char **argv)
         int threads = atoi(argv[2]), steps = atoi(argv[3]);
         int repeats = argc > 4 ? atoi(argv[4]) : 3;
         int B = argc > 5 ? atoi(argv[5]) : smnist ? 32 : 128;
-        if (threads <= 0 || steps <= 0 || repeats <= 0 || repeats > 64 || B <= 0) {
+        if (threads <= 0 || steps <= 0 || repeats <= 0 || repeats > MAX_REPEATS || B <= 0) {
             fprintf(stderr, "bench_bptt: arguments must be positive (repeats <= 64)\n");
             return 2;
         }

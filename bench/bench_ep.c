@@ -71,43 +71,13 @@
  */
 #include "soma.h"
 #include "rule/ep.h"
-#include <cblas.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
-#include <time.h>
+#define BENCH_NAME "bench_ep"
+#define BENCH_CBLAS
+#include "bench_util.h"   /* after rule/ep.h: see there */
 
 #define SPEC "784-512-512-10"
 #define BATCH 20
-#define MAX_REPEATS 64
 #define MAXL 3   /* dense layers of SPEC */
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double peak_rss_mib(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_maxrss / 1024.0;   /* Linux: KiB */
-}
-
-static int fail(const char *what)
-{
-    fprintf(stderr, "bench_ep: %s: %s\n", what, soma_last_error());
-    return 1;
-}
 
 typedef struct variant {
     const char *name;
@@ -167,13 +137,10 @@ static int run_batches(variant *v, int n)
 {
     soma_batch b;
     for (int s = 0; s < n; s++) {
-        if (!soma_loader_next(v->ld, &b)) {
-            soma_loader_start_epoch(v->ld, ++v->epoch);
-            soma_loader_next(v->ld, &b);
-        }
+        next_batch(v->ld, &v->epoch, &b);
         soma_step_stats st = { 0 };
         if (soma_rule_train_batch(v->r, &b, 1.0f, NULL, &st)) return fail(v->name);
-        v->last_loss = st.n ? st.loss / st.n : 0;
+        v->last_loss = mean_loss(&st);
     }
     return 0;
 }
@@ -247,12 +214,8 @@ static void ref_free(ref_plan *p)
 
 static void run_ops(const gemm_op *g, int n)
 {
-    for (int i = 0; i < n; i++) {
-        int lda = g[i].ta ? g[i].m : g[i].k, ldb = g[i].tb ? g[i].k : g[i].n;
-        cblas_sgemm(CblasRowMajor, g[i].ta ? CblasTrans : CblasNoTrans,
-                    g[i].tb ? CblasTrans : CblasNoTrans, g[i].m, g[i].n, g[i].k, 1.0f, g[i].a, lda,
-                    g[i].b, ldb, g[i].beta, g[i].c, g[i].n);
-    }
+    for (int i = 0; i < n; i++)
+        sgemm_rm(g[i].ta, g[i].tb, g[i].m, g[i].n, g[i].k, g[i].a, g[i].b, g[i].beta, g[i].c);
 }
 
 /* The GEMMs of `batches` training batches of Euler steps each. */
@@ -265,29 +228,6 @@ static void ref_batches(const ref_plan *p, int euler, int batches)
 }
 
 /* ---- check: one batch dumped for torch_ep.py --check ------------------------- */
-
-static soma_status add_params(soma_st_writer *w, soma_net *net, const char *prefix, int grad,
-                              char *names, size_t names_size)
-{
-    int nt = soma_net_tensor_count(net);
-    for (int i = 0; i < nt; i++) {
-        const char *name;
-        int ndim, is_param;
-        int64_t shape[SOMA_MAX_DIMS];
-        float *data = soma_net_tensor(net, i, &name, &ndim, shape, &is_param);
-        if (!is_param) continue;
-        if (grad) data = soma_net_param_grads(net) + (data - soma_net_param_values(net));
-        char key[256];
-        snprintf(key, sizeof key, "%s.%s", prefix, name);
-        soma_status st = soma_st_writer_add(w, key, SOMA_F32, ndim, shape, data);
-        if (st) return st;
-        if (names) {
-            size_t len = strlen(names);
-            snprintf(names + len, names_size - len, "%s%s", len ? "," : "", name);
-        }
-    }
-    return SOMA_OK;
-}
 
 static soma_status add_set(soma_st_writer *w, const ep_state *e, const ep_set *s, const char *prefix,
                            int B)
@@ -310,20 +250,13 @@ static int check_dump(const char *path, const char *which, int free_steps, int n
     variant_init(&v, which, free_steps, nudge_steps);
     soma_rule_config rc;
     if (variant_build(&v, train, &rc)) return 1;
-    soma_loader_config lc = { .batch = BATCH, .seed = 0, .shuffle = 0, .normalize = 0, .drop_last = 1 };
     soma_loader *ld;
     soma_batch b;
-    if (soma_loader_new(&ld, train, &lc)) return fail("loader");
-    soma_loader_start_epoch(ld, 0);
-    if (!soma_loader_next(ld, &b)) return fail("first batch");
+    if (first_batch(&ld, train, BATCH, 0, &b)) return 1;
     soma_st_writer *w;
     if (soma_st_writer_new(&w)) return fail("writer");
     char names[1024] = "", meta[1024];
-    int64_t xs[2] = { b.n, (int64_t)b.c * b.h * b.w }, ys[1] = { b.n };
-    if (soma_st_writer_add(w, "x", SOMA_F32, 2, xs, b.x) ||
-        soma_st_writer_add(w, "y", SOMA_I32, 1, ys, b.y) ||
-        add_params(w, v.net, "w", 0, names, sizeof names))
-        return fail("dump");
+    if (add_batch(w, &b) || add_params(w, v.net, "w", 0, names, sizeof names)) return fail("dump");
     soma_step_stats st = { 0 };
     if (soma_rule_train_batch(v.r, &b, rc.optim.lr, NULL, &st)) return fail("train batch");
     const ep_state *e = v.r->state;
@@ -337,18 +270,14 @@ static int check_dump(const char *path, const char *which, int free_steps, int n
     soma_st_writer_meta(w, "variant", which);
     soma_rule_options_format(&rc, meta, sizeof meta);
     soma_st_writer_meta(w, "rule_options", meta);
-    snprintf(meta, sizeof meta, "%.9g", rc.optim.lr);
-    soma_st_writer_meta(w, "lr", meta);
-    snprintf(meta, sizeof meta, "%.9g", dg.res_free);
-    soma_st_writer_meta(w, "res_free", meta);
-    snprintf(meta, sizeof meta, "%.9g", dg.res_nudge);
-    soma_st_writer_meta(w, "res_nudge", meta);
-    snprintf(meta, sizeof meta, "%.9g", st.n ? st.loss / st.n : 0.0);
-    soma_st_writer_meta(w, "loss", meta);
+    meta_g(w, "lr", rc.optim.lr);
+    meta_g(w, "res_free", dg.res_free);
+    meta_g(w, "res_nudge", dg.res_nudge);
+    meta_g(w, "loss", mean_loss(&st));
     if (soma_st_writer_save(w, path)) return fail("save");
     printf("soma ep check variant=%s batch=%d free=%d nudge=%d symmetric=%d res_free=%.3g "
            "res_nudge=%.3g loss=%.4f params=%s file=%s\n", which, b.n, v.free, v.nudge,
-           v.symmetric, dg.res_free, dg.res_nudge, st.n ? st.loss / st.n : 0.0, names, path);
+           v.symmetric, dg.res_free, dg.res_nudge, mean_loss(&st), names, path);
     soma_st_writer_free(w);
     soma_loader_free(ld);
     soma_rule_free(v.r);
@@ -407,9 +336,7 @@ static int bench(int threads, int steps, int repeats, int free_steps, int nudge_
     double peak = peak_rss_mib();
     for (int i = 0; i < nv; i++) {
         variant *v = &vs[i];
-        qsort(v->times, repeats, sizeof *v->times, cmp_double);
-        qsort(v->gtimes, repeats, sizeof *v->gtimes, cmp_double);
-        double step_s = v->times[repeats / 2], gemm_s = v->gtimes[repeats / 2];
+        double step_s = sort_median(v->times, repeats), gemm_s = sort_median(v->gtimes, repeats);
         int phases = 1 + v->symmetric, euler = v->free + phases * v->nudge;
         double flops = euler * ref.step_flops + ref.update_flops;
         soma_ep_diagnostics(v->r, &dg, 0);

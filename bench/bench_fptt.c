@@ -50,55 +50,11 @@
  *
  * Prints one result line per rule (speed: then a ratio line).
  */
-#include "soma.h"
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
-#include <time.h>
-#include <unistd.h>
+#define BENCH_NAME "bench_fptt"
+#include "bench_util.h"
 
-#define MIB (1024.0 * 1024.0)
-#define MAX_REPEATS 64
 #define SMNIST_NET "1-rltc256-rltc256-10"
 #define ADDING_NET "2-ltc128-1"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double peak_rss_mib(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_maxrss / 1024.0;   /* Linux: KiB */
-}
-
-/* Resident set now (not the peak), from /proc/self/statm; -1 if unreadable. */
-static double cur_rss_mib(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    long size, res;
-    if (!f) return -1;
-    int ok = fscanf(f, "%ld %ld", &size, &res) == 2;
-    fclose(f);
-    return ok ? (double)res * sysconf(_SC_PAGESIZE) / MIB : -1;
-}
-
-static int fail(const char *what)
-{
-    fprintf(stderr, "bench_fptt: %s: %s\n", what, soma_last_error());
-    return 1;
-}
 
 /* The S-MNIST LTC net: one input per step, liquid readout, uniform init. */
 static soma_status make_smnist_net(soma_net **net)
@@ -188,14 +144,6 @@ static int synth_batch(soma_batch *b, float **x, int32_t **y, int B, int T, uint
     return 0;
 }
 
-/* OpenBLAS sets up its buffers on the first call: do that before the
- * baseline so the delta is the rule's memory. */
-static void blas_warmup(void)
-{
-    float a[4] = { 1, 2, 3, 4 }, c[4];
-    soma_gemm(0, 0, 2, 2, 2, 1.0f, a, 2, a, 2, 0.0f, c, 2);
-}
-
 static int check_rule(const char *rule)
 {
     if (strcmp(rule, "fptt") && strcmp(rule, "bptt")) {
@@ -227,7 +175,7 @@ static int rss_run(const char *task, const char *rule, soma_net *net, soma_rule_
            "delta_rss_mib=%.1f loss=%.4f\n",
            task, rule, soma_net_spec(net), b->n, rc->T, K, soma_get_threads(), seq_s * 1e3,
            rc->T / K, plan.activations / MIB, plan.total / MIB, base, peak, peak - base,
-           st.n ? st.loss / st.n : 0.0);
+           mean_loss(&st));
     soma_rule_free(r);
     return 0;
 }
@@ -307,8 +255,7 @@ static int bench_speed(int threads, int steps, int repeats, int T, int B)
     }
     double seq_s[2];
     for (int k = 0; k < 2; k++) {
-        qsort(times[k], repeats, sizeof times[k][0], cmp_double);
-        seq_s[k] = times[k][repeats / 2];
+        seq_s[k] = sort_median(times[k], repeats);
         soma_mem_plan plan;
         soma_rule_plan(rule[k], &plan);
         printf("soma fptt-speed rule=%s net=%s batch=%d T=%d K=%d threads=%d steps=%d repeats=%d "
@@ -316,7 +263,7 @@ static int bench_speed(int threads, int steps, int repeats, int T, int B)
                "ms_per_update=%.4f plan_mib=%.2f loss=%.4f\n",
                names[k], SMNIST_NET, B, T, k ? T : 1, threads, steps, repeats, seq_s[k] * 1e3,
                seq_s[k] * 1e3 / B, B / seq_s[k], k ? 1 : T, seq_s[k] * 1e3 / (k ? 1 : T),
-               plan.total / MIB, last[k].n ? last[k].loss / last[k].n : 0.0);
+               plan.total / MIB, mean_loss(&last[k]));
     }
     printf("soma fptt-speed ratio=fptt/bptt batch=%d T=%d threads=%d seq_ratio=%.3f peak_rss_mib=%.1f\n",
            B, T, threads, seq_s[0] / seq_s[1], peak_rss_mib());

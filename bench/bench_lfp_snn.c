@@ -41,43 +41,12 @@
  *        bench_lfp_snn check FILE [BATCH] [WARM]
  * Prints one result line per rule.
  */
-#include "soma.h"
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
-#include <time.h>
+#define BENCH_NAME "bench_lfp_snn"
+#include "bench_util.h"
 
-#define MIB (1024.0 * 1024.0)
 #define SPEC "784-1000-10"
 #define T_STEPS 25
 #define LR 0.02f
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double peak_rss_mib(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_maxrss / 1024.0;   /* Linux: KiB */
-}
-
-static int fail(const char *what)
-{
-    fprintf(stderr, "bench_lfp_snn: %s: %s\n", what, soma_last_error());
-    return 1;
-}
 
 /* configs/lfp-lif-mnist.ini's net; bptt: the fast-sigmoid surrogate (slope 25). */
 static soma_status make_net(soma_net **net, int bptt)
@@ -130,7 +99,7 @@ static int bench_rule(const char *rule_name, soma_dataset *train, int threads, i
     soma_loader *ld;
     if (soma_loader_new(&ld, train, &lc)) return fail("loader");
 
-    double times[64];
+    double times[MAX_REPEATS];
     int epoch = 0;
     soma_loader_start_epoch(ld, epoch);
     soma_batch b;
@@ -140,61 +109,25 @@ static int bench_rule(const char *rule_name, soma_dataset *train, int threads, i
         soma_step_stats st = { 0 };
         double t0 = now_s();
         for (int s = 0; s < n; s++) {
-            if (!soma_loader_next(ld, &b)) { soma_loader_start_epoch(ld, ++epoch); soma_loader_next(ld, &b); }
+            next_batch(ld, &epoch, &b);
             if (soma_rule_train_batch(rule, &b, rc.optim.lr, NULL, &st)) return fail("train step");
         }
         if (r >= 0) times[r] = (now_s() - t0) / n;
         rep = st;
     }
-    qsort(times, repeats, sizeof *times, cmp_double);
-    double step_s = times[repeats / 2];
+    double step_s = sort_median(times, repeats);
     soma_mem_plan plan;
     soma_rule_plan(rule, &plan);
     printf("soma lfp_snn rule=%s net=%s batch=%d threads=%d T=%d steps=%d repeats=%d step_ms=%.3f "
            "ms_per_sample=%.4f samples_per_s=%.1f peak_rss_mib=%.1f plan_mib=%.1f loss=%.4f acc=%.3f\n",
            rule_name, SPEC, B, threads, T_STEPS, steps, repeats, step_s * 1e3, step_s * 1e3 / B,
-           B / step_s, peak_rss_mib(), plan.total / MIB, rep.n ? rep.loss / rep.n : 0.0,
+           B / step_s, peak_rss_mib(), plan.total / MIB, mean_loss(&rep),
            rep.n ? (double)rep.correct / rep.n : 0.0);
     fflush(stdout);
     soma_loader_free(ld);
     soma_rule_free(rule);
     soma_net_free(net);
     return 0;
-}
-
-/* Adds every parameter of net as PREFIX.NAME (grads: sign flipped, = fb). */
-static soma_status add_params(soma_st_writer *w, soma_net *net, const char *prefix, int fb,
-                              char *names, size_t names_size)
-{
-    int nt = soma_net_tensor_count(net);
-    for (int i = 0; i < nt; i++) {
-        const char *name;
-        int ndim, is_param;
-        int64_t shape[SOMA_MAX_DIMS];
-        float *data = soma_net_tensor(net, i, &name, &ndim, shape, &is_param);
-        if (!is_param) continue;
-        size_t n = 1;
-        for (int d = 0; d < ndim; d++) n *= (size_t)shape[d];
-        float *buf = malloc(n * sizeof(float));
-        if (!buf) return SOMA_ERR_NOMEM;
-        if (fb) {
-            /* the grad store holds -fb at the same offset as the value */
-            const float *g = soma_net_param_grads(net) + (data - soma_net_param_values(net));
-            for (size_t k = 0; k < n; k++) buf[k] = -g[k];
-        } else {
-            memcpy(buf, data, n * sizeof(float));
-        }
-        char key[256];
-        snprintf(key, sizeof key, "%s.%s", prefix, name);
-        soma_status st = soma_st_writer_add(w, key, SOMA_F32, ndim, shape, buf);
-        free(buf);
-        if (st) return st;
-        if (names) {
-            size_t len = strlen(names);
-            snprintf(names + len, names_size - len, "%s%s", len ? "," : "", name);
-        }
-    }
-    return SOMA_OK;
 }
 
 static int check_dump(const char *path, soma_dataset *train, int B, int warm)
@@ -221,22 +154,16 @@ static int check_dump(const char *path, soma_dataset *train, int B, int warm)
         soma_rule_free(rule);
     }
     if (soma_rule_new(&rule, "lfp", net, &rc, B)) return fail("rule");
-    soma_loader_config lc = { .batch = B, .seed = 0, .shuffle = 0, .normalize = 1, .drop_last = 1 };
     soma_loader *ld;
-    if (soma_loader_new(&ld, train, &lc)) return fail("loader");
-    soma_loader_start_epoch(ld, 0);
-    if (!soma_loader_next(ld, &b)) return fail("first batch");
+    if (first_batch(&ld, train, B, 1, &b)) return 1;
     soma_st_writer *w;
     if (soma_st_writer_new(&w)) return fail("writer");
     char names[1024] = "", meta[128];
-    int64_t xs[2] = { b.n, (int64_t)b.c * b.h * b.w }, ys[1] = { b.n };
-    if (soma_st_writer_add(w, "x", SOMA_F32, 2, xs, b.x) ||
-        soma_st_writer_add(w, "y", SOMA_I32, 1, ys, b.y) ||
-        add_params(w, net, "w", 0, names, sizeof names))
-        return fail("dump");
+    if (add_batch(w, &b) || add_params(w, net, "w", 0, names, sizeof names)) return fail("dump");
     soma_step_stats st = { 0 };
     if (soma_lfp_feedback(rule, &b, NULL, NULL, &st)) return fail("lfp feedback");
-    if (add_params(w, net, "fb", 1, NULL, 0)) return fail("dump fb");
+    /* fb = -(the grad store) */
+    if (add_params(w, net, "fb", -1, NULL, 0)) return fail("dump fb");
     const float *scores;
     if (soma_rule_predict(rule, &b, &scores, NULL)) return fail("predict");
     int64_t cs[2] = { b.n, soma_net_outputs(net) };
@@ -246,17 +173,13 @@ static int check_dump(const char *path, soma_dataset *train, int B, int warm)
     soma_st_writer_meta(w, "params", names);
     snprintf(meta, sizeof meta, "%d", T_STEPS);
     soma_st_writer_meta(w, "T", meta);
-    snprintf(meta, sizeof meta, "%.9g", rc.optim.lr);
-    soma_st_writer_meta(w, "lr", meta);
-    snprintf(meta, sizeof meta, "%.9g", rc.optim.momentum);
-    soma_st_writer_meta(w, "momentum", meta);
-    snprintf(meta, sizeof meta, "%.9g", rc.clip_norm);
-    soma_st_writer_meta(w, "clip", meta);
-    snprintf(meta, sizeof meta, "%.9g", st.n ? st.loss / st.n : 0.0);
-    soma_st_writer_meta(w, "loss", meta);
+    meta_g(w, "lr", rc.optim.lr);
+    meta_g(w, "momentum", rc.optim.momentum);
+    meta_g(w, "clip", rc.clip_norm);
+    meta_g(w, "loss", mean_loss(&st));
     if (soma_st_writer_save(w, path)) return fail("save");
     printf("soma lfp_snn check batch=%d T=%d warm=%d loss=%.4f params=%s file=%s\n", b.n, T_STEPS,
-           warm, st.n ? st.loss / st.n : 0.0, names, path);
+           warm, mean_loss(&st), names, path);
     soma_st_writer_free(w);
     soma_loader_free(ld);
     soma_rule_free(rule);
@@ -287,17 +210,14 @@ int main(int argc, char **argv)
         repeats = argc > 3 ? atoi(argv[3]) : 3;
         B = argc > 4 ? atoi(argv[4]) : 128;
         which = argc > 5 ? argv[5] : "both";
-        if (threads <= 0 || steps <= 0 || repeats <= 0 || repeats > 64 || B <= 0) {
+        if (threads <= 0 || steps <= 0 || repeats <= 0 || repeats > MAX_REPEATS || B <= 0) {
             fprintf(stderr, "bench_lfp_snn: arguments must be positive (repeats <= 64)\n");
             return 2;
         }
         if (strcmp(which, "lfp") && strcmp(which, "bptt") && strcmp(which, "both")) return usage(argv[0]);
     }
     soma_dataset *train;
-    if (soma_dataset_open(&train, NULL, "mnist", "data/mnist", 0)) {
-        fprintf(stderr, "bench_lfp_snn: %s (run make data)\n", soma_last_error());
-        return 1;
-    }
+    if (open_mnist(&train, NULL)) return 1;
     int rc = 0;
     if (check) {
         rc = check_dump(argv[2], train, B, warm);

@@ -42,47 +42,10 @@
  */
 #include "soma.h"
 #include "rule/pc.h"
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
-#include <time.h>
-#include <unistd.h>
+#define BENCH_NAME "bench_pc"
+#include "bench_util.h"
 
-#define MIB (1024.0 * 1024.0)
 #define WARMUP 3
-#define MAX_REPEATS 64
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double peak_rss_mib(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_maxrss / 1024.0;   /* Linux: KiB */
-}
-
-/* Resident set now (the peak cannot be split between variants). */
-static double rss_mib(void)
-{
-    long pages = 0, res = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (!f) return 0;
-    if (fscanf(f, "%ld %ld", &pages, &res) != 2) res = 0;
-    fclose(f);
-    return (double)res * (double)sysconf(_SC_PAGESIZE) / MIB;
-}
 
 typedef struct variant {
     const char *name, *rule;
@@ -98,24 +61,15 @@ typedef struct variant {
     int64_t matmuls;
 } variant;
 
-static int fail(const char *what)
-{
-    fprintf(stderr, "bench_pc: %s: %s\n", what, soma_last_error());
-    return 1;
-}
-
 /* steps training iterations of v; the last one's mean loss into v->last_loss */
 static int run_steps(variant *v, int steps)
 {
     soma_batch b;
     for (int s = 0; s < steps; s++) {
-        if (!soma_loader_next(v->ld, &b)) {
-            soma_loader_start_epoch(v->ld, ++v->epoch);
-            soma_loader_next(v->ld, &b);
-        }
+        next_batch(v->ld, &v->epoch, &b);
         soma_step_stats st = { 0 };
         if (soma_rule_train_batch(v->r, &b, v->lr, NULL, &st)) return fail(v->name);
-        v->last_loss = st.n ? st.loss / st.n : 0;
+        v->last_loss = mean_loss(&st);
     }
     return 0;
 }
@@ -163,7 +117,7 @@ int main(int argc, char **argv)
 
     for (int i = 0; i < nv; i++) {
         variant *v = &vs[i];
-        double rss0 = rss_mib();
+        double rss0 = cur_rss_mib();
         soma_net_options o;
         soma_net_options_default(&o);
         o.in_c = train->c; o.in_h = train->h; o.in_w = train->w;
@@ -181,7 +135,7 @@ int main(int argc, char **argv)
         if (soma_loader_new(&v->ld, train, &lc)) return fail("loader");
         soma_loader_start_epoch(v->ld, 0);
         if (run_steps(v, WARMUP)) return 1;   /* first touch of every buffer */
-        v->rss = rss_mib() - rss0;
+        v->rss = cur_rss_mib() - rss0;   /* the peak cannot be split between variants */
         v->matmuls = strcmp(v->rule, "pc") ? -1 : soma__pc_matmuls(v->r);
     }
 
@@ -213,8 +167,7 @@ int main(int argc, char **argv)
     double peak = peak_rss_mib();
     for (int i = 0; i < nv; i++) {
         variant *v = &vs[i];
-        qsort(v->times, repeats, sizeof *v->times, cmp_double);
-        v->step_s = v->times[repeats / 2];
+        v->step_s = sort_median(v->times, repeats);
         soma_mem_plan plan;
         soma_rule_plan(v->r, &plan);
         int is_pc = !strcmp(v->rule, "pc");

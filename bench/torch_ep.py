@@ -41,17 +41,15 @@ usage: /usr/bin/python3 bench/torch_ep.py THREADS STEPS REPEATS [FREE NUDGE]
            notes), must miss soma's update by more than 10x the tolerance on
            the tensors it changes.  Exit 1 on any failure.
 """
-import json
 import os
-import resource
-import struct
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
+
+from bench_common import Shuffle, load_mnist, peak_rss_mib, read_safetensors, rel_err, sort_median, timed
 
 SIZES = [784, 512, 512, 10]
 B = 20
@@ -62,17 +60,6 @@ VARIANTS = {
     "general": dict(fb="random", symmetric=False, free=200, nudge=100, beta=1.0),
     "fast": dict(fb="transpose", symmetric=True, free=60, nudge=15, beta=0.5),
 }
-
-
-def load_idx(path):
-    raw = open(path, "rb").read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def rho(s):
@@ -186,17 +173,13 @@ class Run:
     def __init__(self, name, cfg, data):
         self.name, self.cfg = name, cfg
         self.x, self.y = data
-        self.gen = torch.Generator().manual_seed(0)
-        self.perm, self.pos = torch.randperm(self.x.shape[0], generator=self.gen), 0
+        self.batches = Shuffle(self.x.shape[0], B, torch.Generator().manual_seed(0))
         self.P = init_params(cfg["fb"])
         self.loss, self.res = 0.0, []
         self.times = []
 
     def step(self):
-        if self.pos + B > self.x.shape[0]:
-            self.perm, self.pos = torch.randperm(self.x.shape[0], generator=self.gen), 0
-        idx = self.perm[self.pos:self.pos + B]
-        self.pos += B
+        idx = self.batches.next()
         xb = self.x[idx].float().div_(255.0)   # as soma's loader: float32 v / 255
         self.loss, res, _, _ = train_batch(self.P, xb, self.y[idx], self.cfg)
         self.res.append(res)
@@ -207,8 +190,7 @@ def bench(argv):
     free = int(argv[3]) if len(argv) > 3 else 0
     nudge = int(argv[4]) if len(argv) > 4 else 0
     torch.set_num_threads(threads)
-    x = torch.from_numpy(load_idx("data/mnist/train-images-idx3-ubyte").reshape(-1, 784).copy())
-    y = torch.from_numpy(load_idx("data/mnist/train-labels-idx1-ubyte").astype(np.int64))
+    x, y = load_mnist()
     cfgs = {k: dict(v) for k, v in VARIANTS.items()}
     if free:
         cfgs["general"]["free"] = free
@@ -221,14 +203,10 @@ def bench(argv):
             r.res = []
         for _ in range(repeats):   # interleaved, as bench_ep.c
             for r in runs:
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    r.step()
-                r.times.append((time.perf_counter() - t0) / steps)
+                r.times.append(timed(r.step, steps)[0])
     peak = peak_rss_mib()
     for r in runs:
-        r.times.sort()
-        step_s = r.times[len(r.times) // 2]
+        step_s = sort_median(r.times)
         c = r.cfg
         phases = 2 if c["symmetric"] else 1
         print(f"torch ep variant={r.name} net={'-'.join(map(str, SIZES))} batch={B} threads={threads} "
@@ -240,23 +218,6 @@ def bench(argv):
 
 
 # ---- check ----------------------------------------------------------------------
-
-def read_safetensors(path):
-    raw = open(path, "rb").read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    meta = header.pop("__metadata__", {})
-    dt = {"F32": np.float32, "I32": np.int32, "F64": np.float64, "I64": np.int64, "U8": np.uint8}
-    out = {}
-    for name, h in header.items():
-        a, b = h["data_offsets"]
-        out[name] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=dt[h["dtype"]]).reshape(h["shape"]).copy()
-    return out, meta
-
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
 
 def check_variant(exe, variant, d):
     path = os.path.join(d, f"ep_check_{variant}.safetensors")

@@ -40,13 +40,13 @@ usage: /usr/bin/python3 bench/torch_fptt.py speed THREADS STEPS REPEATS [T] [BAT
          process for clean peaks.
 """
 import math
-import resource
 import sys
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from bench_common import cur_rss_mib, heaviside_spike, peak_rss_mib, sort_median, timed
 
 B0, BETA_A = 0.1, 1.8
 SIG, HGT, SCL, GAM = 0.3, 0.15, 6.0, 0.5
@@ -59,23 +59,13 @@ def gauss(x, mu, sigma):
     return torch.exp(-((x - mu) ** 2) / (2 * sigma ** 2)) / (math.sqrt(2 * math.pi) * sigma)
 
 
-class MultiGaussSpike(torch.autograd.Function):
-    """Forward: strict Heaviside (x > 0).  Backward: the multi-Gaussian surrogate."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return (x > 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        sg = GAM * ((1 + HGT) * gauss(x, 0.0, SIG) - HGT * gauss(x, SIG, SCL * SIG)
-                    - HGT * gauss(x, -SIG, SCL * SIG))
-        return g * sg
+def multi_gauss(g, x):
+    sg = GAM * ((1 + HGT) * gauss(x, 0.0, SIG) - HGT * gauss(x, SIG, SCL * SIG)
+                - HGT * gauss(x, -SIG, SCL * SIG))
+    return g * sg
 
 
-spike = MultiGaussSpike.apply
+spike = heaviside_spike(multi_gauss, "Forward: strict Heaviside (x > 0).  Backward: the multi-Gaussian surrogate.")
 
 
 class TauMap(nn.Module):
@@ -194,15 +184,6 @@ class Trainer:
         return self.fptt_sequence(x, y) if self.rule == "fptt" else self.bptt_sequence(x, y)
 
 
-def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def cur_rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / (1024.0 * 1024.0)
-
-
 def data(B, T):
     g = torch.Generator().manual_seed(1)
     return torch.rand(B, T, generator=g), torch.randint(0, CLASSES, (B,), generator=g)
@@ -221,15 +202,12 @@ def bench_speed(argv):
     for rep in range(-1, repeats):  # rep = -1: one warm-up sequence each
         n = 1 if rep < 0 else steps
         for r in rules:
-            t0 = time.perf_counter()
-            for _ in range(n):
-                loss[r] = tr[r].sequence(x, y)
+            t, loss[r] = timed(tr[r].sequence, n, x, y)
             if rep >= 0:
-                times[r].append((time.perf_counter() - t0) / n)
+                times[r].append(t)
     seq = {}
     for r in rules:
-        times[r].sort()
-        seq[r] = times[r][len(times[r]) // 2]
+        seq[r] = sort_median(times[r])
         ups = T if r == "fptt" else 1
         print(f"torch fptt-speed rule={r} net={NET} batch={B} T={T} K={1 if r == 'fptt' else T} "
               f"threads={threads} steps={steps} repeats={repeats} seq_ms={seq[r] * 1e3:.3f} "
@@ -255,9 +233,7 @@ def bench_rss(argv):
         # baseline, so the delta is what the T-step sequence adds
         tr.sequence(x[:, :1], y)
         base = cur_rss_mib()
-        t0 = time.perf_counter()
-        loss = tr.sequence(x, y)
-        seq_s = time.perf_counter() - t0
+        seq_s, loss = timed(tr.sequence, 1, x, y)
         peak = peak_rss_mib()
         print(f"torch fptt-rss task=smnist rule={r} net={NET} batch={B} T={T} "
               f"K={1 if r == 'fptt' else T} threads=1 seq_ms={seq_s * 1e3:.1f} "

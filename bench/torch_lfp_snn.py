@@ -39,33 +39,21 @@ usage: /usr/bin/python3 bench/torch_lfp_snn.py THREADS STEPS [REPEATS] [BATCH]
            training accuracy of the first and last 20 batches; exit 1 unless
            the update is non-zero and the accuracy rose.
 """
-import json
 import os
-import resource
-import struct
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from bench_common import (Shuffle, load_mnist, mnist_normalize, peak_rss_mib, read_safetensors,
+                          rel_err, sort_median, timed)
+
 ALPHA, TH, T, EPS = 0.9, 1.0, 25, 1e-6
 LR, MOMENTUM, CLIP = 0.02, 0.9, 3.0
 SPEC = "784-1000-10"
-
-
-def load_idx(path):
-    raw = open(path, "rb").read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def lif_layer(I, static):
@@ -163,23 +151,16 @@ def init_params():
     return [fc1.weight.data.clone(), fc1.bias.data.clone(), fc2.weight.data.clone(), fc2.bias.data.clone()]
 
 
-def mnist():
-    x = torch.from_numpy(load_idx("data/mnist/train-images-idx3-ubyte").reshape(-1, 784).copy())
-    y = torch.from_numpy(load_idx("data/mnist/train-labels-idx1-ubyte").astype(np.int64))
-    return x, y
+class Batches(Shuffle):
+    """Shuffled, normalised MNIST batches (x, y)."""
 
-
-class Batches:
     def __init__(self, x, y, B):
-        self.x, self.y, self.B = x, y, B
-        self.perm, self.pos = torch.randperm(x.shape[0]), 0
+        super().__init__(x.shape[0], B)
+        self.x, self.y = x, y
 
     def next(self):
-        if self.pos + self.B > self.x.shape[0]:
-            self.perm, self.pos = torch.randperm(self.x.shape[0]), 0
-        idx = self.perm[self.pos:self.pos + self.B]
-        self.pos += self.B
-        return (self.x[idx].float() / 255.0 - 0.1307) / 0.3081, self.y[idx]
+        idx = super().next()
+        return mnist_normalize(self.x[idx]), self.y[idx]
 
 
 def bench(argv):
@@ -187,48 +168,32 @@ def bench(argv):
     repeats = int(argv[2]) if len(argv) > 2 else 3
     B = int(argv[3]) if len(argv) > 3 else 128
     torch.set_num_threads(threads)
-    x, y = mnist()
+    x, y = load_mnist()
     P = init_params()
     opt = SGD(P)
     data = Batches(x, y, B)
-    times, loss, correct, seen = [], 0.0, 0, 0
+    times, loss_sum, correct, seen = [], 0.0, 0, 0
+
+    def step():
+        nonlocal loss_sum, correct, seen
+        xb, yb = data.next()
+        fb, _, loss, c = lfp_feedback(P, xb, yb)
+        opt.step(fb)
+        loss_sum += loss * B
+        correct += c
+        seen += B
+
     with torch.no_grad():
         for r in range(-1, repeats):  # r = -1: one warm-up step
-            n = 1 if r < 0 else steps
             loss_sum, correct, seen = 0.0, 0, 0
-            t0 = time.perf_counter()
-            for _ in range(n):
-                xb, yb = data.next()
-                fb, _, loss, c = lfp_feedback(P, xb, yb)
-                opt.step(fb)
-                loss_sum += loss * B
-                correct += c
-                seen += B
+            t, _ = timed(step, 1 if r < 0 else steps)
             if r >= 0:
-                times.append((time.perf_counter() - t0) / n)
-    times.sort()
-    step_s = times[len(times) // 2]
+                times.append(t)
+    step_s = sort_median(times)
     print(f"torch lfp_snn rule=lfp net={SPEC} batch={B} threads={threads} T={T} steps={steps} "
           f"repeats={repeats} step_ms={step_s * 1e3:.3f} ms_per_sample={step_s * 1e3 / B:.4f} "
           f"samples_per_s={B / step_s:.1f} peak_rss_mib={peak_rss_mib():.1f} "
           f"loss={loss_sum / seen:.4f} acc={correct / seen:.3f} torch={torch.__version__}")
-
-
-def read_safetensors(path):
-    raw = open(path, "rb").read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    meta = header.pop("__metadata__", {})
-    dt = {"F32": np.float32, "I32": np.int32, "F64": np.float64, "I64": np.int64, "U8": np.uint8}
-    out = {}
-    for name, h in header.items():
-        a, b = h["data_offsets"]
-        out[name] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=dt[h["dtype"]]).reshape(h["shape"]).copy()
-    return out, meta
-
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def check(argv):
@@ -294,7 +259,7 @@ def train(argv):
     threads = int(argv[1]) if len(argv) > 1 else 1
     B = int(argv[2]) if len(argv) > 2 else 128
     torch.set_num_threads(threads)
-    x, y = mnist()
+    x, y = load_mnist()
     P = init_params()
     P0 = [p.clone() for p in P]
     opt = SGD(P)

@@ -2,20 +2,13 @@
 SGD momentum 0.9, cross-entropy, MNIST, shuffled batches.  Prints one line in
 bench_bp's format.  usage: /usr/bin/python3 bench/torch_mlp.py BATCH THREADS STEPS [REPEATS]
 """
-import resource
 import sys
-import time
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-
-def load_idx(path):
-    raw = open(path, "rb").read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+from bench_common import MNIST_MEAN, MNIST_STD, Shuffle, load_idx, peak_rss_mib, sort_median, timed
 
 
 def main():
@@ -24,36 +17,31 @@ def main():
     torch.set_num_threads(threads)
     x = load_idx("data/mnist/train-images-idx3-ubyte").reshape(-1, 784)
     y = load_idx("data/mnist/train-labels-idx1-ubyte").astype(np.int64)
-    x = torch.from_numpy(((x / 255.0 - 0.1307) / 0.3081).astype(np.float32))
+    x = torch.from_numpy(((x / 255.0 - MNIST_MEAN) / MNIST_STD).astype(np.float32))
     y = torch.from_numpy(y)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
                           nn.Linear(512, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     lossf = nn.CrossEntropyLoss()
-    perm = torch.randperm(x.shape[0])
-    pos = 0
+    batches = Shuffle(x.shape[0], B)
+
+    def step():
+        idx = batches.next()
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad()
+        loss = lossf(model(xb), yb)
+        loss.backward()
+        opt.step()
+
     times = []
-    for r in range(-1, repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            if pos + B > x.shape[0]:
-                perm = torch.randperm(x.shape[0])
-                pos = 0
-            idx = perm[pos:pos + B]
-            pos += B
-            xb, yb = x[idx], y[idx]
-            opt.zero_grad()
-            loss = lossf(model(xb), yb)
-            loss.backward()
-            opt.step()
+    for r in range(-1, repeats):  # r = -1: warm-up
+        t, _ = timed(step, steps)
         if r >= 0:
-            times.append((time.perf_counter() - t0) / steps)
-    times.sort()
-    step_s = times[len(times) // 2]
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+            times.append(t)
+    step_s = sort_median(times)
     print(f"torch batch={B} threads={threads} steps={steps} repeats={repeats} "
-          f"step_ms={step_s * 1e3:.4f} samples_per_s={B / step_s:.1f} peak_rss_mib={rss:.1f} "
+          f"step_ms={step_s * 1e3:.4f} samples_per_s={B / step_s:.1f} peak_rss_mib={peak_rss_mib():.1f} "
           f"torch={torch.__version__}")
 
 

@@ -22,16 +22,13 @@ BP: nn.Linear MLP, autograd, cross-entropy, torch.optim.SGD / Adam.
 Variants, timing (interleaved repeats after a warm-up, median) and output
 lines follow bench_pc.c.  usage: /usr/bin/python3 bench/torch_pc.py THREADS STEPS REPEATS
 """
-import lzma
-import os
-import resource
 import sys
-import time
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from bench_common import Shuffle, cur_rss_mib, load_cifar, peak_rss_mib, sort_median, timed
 
 B = 64
 T = 3
@@ -39,26 +36,6 @@ GAMMA = 0.05
 BETA = 100.0
 WARMUP = 3
 SIZES = [3072, 1024, 1024, 1024, 10]
-
-
-def rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def load_cifar():
-    """(x (n, 3072) float32 in [0,1], y (n,) int64, source) from the first batch file."""
-    for name in ("data/cifar10/data_batch_1.bin", "data/cifar10/data_batch_1.bin.xz"):
-        if os.path.exists(name):
-            raw = open(name, "rb").read()
-            if name.endswith(".xz"):
-                raw = lzma.decompress(raw)
-            rec = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3073)
-            x = torch.from_numpy((rec[:, 1:] / 255.0).astype(np.float32))
-            y = torch.from_numpy(rec[:, 0].astype(np.int64))
-            return x, y, "cifar10"
-    g = torch.Generator().manual_seed(0)
-    return torch.rand(10000, 3072, generator=g), torch.randint(0, 10, (10000,), generator=g), "random"
 
 
 def make_mlp():
@@ -77,8 +54,7 @@ class Variant:
     def __init__(self, name, data):
         self.name = name
         self.x, self.y = data
-        self.gen = torch.Generator().manual_seed(0)
-        self.perm, self.pos = torch.randperm(self.x.shape[0], generator=self.gen), 0
+        self.batches = Shuffle(self.x.shape[0], B, torch.Generator().manual_seed(0))
         self.model = make_mlp()
         self.lin = [m for m in self.model if isinstance(m, nn.Linear)]
         self.loss = 0.0
@@ -100,10 +76,7 @@ class Variant:
             self.mq_n = 0
 
     def batch(self):
-        if self.pos + B > self.x.shape[0]:
-            self.perm, self.pos = torch.randperm(self.x.shape[0], generator=self.gen), 0
-        idx = self.perm[self.pos:self.pos + B]
-        self.pos += B
+        idx = self.batches.next()
         return self.x[idx], self.y[idx]
 
     def optim_state_bytes(self):
@@ -200,23 +173,19 @@ def main():
     names = ["bp-sgd", "bp-adam", "seqil-sgd", "seqil-mq", "seqil-adam", "il-sgd"]
     vs = []
     for name in names:
-        r0 = rss_mib()
+        r0 = cur_rss_mib()
         v = Variant(name, (x, y))
         for _ in range(WARMUP):
             v.step()
-        v.rss = rss_mib() - r0
+        v.rss = cur_rss_mib() - r0
         v.times = []
         vs.append(v)
     for _ in range(repeats):   # interleaved, as bench_pc.c
         for v in vs:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                v.step()
-            v.times.append((time.perf_counter() - t0) / steps)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+            v.times.append(timed(v.step, steps)[0])
+    peak = peak_rss_mib()
     for v in vs:
-        v.times.sort()
-        step_s = v.times[len(v.times) // 2]
+        step_s = sort_median(v.times)
         print(f"torch pc variant={v.name} T={T if v.pc else 0} batch={B} threads={threads} "
               f"steps={steps} repeats={repeats} step_ms={step_s * 1e3:.3f} min_ms={v.times[0] * 1e3:.3f} "
               f"samples_per_s={B / step_s:.1f} optim_state_bytes={v.optim_state_bytes()} "

@@ -27,40 +27,20 @@ usage: /usr/bin/python3 bench/torch_snn.py mlp|smnist THREADS STEPS [REPEATS] [B
           inputs (after a T = 1 warm-up step, which sets the baseline); run
           each T in a fresh process
 """
-import resource
 import sys
-import time
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench_common import (Shuffle, cur_rss_mib, heaviside_spike, load_mnist, mnist_normalize,
+                          peak_rss_mib, sort_median, timed)
+
 ALPHA, THRESHOLD, SLOPE, READOUT_ALPHA = 0.9, 1.0, 25.0, 0.9
 
 
-def load_idx(path):
-    raw = open(path, "rb").read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-class FastSigmoidSpike(torch.autograd.Function):
-    """Forward: strict Heaviside (x > 0).  Backward: g / (slope |x| + 1)^2."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return (x > 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g / (SLOPE * x.abs() + 1.0) ** 2
-
-
-spike = FastSigmoidSpike.apply
+spike = heaviside_spike(lambda g, x: g / (SLOPE * x.abs() + 1.0) ** 2,
+                        "Forward: strict Heaviside (x > 0).  Backward: g / (slope |x| + 1)^2.")
 
 
 class SNN(nn.Module):
@@ -95,15 +75,6 @@ class SNN(nn.Module):
         return acc / T
 
 
-def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def cur_rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / (1024.0 * 1024.0)
-
-
 def train_step(model, opt, xb, yb, T, sequential, hoist=False):
     opt.zero_grad()
     loss = F.cross_entropy(model(xb, T, sequential, hoist), yb)
@@ -122,33 +93,25 @@ def bench_mnist(mode, argv):
         print("torch_snn.py: variant must be loop or hoist (hoist: mlp only)", file=sys.stderr)
         sys.exit(2)
     torch.set_num_threads(threads)
-    x = torch.from_numpy(load_idx("data/mnist/train-images-idx3-ubyte").reshape(-1, 784).copy())
-    y = torch.from_numpy(load_idx("data/mnist/train-labels-idx1-ubyte").astype(np.int64))
+    x, y = load_mnist()
     torch.manual_seed(0)
     if smnist:
         spec, T, model = "1-r512-10", 784, SNN(1, 512, 10, True)
     else:
         spec, T, model = "784-1000-10", 25, SNN(784, 1000, 10, False)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    perm = torch.randperm(x.shape[0])
-    pos = 0
+    batches = Shuffle(x.shape[0], B)
+
+    def step():
+        idx = batches.next()
+        return train_step(model, opt, mnist_normalize(x[idx]), y[idx], T, smnist, variant == "hoist")
+
     times = []
-    loss = 0.0
     for r in range(-1, repeats):  # r = -1: one warm-up step
-        n = 1 if r < 0 else steps
-        t0 = time.perf_counter()
-        for _ in range(n):
-            if pos + B > x.shape[0]:
-                perm = torch.randperm(x.shape[0])
-                pos = 0
-            idx = perm[pos:pos + B]
-            pos += B
-            xb = (x[idx].float() / 255.0 - 0.1307) / 0.3081
-            loss = train_step(model, opt, xb, y[idx], T, smnist, variant == "hoist")
+        t, loss = timed(step, 1 if r < 0 else steps)
         if r >= 0:
-            times.append((time.perf_counter() - t0) / n)
-    times.sort()
-    step_s = times[len(times) // 2]
+            times.append(t)
+    step_s = sort_median(times)
     print(f"torch {mode} variant={variant} net={spec} batch={B} T={T} threads={threads} steps={steps} "
           f"repeats={repeats} step_ms={step_s * 1e3:.3f} ms_per_sample={step_s * 1e3 / B:.3f} "
           f"samples_per_s={B / step_s:.1f} peak_rss_mib={peak_rss_mib():.1f} loss={loss:.4f} "
@@ -171,9 +134,7 @@ def bench_rss(argv):
     # baseline, so the delta is what grows with T
     train_step(model, opt, x[:, :1], y, 1, True)
     base = cur_rss_mib()
-    t0 = time.perf_counter()
-    train_step(model, opt, x, y, T, True)
-    step_s = time.perf_counter() - t0
+    step_s, _ = timed(train_step, 1, model, opt, x, y, T, True)
     peak = peak_rss_mib()
     print(f"torch rss net=1-r{H}-10 batch={B} T={T} threads={threads} step_ms={step_s * 1e3:.1f} "
           f"base_rss_mib={base:.1f} peak_rss_mib={peak:.1f} delta_rss_mib={peak - base:.1f} "
