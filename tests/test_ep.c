@@ -27,21 +27,31 @@ static const float *fx(const soma_st *st, const char *name, size_t *n)
     return t->data;
 }
 
-static void config_from_meta(soma_rule_config *rc, const soma_st *st)
+/* Metadata `key` of a fixture case: "<pfx>key" ("" for the one-case files). */
+static const char *meta_of(const soma_st *st, const char *pfx, const char *key)
+{
+    char k[96];
+    snprintf(k, sizeof k, "%s%s", pfx, key);
+    const char *v = soma_st_meta(st, k);
+    if (!v) { fprintf(stderr, "fixture metadata '%s' missing\n", k); CHECK(v != NULL); return "0"; }
+    return v;
+}
+
+static void config_from_meta(soma_rule_config *rc, const soma_st *st, const char *pfx)
 {
     soma_rule_config_default(rc);
     soma_ep_config_default(rc);
     soma_optim_config_default(&rc->optim, SOMA_OPTIM_SGD);
     rc->optim.lr = 1.0f;
-    CHECK(soma_ep_variant_from_name(&rc->ep_variant, soma_st_meta(st, "variant")) == SOMA_OK);
-    CHECK(soma_loss_from_name(&rc->loss, soma_st_meta(st, "loss")) == SOMA_OK);
-    rc->ep_eps = strtof(soma_st_meta(st, "eps"), NULL);
-    rc->ep_beta = strtof(soma_st_meta(st, "beta"), NULL);
-    rc->ep_free_steps = atoi(soma_st_meta(st, "free"));
-    rc->ep_nudge_steps = atoi(soma_st_meta(st, "nudge"));
-    rc->ep_symmetric = atoi(soma_st_meta(st, "symmetric"));
-    rc->ep_particles = atoi(soma_st_meta(st, "particles"));
-    const char *p = soma_st_meta(st, "lrs");
+    CHECK(soma_ep_variant_from_name(&rc->ep_variant, meta_of(st, pfx, "variant")) == SOMA_OK);
+    CHECK(soma_loss_from_name(&rc->loss, meta_of(st, pfx, "loss")) == SOMA_OK);
+    rc->ep_eps = strtof(meta_of(st, pfx, "eps"), NULL);
+    rc->ep_beta = strtof(meta_of(st, pfx, "beta"), NULL);
+    rc->ep_free_steps = atoi(meta_of(st, pfx, "free"));
+    rc->ep_nudge_steps = atoi(meta_of(st, pfx, "nudge"));
+    rc->ep_symmetric = atoi(meta_of(st, pfx, "symmetric"));
+    rc->ep_particles = atoi(meta_of(st, pfx, "particles"));
+    const char *p = meta_of(st, pfx, "lrs");
     rc->ep_n_lrs = 0;
     while (p && *p) {
         char *end;
@@ -50,14 +60,20 @@ static void config_from_meta(soma_rule_config *rc, const soma_st *st)
     }
 }
 
-/* Builds the fixture's net and rule and loads its init.* tensors. */
-static int build(const soma_st *st, soma_rule_config *rc, soma_net **net, soma_rule **rule, int B)
+/* Builds the fixture's net and rule and loads its init.* tensors (keys under pfx;
+ * a conv case's input shape is its "in" metadata, CxHxW). */
+static int build(const soma_st *st, const char *pfx, soma_rule_config *rc, soma_net **net,
+                 soma_rule **rule, int B)
 {
     soma_net_options o;
     soma_net_options_default(&o);
-    const char *spec = soma_st_meta(st, "spec");
+    const char *spec = meta_of(st, pfx, "spec");
     o.in_c = atoi(spec); o.in_h = 1; o.in_w = 1;
-    CHECK(soma_act_from_name(&o.act, soma_st_meta(st, "act")) == SOMA_OK);
+    char key0[96];
+    snprintf(key0, sizeof key0, "%sin", pfx);
+    const char *in = soma_st_meta(st, key0);
+    if (in) CHECK(sscanf(in, "%dx%dx%d", &o.in_c, &o.in_h, &o.in_w) == 3);
+    CHECK(soma_act_from_name(&o.act, meta_of(st, pfx, "act")) == SOMA_OK);
     if (!CHECK(soma_net_new(net, spec, &o) == SOMA_OK)) return 0;
     if (!CHECK(soma_rule_new(rule, "ep", *net, rc, B) == SOMA_OK)) {
         fprintf(stderr, "%s\n", soma_last_error());
@@ -71,7 +87,7 @@ static int build(const soma_st *st, soma_rule_config *rc, soma_net **net, soma_r
         float *v = soma_net_tensor(*net, i, &name, &ndim, shape, &is_param);
         if (!is_param) continue;
         char key[96];
-        snprintf(key, sizeof key, "init.%s", name);
+        snprintf(key, sizeof key, "%sinit.%s", pfx, name);
         size_t n;
         const float *src = fx(st, key, &n);
         if (src) memcpy(v, src, n * sizeof(float));
@@ -115,7 +131,7 @@ static void golden(const char *name)
     soma_st *st;
     if (!CHECK(soma_st_read(&st, path) == SOMA_OK)) { fprintf(stderr, "%s\n", soma_last_error()); return; }
     soma_rule_config rc;
-    config_from_meta(&rc, st);
+    config_from_meta(&rc, st, "");
     const char *signs = soma_st_meta(st, "signs");
     rc.ep_random_sign = signs && strchr(signs, ',') != NULL;
     size_t nx, ny;
@@ -124,7 +140,7 @@ static void golden(const char *name)
     int B = (int)ny;
     soma_net *net;
     soma_rule *rule;
-    if (!build(st, &rc, &net, &rule, B)) { soma_st_free(st); return; }
+    if (!build(st, "", &rc, &net, &rule, B)) { soma_st_free(st); return; }
     soma_batch b = { .n = B, .c = (int)(nx / ny), .h = 1, .w = 1, .x = (float *)x, .y = (int32_t *)y };
     ep_state *e = rule->state;
     /* random sign: run until both signs were drawn, comparing each */
@@ -173,7 +189,7 @@ static void golden_particles(void)
     soma_st *st;
     if (!CHECK(soma_st_read(&st, "tests/fixtures/ep_particles.safetensors") == SOMA_OK)) return;
     soma_rule_config rc;
-    config_from_meta(&rc, st);
+    config_from_meta(&rc, st, "");
     float lr = strtof(soma_st_meta(st, "lr"), NULL);
     size_t nx, ny;
     const float *x = fx(st, "x", &nx);
@@ -184,7 +200,7 @@ static void golden_particles(void)
     for (int i = 0; i < B; i++) index[i] = (uint32_t)idx[i];
     soma_net *net;
     soma_rule *rule;
-    if (!build(st, &rc, &net, &rule, B)) { soma_st_free(st); return; }
+    if (!build(st, "", &rc, &net, &rule, B)) { soma_st_free(st); return; }
     soma_batch b = { .n = B, .c = (int)(nx / ny), .h = 1, .w = 1, .x = (float *)x,
                      .y = (int32_t *)y, .index = index };
     ep_state *e = rule->state;
@@ -210,6 +226,86 @@ static void golden_particles(void)
     CHECK(soma_rule_train_batch(rule, &b, lr, NULL, NULL) == SOMA_ERR_ARG);
     soma_rule_free(rule);
     soma_net_free(net);
+    soma_st_free(st);
+}
+
+/* Conv EP (tests/fixtures/ep_conv.safetensors, every tensor and metadata key
+ * under "<name>."): conv3x2m2-conv3x3p1m2 on 1x10x10, then dense layers.  The
+ * states after the free and nudged phases and the grad store, within 1e-5. */
+static void golden_conv(const soma_st *st, const char *name)
+{
+    char pfx[64], key[96];
+    snprintf(pfx, sizeof pfx, "%s.", name);
+    soma_rule_config rc;
+    config_from_meta(&rc, st, pfx);
+    size_t nx, ny;
+    snprintf(key, sizeof key, "%sx", pfx);
+    const float *x = fx(st, key, &nx);
+    snprintf(key, sizeof key, "%sy", pfx);
+    const int32_t *y = (const int32_t *)fx(st, key, &ny);
+    if (!x || !y) return;
+    int B = (int)ny;
+    soma_net *net;
+    soma_rule *rule;
+    if (!build(st, pfx, &rc, &net, &rule, B)) return;
+    ep_state *e = rule->state;
+    CHECK(e->nconv == 2);
+    const soma_net_options *o = &net->opts;
+    soma_batch b = { .n = B, .c = o->in_c, .h = o->in_h, .w = o->in_w, .x = (float *)x,
+                     .y = (int32_t *)y };
+    CHECK((size_t)(b.c * b.h * b.w) * ny == nx);
+    if (CHECK(soma_rule_train_batch(rule, &b, 1.0f, NULL, NULL) == SOMA_OK)) {
+        char p0[80], pp[80], pm[80];
+        snprintf(p0, sizeof p0, "%ss0", pfx);
+        snprintf(pp, sizeof pp, "%ssp", pfx);
+        snprintf(pm, sizeof pm, "%ssm", pfx);
+        compare_set(name, e, &e->s0, st, p0, B);
+        compare_set(name, e, &e->sp, st, pp, B);
+        if (rc.ep_symmetric) compare_set(name, e, &e->sm, st, pm, B);
+        compare_grads(name, net, st, pfx);
+        /* every param has an expected grad (feedback kernels included) */
+        int nparam = 0, found = 0;
+        for (int i = 0; i < soma_net_tensor_count(net); i++) {
+            const char *tn;
+            int is_param;
+            soma_net_tensor(net, i, &tn, NULL, NULL, &is_param);
+            if (!is_param) continue;
+            nparam++;
+            snprintf(key, sizeof key, "%sgrad.%s", pfx, tn);
+            found += soma_st_find(st, key) != NULL;
+        }
+        CHECK(found == nparam);
+        if (rc.ep_variant == SOMA_EP_GENERAL) CHECK(e->fb[2] >= 0 && net->params.p[e->fb[2]].ndim == 4);
+    } else {
+        fprintf(stderr, "%s: %s\n", name, soma_last_error());
+    }
+    /* recurrent backprop for conv nets is not there: a clear error */
+    double deg;
+    CHECK(soma_ep_grad_angle(rule, &b, &deg, NULL) == SOMA_ERR_UNSUPPORTED);
+    soma_rule_free(rule);
+    soma_net_free(net);
+}
+
+static void golden_conv_all(void)
+{
+    soma_st *st;
+    if (!CHECK(soma_st_read(&st, "tests/fixtures/ep_conv.safetensors") == SOMA_OK)) {
+        fprintf(stderr, "%s\n", soma_last_error());
+        return;
+    }
+    const char *cases = soma_st_meta(st, "cases");
+    int n = 0;
+    while (cases && *cases) {
+        char name[48];
+        size_t len = strcspn(cases, ",");
+        if (len >= sizeof name) break;
+        memcpy(name, cases, len);
+        name[len] = 0;
+        golden_conv(st, name);
+        n++;
+        cases += len + (cases[len] == ',');
+    }
+    CHECK(n == 5);
     soma_st_free(st);
 }
 
@@ -572,12 +668,73 @@ static void bad_input(void)
     CHECK(make(&net, &rule, "6-3", SOMA_ACT_CLAMP01, &rc, 4) == SOMA_ERR_ARG);     /* ce needs a hidden layer */
     soma_net_free(net);
     {
+        /* layers EP cannot run: SOMA_ERR_UNSUPPORTED naming the layer */
+        static const struct { const char *spec; int img; const char *want[2]; } bad[] = {
+            { "conv3x2-fc4",           1, { "conv layer 0", "no max pool" } },
+            { "conv3x2-pool2-fc4",     1, { "conv layer 0", "convKxC[sS][pP]mM" } },
+            { "conv3x2m2-pool2-fc4",   1, { "layer 3", "max pooling after the activation" } },
+            { "conv3x2-avgpool2-fc4",  1, { "layer 2", "average pooling" } },
+            { "conv3x2-bn-pool2-fc4",  1, { "layer 1", "batchnorm" } },
+            { "conv3x2m2-drop0.5-fc4", 1, { "layer 3", "dropout" } },
+            { "6-5-bn-3",              0, { "layer 1", "batchnorm" } },
+            { "6-5-drop0.5-3",         0, { "layer 2", "dropout" } },
+        };
+        for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+            soma_net_options o;
+            soma_net_options_default(&o);
+            o.in_c = bad[i].img ? 1 : 6; o.in_h = o.in_w = bad[i].img ? 8 : 1;
+            o.act = SOMA_ACT_CLAMP01;
+            if (!CHECK(soma_net_new(&net, bad[i].spec, &o) == SOMA_OK)) {
+                fprintf(stderr, "%s: %s\n", bad[i].spec, soma_last_error());
+                continue;
+            }
+            default_cfg(&rc);
+            rule = NULL;
+            CHECK(soma_rule_new(&rule, "ep", net, &rc, 2) == SOMA_ERR_UNSUPPORTED);
+            const char *msg = soma_last_error();
+            if (!CHECK(strstr(msg, bad[i].want[0]) && strstr(msg, bad[i].want[1])))
+                fprintf(stderr, "%s: '%s'\n", bad[i].spec, msg);
+            soma_rule_free(rule);
+            soma_net_free(net);
+        }
+    }
+    {
+        /* a conv net: per-layer rates count conv layers too; grad_angle is dense-only */
         soma_net_options o;
         soma_net_options_default(&o);
         o.in_c = 1; o.in_h = 8; o.in_w = 8; o.act = SOMA_ACT_CLAMP01;
-        CHECK(soma_net_new(&net, "conv3x2-fc4", &o) == SOMA_OK);
+        CHECK(soma_net_new(&net, "conv3x2m2-fc4", &o) == SOMA_OK);
         default_cfg(&rc);
-        CHECK(soma_rule_new(&rule, "ep", net, &rc, 2) == SOMA_ERR_UNSUPPORTED);
+        rc.ep_n_lrs = 1;
+        CHECK(soma_rule_new(&rule, "ep", net, &rc, 2) == SOMA_ERR_ARG);
+        CHECK(strstr(soma_last_error(), "needs 2 per-layer learning rates") != NULL);
+        soma_net_free(net);
+        /* --ep-fb transpose: a conv feedback kernel starts as W itself */
+        CHECK(soma_net_new(&net, "conv3x2m2-conv3x3m1-fc4", &o) == SOMA_OK);
+        default_cfg(&rc);
+        rc.ep_fb_init = SOMA_EP_FB_TRANSPOSE;
+        if (CHECK(soma_rule_new(&rule, "ep", net, &rc, 2) == SOMA_OK)) {
+            ep_state *e = rule->state;
+            size_t nw = net->params.p[e->w[2]].n;
+            CHECK(e->fb[2] >= 0 && net->params.p[e->fb[2]].n == nw &&
+                  !memcmp(soma__param_value(net, e->fb[2]), soma__param_value(net, e->w[2]),
+                          nw * sizeof(float)));
+            /* the conv workspace was sized for one thread: more threads are an error */
+            float xi[2 * 64] = { 0.5f };
+            int32_t yi[2] = { 0, 1 };
+            soma_batch bi = { .n = 2, .c = 1, .h = 8, .w = 8, .x = xi, .y = yi };
+            const float *sc;
+            CHECK(soma_rule_predict(rule, &bi, &sc, NULL) == SOMA_OK);
+            soma_set_threads(2);
+            if (soma_get_threads() == 2) {
+                CHECK(soma_rule_train_batch(rule, &bi, 0.1f, NULL, NULL) == SOMA_ERR_ARG);
+                CHECK(strstr(soma_last_error(), "thread count") != NULL);
+            }
+            soma_set_threads(1);
+            soma_rule_free(rule);
+        } else {
+            fprintf(stderr, "%s\n", soma_last_error());
+        }
         soma_net_free(net);
     }
     /* random sign without an rng; grad_angle / diagnostics on another rule */
@@ -703,6 +860,80 @@ static void training(void)
     soma_net_free(net);
 }
 
+/* A conv net learns a synthetic image task (class = which half of a 12x12 image is
+ * bright), both variants, through conv -> conv feedback; predict and particles. */
+static void conv_training(void)
+{
+    enum { N = 48, HW = 12, D = HW * HW, B = 16 };
+    static float X[N * D];
+    static int32_t Y[N];
+    static uint32_t I[N];
+    soma_rng rng;
+    soma_rng_seed(&rng, 4);
+    for (int i = 0; i < N; i++) {
+        Y[i] = i % 2;
+        I[i] = (uint32_t)i;
+        for (int j = 0; j < D; j++) {
+            float u = soma_rng_uniform(&rng);
+            X[i * D + j] = ((j / HW) < HW / 2) == (Y[i] == 0) ? 0.4f + 0.6f * u : 0.4f * u;
+        }
+    }
+    for (int variant = 0; variant <= 1; variant++) {
+        soma_rule_config rc;
+        default_cfg(&rc);
+        rc.ep_variant = (soma_ep_variant)variant;
+        rc.ep_fb_init = SOMA_EP_FB_RANDOM;
+        rc.ep_free_steps = 40;
+        rc.ep_nudge_steps = 10;
+        rc.ep_beta = 0.5f;
+        rc.ep_symmetric = variant == SOMA_EP_GENERAL;
+        rc.ep_random_sign = variant == SOMA_EP_CLASSIC;
+        rc.ep_particles = variant == SOMA_EP_CLASSIC ? N : 0;
+        soma_net_options o;
+        soma_net_options_default(&o);
+        o.in_c = 1; o.in_h = HW; o.in_w = HW; o.act = SOMA_ACT_CLAMP01; o.seed = 2;
+        soma_net *net;
+        soma_rule *rule = NULL;
+        CHECK(soma_net_new(&net, "conv3x4m2-conv2x4m2-fc2", &o) == SOMA_OK);
+        if (!CHECK(soma_rule_new(&rule, "ep", net, &rc, B) == SOMA_OK)) {
+            fprintf(stderr, "%s\n", soma_last_error());
+            soma_net_free(net);
+            continue;
+        }
+        ep_state *e = rule->state;
+        CHECK(e->nconv == 2 && e->nd == 3 && e->n[1] == 4 * 5 * 5 && e->n[2] == 4 * 2 * 2);
+        soma_ep_diag d;
+        CHECK(soma_ep_diagnostics(rule, &d, 0) == SOMA_OK && d.pairs == 2);
+        double first = 0, last = 0;
+        int correct = 0;
+        for (int epoch = 0; epoch < 25; epoch++) {
+            soma_step_stats ss = { 0 };
+            for (int i = 0; i < N; i += B) {
+                soma_batch b = { .n = B, .c = 1, .h = HW, .w = HW, .x = X + i * D, .y = Y + i,
+                                 .index = I + i };
+                soma_status st = soma_rule_train_batch(rule, &b, 0.2f, &rng, &ss);
+                if (st) { CHECK(st == SOMA_OK); fprintf(stderr, "%s\n", soma_last_error()); break; }
+            }
+            if (epoch == 0) first = ss.loss / ss.n;
+            last = ss.loss / ss.n;
+            correct = ss.correct;
+        }
+        CHECK(soma_ep_diagnostics(rule, &d, 1) == SOMA_OK);
+        printf("conv %s: loss %.4f -> %.4f, %d/%d correct; residual free %.2g nudged %.2g; "
+               "align %.3f %.3f\n", soma_ep_variant_name(rc.ep_variant), first, last, correct, N,
+               d.res_free, d.res_nudge, d.align[0], d.align[1]);
+        CHECK(last < 0.5 * first);
+        CHECK(correct >= N - 2);
+        const float *scores;
+        soma_step_stats ps = { 0 };
+        soma_batch b = { .n = B, .c = 1, .h = HW, .w = HW, .x = X, .y = Y };
+        CHECK(soma_rule_predict(rule, &b, &scores, &ps) == SOMA_OK);
+        CHECK(ps.correct >= B - 1);
+        soma_rule_free(rule);
+        soma_net_free(net);
+    }
+}
+
 int main(void)
 {
     soma_set_threads(1);
@@ -711,9 +942,11 @@ int main(void)
     golden("classic_rs");
     golden("classic_sym_ce");
     golden_particles();
+    golden_conv_all();
     theorem_tests();
     angle_test();
     bad_input();
     training();
+    conv_training();
     return check_report("test_ep");
 }

@@ -1,10 +1,19 @@
 /*
  * ep.c - equilibrium propagation over a layered leaky-integrator rate network
- * built on the net's dense layers (docs/ep.md; notes: shared/notes/ep.md).
+ * built on the net's conv and dense layers (docs/ep.md; notes: shared/notes/ep.md).
  *
  * States s_1..s_nd (pre-activation, kept in [0,1]), input clamped, rho = the
- * net's hidden activation (clamp01 = the papers' hard sigmoid).  One dense
- * layer k (weight W_k (n_k, n_{k-1}), bias b_k) feeds s_k from below.
+ * net's hidden activation (clamp01 = the papers' hard sigmoid).  One layer k
+ * feeds s_k from below with layer_k(rho(s_{k-1})):
+ *   dense k (weight W_k (n_k, n_{k-1}), bias b_k):  W_k rho(s_{k-1}) + b_k
+ *   conv k (convKxC[sS][pP]mM, Laborieux et al. 2021's P_CNN layer; conv layers
+ *     come first): maxpool(conv(rho(s_{k-1}); W_k) + b_k), s_k (O, PH, PW).
+ * Below, "W_{k+1}^T rho(s_{k+1})" for a conv layer k+1 is the VJP of
+ * rho(s_k) -> layer_{k+1}(rho(s_k)) against rho(s_{k+1}): the transposed conv
+ * of the un-pooled cotangent, routed to the argmax of the current iterate
+ * (recomputed every Euler step); the general variant's F_{k+1} is then a
+ * kernel G_{k+1} shaped as W_{k+1} ("<i>.weight_fb"), whose feedback is the
+ * VJP of maxpool(conv(.; G_{k+1})) (no bias) through its own argmax (VF_CNN).
  *
  *   general (Scellier, Goyal, Binas, Mesnard, Bengio 2018), untied weights:
  *     mu_k = W_k rho(s_{k-1}) + b_k + F_{k+1} rho(s_{k+1}) - s_k
@@ -28,9 +37,14 @@
  *   general (eq. 56, dW ~ dmu/dW(s0) . D):
  *     dW_k = mean_b D_k^T rho(s0_{k-1}),  db_k = mean_b D_k,
  *     dF_{k+1} = mean_b D_k^T rho(s0_{k+1})     (presynaptic at the FREE point)
+ *     conv: dW_k, db_k = the conv's weight/bias gradient of D_k routed through the
+ *     argmax at s0 against rho(s0_{k-1}); dG_{k+1} = the weight gradient of
+ *     rho(s0_{k+1}) routed through conv_G(rho(s0_k))'s argmax against D_k
  *   classic (-dE/dW, contrastive Hebbian):
  *     dW_k = mean_b [rho(s+_k)^T rho(s+_{k-1}) - rho(s'_k)^T rho(s'_{k-1})] / beta'
  *     (s' = s0, beta' = beta one-sided; s' = s-, beta' = 2 beta symmetric)
+ *     conv: each term is the weight gradient of rho(s_k), routed through that
+ *     state's argmax, against rho(s_{k-1})
  *   ce readout: dW_L = -dCE/dW_L at s+ (the mean of s+ and s- symmetric).
  * The optimizer minimises, so the grad store gets -lr_k dW (lr_k the
  * per-layer factor; a feedback matrix F_{k+1} uses pair k+1's).
@@ -113,8 +127,8 @@ static soma_status check_config(const soma_rule_config *c, int L, const char *sp
         return soma__fail(SOMA_ERR_ARG, "EP symmetric nudging and random sign exclude each other "
                           "(symmetric already uses +beta and -beta)");
     if (c->ep_n_lrs != 0 && c->ep_n_lrs != L)
-        return soma__fail(SOMA_ERR_ARG, "EP needs %d per-layer learning rates (one per dense layer "
-                          "of '%s', input side first), got %d", L, spec, c->ep_n_lrs);
+        return soma__fail(SOMA_ERR_ARG, "EP needs %d per-layer learning rates (one per conv/dense "
+                          "layer of '%s', input side first), got %d", L, spec, c->ep_n_lrs);
     for (int k = 0; k < c->ep_n_lrs; k++)
         if (!(c->ep_lrs[k] > 0.0f) || !isfinite(c->ep_lrs[k]))
             return soma__fail(SOMA_ERR_ARG, "EP per-layer learning rate %d must be > 0, got %g",
@@ -154,6 +168,75 @@ static int find_or_add(soma_net *n, int is_param, const char *name, int ndim, co
     return soma__net_add_tensor(n, is_param, name, ndim, shape);
 }
 
+/* ---- conv layers ------------------------------------------------------------ */
+
+/* Conv layer k (k <= nconv) is the Laborieux P_CNN layer
+ *   layer_k(r) = maxpool(conv(r; W_k) + b_k)      r = rho(s_{k-1}) (B, C, H, W)
+ * with state s_k (B, O, PH, PW) = n[k] units per sample.  Its shapes for batch B. */
+static soma_status conv_shapes(const ep_state *e, const soma_net *net, int k, int B,
+                               soma_conv_shape *cs, soma_pool_shape *ps)
+{
+    const soma_layer *l = &net->layers[e->layer[k]], *p = &net->layers[e->pool[k]];
+    soma_status st = soma_conv_shape_init(cs, B, l->in_c, l->in_h, l->in_w, l->out_c, l->k, l->k,
+                                          l->stride, l->pad);
+    if (!st) st = soma_pool_shape_init(ps, B, cs->O, cs->OH, cs->OW, p->k, p->stride);
+    return st;
+}
+
+/* out (B, n[k]) = maxpool(conv(in; w) + b) with its argmax in idx; b may be NULL
+ * (a feedback kernel has no bias).  The un-pooled conv goes through e->z. */
+static void conv_pool(soma_rule *r, int k, float *out, int32_t *idx, const float *in,
+                      const float *w, const float *b, int B)
+{
+    ep_state *e = r->state;
+    soma_conv_shape cs;
+    soma_pool_shape ps;
+    conv_shapes(e, r->net, k, B, &cs, &ps);
+    soma_conv2d_forward(e->z, r->net->ws, in, w, b, &cs);
+    soma_maxpool_forward(out, idx, e->z, &ps);
+}
+
+/* e->z (B, O, OH, OW) = scale * cot (B, n[k]) routed to the argmax idx, zero elsewhere:
+ * the cotangent of maxpool's input (maxpool_backward of cot). */
+static void unpool(soma_rule *r, int k, const float *cot, const int32_t *idx, float scale, int B)
+{
+    ep_state *e = r->state;
+    soma_conv_shape cs;
+    soma_pool_shape ps;
+    conv_shapes(e, r->net, k, B, &cs, &ps);
+    size_t m = (size_t)B * cs.O * cs.OH * cs.OW;
+    memset(e->z, 0, m * sizeof(float));
+    soma_maxpool_backward(e->z, cot, idx, &ps);
+    if (scale != 1.0f) for (size_t i = 0; i < m; i++) e->z[i] *= scale;
+}
+
+/* dx (B, n[k-1]) += the VJP of r -> maxpool(conv(r; w) + b) against cot (B, n[k]) at the
+ * argmax idx: the transposed conv of the un-pooled cotangent. */
+static void conv_vjp(soma_rule *r, int k, float *dx, const float *cot, const int32_t *idx,
+                     const float *w, int B)
+{
+    ep_state *e = r->state;
+    soma_conv_shape cs;
+    soma_pool_shape ps;
+    conv_shapes(e, r->net, k, B, &cs, &ps);
+    unpool(r, k, cot, idx, 1.0f, B);
+    soma_conv2d_backward(dx, NULL, NULL, r->net->ws, e->z, NULL, w, &cs);
+}
+
+/* dw (and db unless NULL) += the weight (bias) gradient of <c, maxpool(conv(x; w) + b)>
+ * with c = scale * cot (B, n[k]) at the argmax idx: the conv's weight gradient of the
+ * un-pooled c against the input x (B, n[k-1]). */
+static void conv_wgrad(soma_rule *r, int k, float *dw, float *db, const float *cot,
+                       const int32_t *idx, float scale, const float *x, const float *w, int B)
+{
+    ep_state *e = r->state;
+    soma_conv_shape cs;
+    soma_pool_shape ps;
+    conv_shapes(e, r->net, k, B, &cs, &ps);
+    unpool(r, k, cot, idx, scale, B);
+    soma_conv2d_backward(NULL, dw, db, r->net->ws, e->z, x, w, &cs);
+}
+
 /* ---- init / release -------------------------------------------------------- */
 
 static void set_alloc(ep_set *st, float **p, const int *n, int nd, int B)
@@ -177,23 +260,44 @@ static soma_status ep_init(soma_rule *r, int max_batch)
     if (!e) return SOMA_ERR_NOMEM;
     r->state = e;
     e->particles = -1;
-    int dense[EP_MAXL + 1];
+    const char *spec = soma_net_spec(net);
+    for (int i = 0; i < net->n_layers; i++) {   /* kinds first: name the offending layer */
+        soma_layer_kind k = net->layers[i].kind;
+        if (k != SOMA_LAYER_ACT && k != SOMA_LAYER_FLATTEN && k != SOMA_LAYER_DENSE &&
+            k != SOMA_LAYER_CONV && k != SOMA_LAYER_MAXPOOL)
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ep runs over convKxC[sS][pP]mM and dense "
+                              "layers; layer %d of '%s' is %s", i, spec, layer_kind_name(k));
+    }
     for (int i = 0; i < net->n_layers; i++) {
         const soma_layer *l = &net->layers[i];
         if (l->kind == SOMA_LAYER_ACT || l->kind == SOMA_LAYER_FLATTEN) continue;
-        if (l->kind != SOMA_LAYER_DENSE)
-            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ep runs over dense layers only; layer %d "
-                              "of '%s' is %s (convolutional EP is not implemented)", i,
-                              soma_net_spec(net), layer_kind_name(l->kind));
+        if (l->kind == SOMA_LAYER_MAXPOOL)
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ep: layer %d of '%s' is max pooling "
+                              "after the activation (a poolM token); EP's conv layer is "
+                              "maxpool(conv + b) before rho: write convKxC[sS][pP]mM", i, spec);
         if (l->rec >= 0)
             return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ep: layer %d has a recurrent weight", i);
         if (e->L == EP_MAXL)
-            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ep takes at most %d dense layers", EP_MAXL);
-        e->L++;
-        dense[e->L] = i;
-        e->w[e->L] = l->w;
-        e->b[e->L] = l->b;
-        e->n[e->L] = l->out_c;
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ep takes at most %d conv/dense layers", EP_MAXL);
+        int k = ++e->L;
+        e->layer[k] = i;
+        e->pool[k] = -1;
+        e->w[k] = l->w;
+        e->b[k] = l->b;
+        if (l->kind == SOMA_LAYER_DENSE) {
+            e->n[k] = l->out_c;
+            continue;
+        }
+        if (e->nconv != k - 1)
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ep: conv layer %d of '%s' follows a dense "
+                              "layer (conv layers must come first)", i, spec);
+        if (i + 1 >= net->n_layers || net->layers[i + 1].kind != SOMA_LAYER_MAXPOOL)
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ep: conv layer %d of '%s' has no max pool "
+                              "right after it; EP's conv layer is maxpool(conv + b) before rho "
+                              "(Laborieux et al. 2021): write convKxC[sS][pP]mM", i, spec);
+        e->nconv++;
+        e->pool[k] = ++i;
+        e->n[k] = (int)net->layers[i].out_size;
     }
     e->n[0] = soma_net_inputs(net);
     e->C = soma_net_outputs(net);
@@ -208,22 +312,33 @@ static soma_status ep_init(soma_rule *r, int max_batch)
     for (int k = 1; k <= e->L; k++) e->lr[k] = c->ep_n_lrs ? c->ep_lrs[k - 1] : 1.0f;
     for (int k = 1; k <= e->nd; k++) e->S += (size_t)e->n[k];
 
-    /* feedback matrices F_k (n[k-1], n[k]) for k = 2..nd */
+    /* feedback weights for k = 2..nd: a dense layer's matrix F_k (n[k-1], n[k]); a
+     * conv layer's kernel G_k, shaped as W_k (VF_CNN's backward kernel) */
     soma_rng rng;
     soma_rng_seed(&rng, net->opts.seed ^ 0x4550464242ull); /* "EPFBB": its own stream */
     for (int k = 0; k <= EP_MAXL; k++) e->fb[k] = -1;
     for (int k = 2; c->ep_variant == SOMA_EP_GENERAL && k <= e->nd; k++) {
         char name[48];
-        snprintf(name, sizeof name, "%d.weight_fb", dense[k]);
-        int64_t shape[2] = { e->n[k - 1], e->n[k] };
+        snprintf(name, sizeof name, "%d.weight_fb", e->layer[k]);
+        const soma_param *wp = &net->params.p[e->w[k]];
+        int conv = e->pool[k] >= 0;
+        int64_t shape[4] = { e->n[k - 1], e->n[k], 0, 0 };
+        if (conv) memcpy(shape, wp->shape, sizeof shape);
         int created;
-        int idx = find_or_add(net, 1, name, 2, shape, &created);
+        int idx = find_or_add(net, 1, name, conv ? 4 : 2, shape, &created);
         if (idx < 0) return (soma_status)idx;
         e->fb[k] = idx;
         if (!created) continue;
         float *F = soma__param_value(net, idx);
-        const float *W = soma__param_value(net, e->w[k]);   /* (n[k], n[k-1]) */
-        if (c->ep_fb_init == SOMA_EP_FB_TRANSPOSE) {
+        const float *W = soma__param_value(net, e->w[k]);   /* dense: (n[k], n[k-1]) */
+        if (conv) {
+            /* transpose: G = W (the transposed conv of the same kernel is W^T);
+             * random: the fans of the forward kernel, as a Conv2d of W's shape */
+            const soma_layer *l = &net->layers[e->layer[k]];
+            size_t nw = net->params.p[idx].n;
+            if (c->ep_fb_init == SOMA_EP_FB_TRANSPOSE) memcpy(F, W, nw * sizeof(float));
+            else soma_init_fill(F, nw, l->in_c * l->k * l->k, l->out_c * l->k * l->k, net->init, &rng);
+        } else if (c->ep_fb_init == SOMA_EP_FB_TRANSPOSE) {
             for (int i = 0; i < e->n[k - 1]; i++)
                 for (int j = 0; j < e->n[k]; j++)
                     F[(size_t)i * e->n[k] + j] = W[(size_t)j * e->n[k - 1] + i];
@@ -239,11 +354,29 @@ static soma_status ep_init(soma_rule *r, int max_batch)
         e->particles = idx;
     }
 
-    /* buffers: 12 state sets, rho(x), per-layer scratch, class-sized rows, the update copy */
+    /* conv layers: their shapes, and the scratch of the conv kernels (the net's
+     * workspace, sized for every conv layer of the net, serves them all) */
+    size_t zmax = 0;
     int maxn = 0;
+    for (int k = 1; k <= e->nconv; k++) {
+        soma_conv_shape cs;
+        soma_pool_shape ps;
+        if ((st = conv_shapes(e, net, k, max_batch, &cs, &ps))) return st;
+        size_t z = (size_t)cs.O * cs.OH * cs.OW;
+        if (z > zmax) zmax = z;
+        if (e->n[k] > maxn) maxn = e->n[k];
+        e->ints += (size_t)max_batch * e->n[k];
+    }
+    if (e->nconv && !net->ws)
+        return soma__fail(SOMA_ERR_ARG, "rule ep: net '%s' has no conv workspace (not prepared)", spec);
+
+    /* buffers: 12 state sets, rho(x), per-layer scratch, class-sized rows, the update
+     * copy, the conv scratch */
+    size_t pooled = (size_t)maxn;
     for (int k = 0; k <= e->L; k++) if (e->n[k] > maxn) maxn = e->n[k];
     size_t B = (size_t)max_batch;
-    e->floats = 12 * B * e->S + B * e->n[0] + 2 * B * maxn + 4 * B * e->C + net->params.total;
+    e->floats = 12 * B * e->S + B * e->n[0] + 2 * B * maxn + 4 * B * e->C + net->params.total +
+                B * zmax + B * pooled;
     float *p = soma__malloc_aligned(e->floats * sizeof(float));
     if (!p) return SOMA_ERR_NOMEM;
     memset(p, 0, e->floats * sizeof(float));
@@ -258,7 +391,17 @@ static soma_status ep_init(soma_rule *r, int max_batch)
     e->probs = p;  p += B * e->C;
     e->dl = p;     p += B * e->C;
     e->onehot = p; p += B * e->C;
-    e->gsave = p;
+    e->gsave = p;  p += net->params.total;
+    e->z = p;      p += B * zmax;
+    e->pooled = p;
+    if (e->nconv) {
+        e->ints += B * pooled;   /* idxg */
+        int32_t *q = soma__calloc(e->ints, sizeof(int32_t));
+        if (!q) return SOMA_ERR_NOMEM;
+        e->iblock = q;
+        for (int k = 1; k <= e->nconv; k++) { e->idx[k] = q; q += B * e->n[k]; }
+        e->idxg = q;
+    }
     return SOMA_OK;
 }
 
@@ -267,6 +410,7 @@ static void ep_release(soma_rule *r)
     ep_state *e = r->state;
     if (!e) return;
     soma__free_aligned(e->block);
+    soma__free(e->iblock);
     soma__free(e);
 }
 
@@ -275,7 +419,7 @@ static void ep_plan(const soma_rule *r, soma_mem_plan *p)
     const ep_state *e = r->state;
     size_t B = (size_t)r->max_batch;
     p->activations = 12 * B * e->S * sizeof(float);
-    p->workspace = (e->floats - 12 * B * e->S) * sizeof(float);
+    p->workspace = (e->floats - 12 * B * e->S) * sizeof(float) + e->ints * sizeof(int32_t);
 }
 
 /* ---- dynamics -------------------------------------------------------------- */
@@ -310,16 +454,35 @@ static double ep_step(soma_rule *r, ep_set *o, const ep_set *s, int B, float bet
     float eps = r->cfg.ep_eps;
     double ss = 0;
     set_rho(e, &e->rr, s, B, act);
+    /* pass 1, o = drive from below: layer_k(rho(s_{k-1})), dense W_k rho(s_{k-1}) + b_k or
+     * conv maxpool(conv(rho(s_{k-1}); W_k) + b_k), whose argmax at this iterate goes to
+     * idx[k] (recomputed every step: the feedback below routes through it) */
     for (int k = 1; k <= e->nd; k++) {
-        int nk = e->n[k], np = e->n[k - 1];
         const float *in = k == 1 ? e->rx : e->rr.s[k - 1];
+        const float *W = soma__param_value(net, e->w[k]), *bk = soma__param_value(net, e->b[k]);
+        if (k <= e->nconv) conv_pool(r, k, o->s[k], e->idx[k], in, W, bk, B);
+        else soma_dense_forward(o->s[k], in, W, bk, B, e->n[k - 1], e->n[k]);
+    }
+    /* pass 2: + feedback from above, the nudge, the clipped Euler step */
+    for (int k = 1; k <= e->nd; k++) {
+        int nk = e->n[k];
         float *a = o->s[k];
         const float *sk = s->s[k];
         size_t m = (size_t)B * nk;
-        /* a = drive: W_k rho(s_{k-1}) + b_k + feedback from above */
-        soma_dense_forward(a, in, soma__param_value(net, e->w[k]), soma__param_value(net, e->b[k]),
-                           B, np, nk);
-        if (k < e->nd) {
+        if (k < e->nd && k + 1 <= e->nconv) {
+            if (classic) {
+                /* VJP of rho(s_k) -> maxpool(conv_{k+1}(.) + b) against rho(s_{k+1}):
+                 * the transposed conv through this iterate's argmax idx[k+1] */
+                conv_vjp(r, k + 1, a, e->rr.s[k + 1], e->idx[k + 1],
+                         soma__param_value(net, e->w[k + 1]), B);
+            } else {
+                /* the same with the feedback kernel G_{k+1}, through the argmax of its own
+                 * maxpool(conv_G(rho(s_k))) at this iterate (VF_CNN) */
+                const float *G = soma__param_value(net, e->fb[k + 1]);
+                conv_pool(r, k + 1, e->pooled, e->idxg, e->rr.s[k], G, NULL, B);
+                conv_vjp(r, k + 1, a, e->rr.s[k + 1], e->idxg, G, B);
+            }
+        } else if (k < e->nd) {
             int nn = e->n[k + 1];
             if (classic) /* W_{k+1}^T rho(s_{k+1}): W_{k+1} is (n[k+1], n[k]) */
                 soma_gemm(0, 0, B, nk, nn, 1.0f, e->rr.s[k + 1], nn,
@@ -412,6 +575,19 @@ static void ep_update(soma_rule *r, const int32_t *y, int B, float beta, int uni
         float *gW = soma__param_grad(net, e->w[k]), *gb = soma__param_grad(net, e->b[k]);
         size_t m = (size_t)B * nk;
         float *d = e->tmp.s[k];
+        if (classic && k <= e->nconv) {
+            /* -dE/dW_k = d/dW <rho(s_k), maxpool(conv(rho(s_{k-1})) + b)> at each end state,
+             * through that state's own argmax */
+            const ep_set *ends[2] = { &e->ra, &e->rb };
+            float sc = (float)(-lr * inv / B);
+            const float *W = soma__param_value(net, e->w[k]), *bk = soma__param_value(net, e->b[k]);
+            for (int h = 0; h < 2; h++) {
+                const float *pre = k == 1 ? e->rx : ends[h]->s[k - 1];
+                conv_pool(r, k, e->pooled, e->idx[k], pre, W, bk, B);
+                conv_wgrad(r, k, gW, gb, ends[h]->s[k], e->idx[k], h ? -sc : sc, pre, W, B);
+            }
+            continue;
+        }
         if (classic) {
             const float *pa = k == 1 ? e->rx : e->ra.s[k - 1], *pb = k == 1 ? e->rx : e->rb.s[k - 1];
             float sc = (float)(-lr * inv / B);
@@ -427,13 +603,29 @@ static void ep_update(soma_rule *r, const int32_t *y, int B, float beta, int uni
         }
         for (size_t i = 0; i < m; i++) d[i] = (float)((A->s[k][i] - Bs->s[k][i]) * inv);
         const float *pre = k == 1 ? e->rx : e->r0.s[k - 1];
-        soma_gemm(1, 0, nk, np, B, -lr / B, d, nk, pre, np, 0.0f, gW, np);
-        for (int j = 0; j < nk; j++) {
-            double acc = 0;
-            for (int i = 0; i < B; i++) acc += d[(size_t)i * nk + j];
-            gb[j] = (float)(acc * -lr / B);
+        if (k <= e->nconv) {
+            /* dmu_k/dW . D_k at s0: D_k routed through the argmax of the free point */
+            const float *W = soma__param_value(net, e->w[k]);
+            conv_pool(r, k, e->pooled, e->idx[k], pre, W, soma__param_value(net, e->b[k]), B);
+            conv_wgrad(r, k, gW, gb, d, e->idx[k], -lr / B, pre, W, B);
+        } else {
+            soma_gemm(1, 0, nk, np, B, -lr / B, d, nk, pre, np, 0.0f, gW, np);
+            for (int j = 0; j < nk; j++) {
+                double acc = 0;
+                for (int i = 0; i < B; i++) acc += d[(size_t)i * nk + j];
+                gb[j] = (float)(acc * -lr / B);
+            }
         }
-        if (k < e->nd) {   /* F_{k+1} (n[k], n[k+1]): postsynaptic layer k */
+        if (k < e->nd && k + 1 <= e->nconv) {
+            /* G_{k+1}: d/dG <D_k, VJP_G(rho(s0_k))[rho(s0_{k+1})]> = d/dG <maxpool(conv_G(D_k)),
+             * rho(s0_{k+1})> at the argmax of conv_G(rho(s0_k)): the weight gradient of the
+             * routed rho(s0_{k+1}) against the input D_k (postsynaptic layer k) */
+            float lf = unit_lr ? 1.0f : e->lr[k + 1];
+            const float *G = soma__param_value(net, e->fb[k + 1]);
+            conv_pool(r, k + 1, e->pooled, e->idxg, e->r0.s[k], G, NULL, B);
+            conv_wgrad(r, k + 1, soma__param_grad(net, e->fb[k + 1]), NULL, e->r0.s[k + 1], e->idxg,
+                       -lf / B, d, G, B);
+        } else if (k < e->nd) {   /* F_{k+1} (n[k], n[k+1]): postsynaptic layer k */
             int nn = e->n[k + 1];
             float lf = unit_lr ? 1.0f : e->lr[k + 1];
             soma_gemm(1, 0, nk, nn, B, -lf / B, d, nk, e->r0.s[k + 1], nn, 0.0f,
@@ -459,11 +651,16 @@ static void ep_update(soma_rule *r, const int32_t *y, int B, float beta, int uni
 
 /* ---- train / predict ------------------------------------------------------- */
 
-static soma_status check_targets(const soma_batch *b)
+static soma_status check_targets(const soma_rule *r, const soma_batch *b)
 {
     if (b->target)
         return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ep trains classifiers; regression targets "
                           "are not supported");
+    /* the conv kernels use the net's workspace, one slice per thread */
+    const ep_state *e = r->state;
+    if (e->nconv && soma_get_threads() > r->net->ws_threads)
+        return soma__fail(SOMA_ERR_ARG, "thread count raised to %d after the net was prepared for %d",
+                          soma_get_threads(), r->net->ws_threads);
     return SOMA_OK;
 }
 
@@ -515,7 +712,7 @@ static soma_status ep_train_batch(soma_rule *r, const soma_batch *b, float lr, s
 {
     ep_state *e = r->state;
     const soma_rule_config *c = &r->cfg;
-    soma_status s = check_targets(b);
+    soma_status s = check_targets(r, b);
     if (s) return s;
     if (c->ep_random_sign && !rng)
         return soma__fail(SOMA_ERR_ARG, "EP random sign needs an rng");
@@ -559,7 +756,7 @@ static soma_status ep_predict(soma_rule *r, const soma_batch *b, const float **s
                               soma_step_stats *st)
 {
     ep_state *e = r->state;
-    soma_status s = check_targets(b);
+    soma_status s = check_targets(r, b);
     if (s) return s;
     ep_batch_inputs(r, b);
     int steps = r->cfg.ep_eval_steps ? r->cfg.ep_eval_steps : r->cfg.ep_free_steps;
@@ -588,7 +785,11 @@ soma_status soma_ep_diagnostics(soma_rule *r, soma_ep_diag *d, int reset)
         const float *W = soma__param_value(net, e->w[k]);        /* (n[k], n[k-1]) */
         int nk = e->n[k], np = e->n[k - 1];
         double tr = 0;
-        if (e->fb[k] >= 0) {                                      /* tr(W_k F_k), F_k (n[k-1], n[k]) */
+        if (k <= e->nconv) {                                      /* <W_k, G_k> (classic: |W_k|^2) */
+            const float *G = e->fb[k] >= 0 ? soma__param_value(net, e->fb[k]) : W;
+            size_t nw = net->params.p[e->w[k]].n;
+            for (size_t i = 0; i < nw; i++) tr += (double)W[i] * G[i];
+        } else if (e->fb[k] >= 0) {                                      /* tr(W_k F_k), F_k (n[k-1], n[k]) */
             const float *F = soma__param_value(net, e->fb[k]);
             for (int i = 0; i < nk; i++)
                 for (int j = 0; j < np; j++) tr += (double)W[(size_t)i * np + j] * F[(size_t)j * nk + i];
@@ -686,7 +887,11 @@ soma_status soma_ep_grad_angle(soma_rule *r, const soma_batch *b, double *degree
     if (b->c * b->h * b->w != e->n[0])
         return soma__fail(SOMA_ERR_SHAPE, "batch samples have %d values, net expects %d",
                           b->c * b->h * b->w, e->n[0]);
-    if ((s = check_targets(b))) return s;
+    if ((s = check_targets(r, b))) return s;
+    if (e->nconv)
+        return soma__fail(SOMA_ERR_UNSUPPORTED, "soma_ep_grad_angle: recurrent backprop is "
+                          "implemented for dense nets only; '%s' has conv layers",
+                          soma_net_spec(net));
     for (int i = 0; i < b->n; i++)
         if (b->y[i] < 0 || b->y[i] >= e->C)
             return soma__fail(SOMA_ERR_ARG, "label %d of sample %d outside 0..%d", b->y[i], i, e->C - 1);

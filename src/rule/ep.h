@@ -14,14 +14,20 @@
 typedef struct ep_set { float *s[EP_MAXL + 1]; } ep_set;
 
 typedef struct ep_state {
-    int L;                      /* dense layers of the net */
+    int L;                      /* weighted layers of the net: conv layers, then dense */
     int nd;                     /* dynamical layers: L (mse output) or L - 1 (ce readout) */
     int ce;                     /* softmax readout: dense layer L maps s_nd to logits */
     int C;                      /* net outputs */
-    int n[EP_MAXL + 1];         /* n[0] inputs, n[k] units of dense layer k (1-based) */
-    int w[EP_MAXL + 1], b[EP_MAXL + 1]; /* param indices of dense layer k */
-    int fb[EP_MAXL + 1];        /* general: param index of the feedback matrix
-                                   (n[k-1], n[k]) carrying rho(s_k) to layer k-1, k = 2..nd; -1 */
+    int n[EP_MAXL + 1];         /* n[0] inputs, n[k] units of layer k (1-based; a conv
+                                   layer's: its pooled output C x PH x PW) */
+    int w[EP_MAXL + 1], b[EP_MAXL + 1]; /* param indices of layer k */
+    int layer[EP_MAXL + 1];     /* net layer index of layer k (the dense or conv layer) */
+    int pool[EP_MAXL + 1];      /* conv layer k: net index of its max pool; dense: -1 */
+    int nconv;                  /* conv layers (k = 1..nconv) */
+    int fb[EP_MAXL + 1];        /* general: param index of the feedback weight carrying
+                                   rho(s_k) to layer k-1, k = 2..nd; -1.  Dense layer k:
+                                   a matrix (n[k-1], n[k]); conv layer k: a kernel shaped as
+                                   W_k, applied as maxpool(conv) and its transposed conv */
     int particles;              /* buffer index of "ep.particles" (P, S), -1 */
     size_t S;                   /* floats per sample over the dynamical layers */
     float lr[EP_MAXL + 1];      /* per-layer factors, [1..L] */
@@ -37,8 +43,15 @@ typedef struct ep_state {
     float *logits, *probs, *dl; /* (max_batch, C) */
     float *onehot;              /* (max_batch, C) */
     float *gsave;               /* soma_ep_grad_angle: the EP update, (params) */
+    float *z;                   /* conv: un-pooled scratch, (max_batch, max C x OH x OW) */
+    float *pooled;              /* conv: pooled scratch, (max_batch, max n) */
     float *block;               /* one allocation holding all of the above */
     size_t floats;              /* its size */
+    int32_t *idx[EP_MAXL + 1];  /* conv layer k: max-pool argmax of conv_k(rho(s_{k-1})) + b_k
+                                   at the iterate a step starts from, (max_batch, n[k]) */
+    int32_t *idxg;              /* conv feedback: argmax of conv_G(rho(s_k)), (max_batch, max n) */
+    int32_t *iblock;            /* one allocation holding the argmaxes */
+    size_t ints;                /* its size */
     float beta_used;            /* signed beta of the last one-sided update */
     double res_free, res_nudge; /* residuals of the last batch */
     double sum_free, sum_nudge, max_free;
