@@ -1052,7 +1052,7 @@ typedef struct soma_rule_config {
     int               ep_particles;   /* > 0: persistent free states ("particles") for
                                          dataset indices 0..ep_particles-1 (classic EP) */
     soma_ep_fb_init   ep_fb_init;     /* general variant: feedback start (default random) */
-    int               ep_n_lrs;       /* 0: every layer 1; else one factor per dense layer */
+    int               ep_n_lrs;       /* 0: every layer 1; else one factor per dense or conv layer */
     float             ep_lrs[SOMA_EP_MAX_LAYERS]; /* per-layer learning-rate factors, input
                                          side first; a feedback matrix uses its pair's */
     float             ep_tol;         /* > 0: a batch whose free phase ends with RMS |mu|
@@ -1177,7 +1177,7 @@ soma_status soma_ide_diagnostics(soma_rule *r, soma_ide_diag *d, int reset);
  * batches since the last reset (and the worst free phase).  reset != 0
  * clears the residual counters after reading. */
 typedef struct soma_ep_diag {
-    int     pairs;                        /* entries of align (dense layers 2..) */
+    int     pairs;                        /* entries of align (dense or conv layers 2..) */
     double  align[SOMA_EP_MAX_LAYERS];
     double  res_free, res_nudge, res_free_max;
     int64_t batches, unconverged;         /* batches seen; free phases above ep_tol */
