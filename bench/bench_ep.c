@@ -28,11 +28,11 @@
  *   k=1  (B,784)x(784,512)   (B,512)x(512,512)
  *   k=2  (B,512)x(512,512)   (B,10)x(10,512)
  *   k=3  (B,512)x(512,10)
- * = 2L-1 = 5 GEMMs, 2B(784*512 + 2*512*512 + 2*512*10) = 37.4 MFLOP (ep_step
- * runs every layer's drive first, then the feedbacks with the clipped steps;
- * the reference keeps that order).  Nothing is hoisted out of the
- * relaxation: the input layer's W_1 rho(x) + b_1 is constant over every
- * phase of a batch but is recomputed each step (43% of a step's FLOPs).  A batch runs FREE + phases * NUDGE steps (phases 1, or 2
+ * but the input layer's W_1 rho(x) + b_1 is constant over every phase of a
+ * batch (x clamped, weights fixed), so ep.c forms it once per batch: 2L-2 = 4
+ * GEMMs per step, 2B(2*512*512 + 2*512*10) = 21.4 MFLOP (ep_step runs every
+ * drive first, then the feedbacks with the clipped steps; the reference keeps
+ * that order).  A batch runs FREE + phases * NUDGE steps (phases 1, or 2
  * when symmetric), then the update (ep_update, eq. 56) does 2L-1 = 5 more,
  * dW_k = D_k^T rho(s0_{k-1}) (512,B)x(B,784) (512,B)x(B,512) (10,B)x(B,512)
  * and dF_{k+1} = D_k^T rho(s0_{k+1}) (512,B)x(B,512) (512,B)x(B,10).
@@ -43,8 +43,9 @@
  * matrix as in training; effective GFLOP/s = GEMM FLOPs / batch time, and
  * ratio = sgemm time / batch time = the fraction of the pure-GEMM rate that
  * a whole training batch keeps (elementwise work, clipping, residuals,
- * loader and optimizer included).  If ep.c changes its schedule (hoisting
- * W_1 x, say), ref_plan_build() must follow.
+ * loader and optimizer included); the per-batch products (layer 1's drive,
+ * the update) are timed once per batch.  If ep.c changes its schedule,
+ * ref_plan_build() must follow.
  *
  * Timing: every variant has its own net, rule and loader; after one warm-up
  * batch of each, the REPEATS repeats are interleaved (repeat r of general's
@@ -155,7 +156,7 @@ typedef struct gemm_op {
 } gemm_op;
 
 typedef struct ref_plan {
-    gemm_op step[2 * MAXL], update[2 * MAXL];
+    gemm_op step[2 * MAXL], update[2 * MAXL + 1];
     int n_step, n_update;
     double step_flops, update_flops;
     float *bufs[64];
@@ -190,8 +191,10 @@ static int ref_plan_build(ref_plan *p, const int *n, int L, int B)
                        !(gF[k] = ref_buf(p, n[k - 1], n[k], 60 + k))))
             return 1;
     }
-    /* ep_step's pass 1: every drive a_k = rho_{k-1} W_k^T (+ b_k, elementwise) */
-    for (int k = 1; k <= L; k++)
+    /* once per batch: layer 1's drive a_1 = rho(x) W_1^T (+ b_1) */
+    p->update[p->n_update++] = (gemm_op){ 0, 1, B, n[1], n[0], rho[0], W[1], a[1], 0.0f };
+    /* ep_step's pass 1: the other drives a_k = rho_{k-1} W_k^T (+ b_k, elementwise) */
+    for (int k = 2; k <= L; k++)
         p->step[p->n_step++] = (gemm_op){ 0, 1, B, n[k], n[k - 1], rho[k - 1], W[k], a[k], 0.0f };
     /* pass 2: a_k += rho_{k+1} F_{k+1}^T below the top (then the clipped step) */
     for (int k = 1; k < L; k++)

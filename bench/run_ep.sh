@@ -45,22 +45,25 @@ done
 field() { v=$(echo "$1" | sed -nE "s/.* $2=([^ ]+).*/\1/p"); echo "${v:--}"; }
 # a / b to 2 decimals, "-" unless both are numbers
 div() { case "$1$2" in *-*|'') echo - ;; *) awk "BEGIN{printf \"%.2f\", $1/$2}" ;; esac; }
-line() { grep "^$1 ep variant=$2 .* threads=$3 " "$out"; }
+line() { grep "^$1 ep variant=$2 .* threads=$3 " "$out" | grep -- "${4:-}" ; }
 
 echo
 echo "EP summary (ms = one training batch of 20, median; sgemm = fraction of the OpenBLAS sgemm rate"
-echo "on the same GEMM sequence that soma's whole batch keeps; speedup = torch/soma batch time, > 1:"
-echo "soma faster; rss: peak MiB of the process, both settings)"
-printf '%-8s %7s %6s %8s %6s %9s %8s %8s %9s\n' variant threads euler soma_ms sgemm torch_ms \
-    speedup soma_rss torch_rss
+echo "on the same GEMM sequence that soma's whole batch keeps; torch: the input layer's drive"
+echo "recomputed every Euler step, as the papers' code, and torch/h: formed once per batch, as soma;"
+echo "speedup = torch/soma batch time, > 1: soma faster; rss: peak MiB of the process, both settings)"
+printf '%-8s %7s %6s %8s %6s %9s %8s %9s %8s %8s %9s\n' variant threads euler soma_ms sgemm torch_ms \
+    speedup torch/h_ms speedup soma_rss torch_rss
 for threads in 1 2; do
     for v in general fast; do
-        s=$(line soma $v $threads); t=$(line torch $v $threads)
+        s=$(line soma $v $threads); t=$(line torch $v $threads impl=loop); th=$(line torch $v $threads impl=hoist)
         [ -n "$s" ] || continue
-        tm=-; trss=-
+        tm=-; thm=-; trss=-
         if [ -n "$t" ]; then tm=$(field "$t" step_ms); trss=$(field "$t" peak_rss_mib); fi
+        [ -n "$th" ] && thm=$(field "$th" step_ms)
         sm=$(field "$s" step_ms)
-        printf '%-8s %7s %6s %8s %6s %9s %8s %8s %9s\n' $v $threads "$(field "$s" euler_steps)" \
-            "$sm" "$(field "$s" ratio)" "$tm" "$(div "$tm" "$sm")" "$(field "$s" peak_rss_mib)" "$trss"
+        printf '%-8s %7s %6s %8s %6s %9s %8s %9s %8s %8s %9s\n' $v $threads "$(field "$s" euler_steps)" \
+            "$sm" "$(field "$s" ratio)" "$tm" "$(div "$tm" "$sm")" "$thm" "$(div "$thm" "$sm")" \
+            "$(field "$s" peak_rss_mib)" "$trss"
     done
 done

@@ -95,13 +95,18 @@ def init_params(fb, seed=0):
     return Params(W, b, F)
 
 
-def ep_step(P, rx, s, beta, onehot, eps):
-    """One synchronous clipped Euler step: a new list of states."""
+def ep_step(P, rx, s, beta, onehot, eps, d1=None):
+    """One synchronous clipped Euler step: a new list of states.  d1: the
+    input layer's drive W_1 rho(x) + b_1 formed once per batch (soma does),
+    else recomputed every step (as the papers' code)."""
     L = len(s)
     r = [rx] + [rho(sk) for sk in s]
     out = []
     for k in range(L):
-        a = torch.addmm(P.b[k], r[k], P.W[k].t())        # W_k rho(s_{k-1}) + b_k
+        if k == 0 and d1 is not None:
+            a = d1.clone()
+        else:
+            a = torch.addmm(P.b[k], r[k], P.W[k].t())    # W_k rho(s_{k-1}) + b_k
         if k + 1 < L:
             a.addmm_(r[k + 2], P.F[k + 1].t())           # + F_{k+1} rho(s_{k+1})
         elif beta != 0.0:
@@ -110,14 +115,14 @@ def ep_step(P, rx, s, beta, onehot, eps):
     return out
 
 
-def relax(P, rx, s, steps, beta, onehot, eps=EPS):
+def relax(P, rx, s, steps, beta, onehot, eps=EPS, d1=None):
     """steps Euler steps from s (None: zeros); the end states and the RMS
     projected |mu| of the last step (as soma's residual)."""
     if s is None:
         s = [rx.new_zeros(rx.shape[0], n) for n in SIZES[1:]]
     res = 0.0
     for t in range(steps):
-        new = ep_step(P, rx, s, beta, onehot, eps)
+        new = ep_step(P, rx, s, beta, onehot, eps, d1)
         if t == steps - 1:
             ss = sum(((n - o) / eps).pow(2).sum().item() for n, o in zip(new, s))
             res = (ss / (rx.shape[0] * sum(SIZES[1:]))) ** 0.5
@@ -153,15 +158,16 @@ def sgd(P, g, lr=LR):
             P.F[k].sub_(gF[k], alpha=lr)
 
 
-def train_batch(P, x, y, cfg, lrs=LRS):
+def train_batch(P, x, y, cfg, lrs=LRS, hoist=False):
     """One EP training batch; the free-point mse loss (soma's: mean over
     samples and classes), the free residual, the states and the update."""
     rx = rho(x)
     onehot = torch.zeros(x.shape[0], SIZES[-1], dtype=x.dtype).scatter_(1, y.view(-1, 1), 1.0)
-    s0, res0 = relax(P, rx, None, cfg["free"], 0.0, onehot)
+    d1 = torch.addmm(P.b[0], rx, P.W[0].t()) if hoist else None
+    s0, res0 = relax(P, rx, None, cfg["free"], 0.0, onehot, d1=d1)
     loss = (s0[-1] - onehot).pow(2).mean().item()
-    sp, _ = relax(P, rx, s0, cfg["nudge"], cfg["beta"], onehot)
-    sm = relax(P, rx, s0, cfg["nudge"], -cfg["beta"], onehot)[0] if cfg["symmetric"] else None
+    sp, _ = relax(P, rx, s0, cfg["nudge"], cfg["beta"], onehot, d1=d1)
+    sm = relax(P, rx, s0, cfg["nudge"], -cfg["beta"], onehot, d1=d1)[0] if cfg["symmetric"] else None
     g = ep_update(rx, s0, sp, sm, cfg["beta"], lrs)
     sgd(P, g)
     return loss, res0, (s0, sp, sm), g
@@ -170,8 +176,8 @@ def train_batch(P, x, y, cfg, lrs=LRS):
 class Run:
     """One variant: its parameters and its own shuffled stream of batches."""
 
-    def __init__(self, name, cfg, data):
-        self.name, self.cfg = name, cfg
+    def __init__(self, name, cfg, data, hoist):
+        self.name, self.cfg, self.hoist = name, cfg, hoist
         self.x, self.y = data
         self.batches = Shuffle(self.x.shape[0], B, torch.Generator().manual_seed(0))
         self.P = init_params(cfg["fb"])
@@ -181,7 +187,7 @@ class Run:
     def step(self):
         idx = self.batches.next()
         xb = self.x[idx].float().div_(255.0)   # as soma's loader: float32 v / 255
-        self.loss, res, _, _ = train_batch(self.P, xb, self.y[idx], self.cfg)
+        self.loss, res, _, _ = train_batch(self.P, xb, self.y[idx], self.cfg, hoist=self.hoist)
         self.res.append(res)
 
 
@@ -196,7 +202,7 @@ def bench(argv):
         cfgs["general"]["free"] = free
     if nudge:
         cfgs["general"]["nudge"] = nudge
-    runs = [Run(name, cfgs[name], (x, y)) for name in ("general", "fast")]
+    runs = [Run(name, cfgs[name], (x, y), hoist) for name in ("general", "fast") for hoist in (False, True)]
     with torch.no_grad():
         for r in runs:   # warm-up: one batch each
             r.step()
@@ -209,7 +215,7 @@ def bench(argv):
         step_s = sort_median(r.times)
         c = r.cfg
         phases = 2 if c["symmetric"] else 1
-        print(f"torch ep variant={r.name} net={'-'.join(map(str, SIZES))} batch={B} threads={threads} "
+        print(f"torch ep variant={r.name} impl={'hoist' if r.hoist else 'loop'} net={'-'.join(map(str, SIZES))} batch={B} threads={threads} "
               f"free={c['free']} nudge={c['nudge']} phases={phases} steps={steps} repeats={repeats} "
               f"euler_steps={c['free'] + phases * c['nudge']} step_ms={step_s * 1e3:.3f} "
               f"min_ms={r.times[0] * 1e3:.3f} samples_per_s={B / step_s:.1f} "

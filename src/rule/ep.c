@@ -375,7 +375,7 @@ static soma_status ep_init(soma_rule *r, int max_batch)
     size_t pooled = (size_t)maxn;
     for (int k = 0; k <= e->L; k++) if (e->n[k] > maxn) maxn = e->n[k];
     size_t B = (size_t)max_batch;
-    e->floats = 12 * B * e->S + B * e->n[0] + 2 * B * maxn + 4 * B * e->C + net->params.total +
+    e->floats = 12 * B * e->S + B * e->n[0] + B * e->n[1] + 2 * B * maxn + 4 * B * e->C + net->params.total +
                 B * zmax + B * pooled;
     float *p = soma__malloc_aligned(e->floats * sizeof(float));
     if (!p) return SOMA_ERR_NOMEM;
@@ -385,6 +385,7 @@ static soma_status ep_init(soma_rule *r, int max_batch)
                        &e->rr, &e->tmp, &e->adj[0], &e->adj[1] };
     for (size_t i = 0; i < sizeof sets / sizeof *sets; i++) set_alloc(sets[i], &p, e->n, e->nd, max_batch);
     e->rx = p;     p += B * e->n[0];
+    e->drive1 = p; p += B * e->n[1];
     e->drho = p;   p += B * maxn;
     e->g = p;      p += B * maxn;
     e->logits = p; p += B * e->C;
@@ -445,6 +446,17 @@ static void readout(soma_net *net, ep_state *e, const float *rho_nd, int B)
 
 /* One synchronous Euler step o <- clip(s + eps mu^beta(s), 0, 1).  Returns
  * the sum over units and samples of ((o - s) / eps)^2 (projected |mu|^2). */
+/* out = layer_k(in): dense W_k in + b_k, or conv maxpool(conv(in; W_k) + b_k) with its
+ * argmax into idx[k] */
+static void drive(soma_rule *r, int k, float *out, const float *in, int B)
+{
+    ep_state *e = r->state;
+    soma_net *net = r->net;
+    const float *W = soma__param_value(net, e->w[k]), *bk = soma__param_value(net, e->b[k]);
+    if (k <= e->nconv) conv_pool(r, k, out, e->idx[k], in, W, bk, B);
+    else soma_dense_forward(out, in, W, bk, B, e->n[k - 1], e->n[k]);
+}
+
 static double ep_step(soma_rule *r, ep_set *o, const ep_set *s, int B, float beta)
 {
     ep_state *e = r->state;
@@ -456,13 +468,10 @@ static double ep_step(soma_rule *r, ep_set *o, const ep_set *s, int B, float bet
     set_rho(e, &e->rr, s, B, act);
     /* pass 1, o = drive from below: layer_k(rho(s_{k-1})), dense W_k rho(s_{k-1}) + b_k or
      * conv maxpool(conv(rho(s_{k-1}); W_k) + b_k), whose argmax at this iterate goes to
-     * idx[k] (recomputed every step: the feedback below routes through it) */
-    for (int k = 1; k <= e->nd; k++) {
-        const float *in = k == 1 ? e->rx : e->rr.s[k - 1];
-        const float *W = soma__param_value(net, e->w[k]), *bk = soma__param_value(net, e->b[k]);
-        if (k <= e->nconv) conv_pool(r, k, o->s[k], e->idx[k], in, W, bk, B);
-        else soma_dense_forward(o->s[k], in, W, bk, B, e->n[k - 1], e->n[k]);
-    }
+     * idx[k] (recomputed every step: the feedback below routes through it); layer 1's
+     * input is the clamped x, so its drive was formed once for the batch */
+    memcpy(o->s[1], e->drive1, (size_t)B * e->n[1] * sizeof(float));
+    for (int k = 2; k <= e->nd; k++) drive(r, k, o->s[k], e->rr.s[k - 1], B);
     /* pass 2: + feedback from above, the nudge, the clipped Euler step */
     for (int k = 1; k <= e->nd; k++) {
         int nk = e->n[k];
@@ -534,11 +543,13 @@ static double ep_relax(soma_rule *r, ep_set *dst, const ep_set *src, int B, int 
     return sqrt(ss / ((double)B * (double)e->S));
 }
 
-/* rho(x) and the one-hot targets of batch b */
+/* rho(x), its drive of layer 1 (the weights are fixed until the batch's
+ * update) and the one-hot targets of batch b */
 static void ep_batch_inputs(soma_rule *r, const soma_batch *b)
 {
     ep_state *e = r->state;
     soma_act_forward(e->rx, b->x, (size_t)b->n * e->n[0], r->net->act);
+    drive(r, 1, e->drive1, e->rx, b->n);
     memset(e->onehot, 0, (size_t)b->n * e->C * sizeof(float));
     for (int i = 0; i < b->n; i++) e->onehot[(size_t)i * e->C + b->y[i]] = 1.0f;
 }

@@ -38,6 +38,9 @@ typedef struct ep_state {
     ep_set adj[2];              /* soma_ep_grad_angle: adjoint ping-pong */
     ep_set tmp;                 /* per-layer scratch (the update's state difference) */
     float *rx;                  /* rho(x), (max_batch, n[0]) */
+    float *drive1;              /* layer_1(rho(x)), (max_batch, n[1]): constant while the
+                                   input is clamped and the weights fixed, so formed once
+                                   per batch (idx[1] with it, for a conv layer 1) */
     float *drho;                /* (max_batch, max n): rho'(s_k) in a step */
     float *g;                   /* (max_batch, max n): readout force dC/d rho(s_nd) */
     float *logits, *probs, *dl; /* (max_batch, C) */
