@@ -673,7 +673,7 @@ static void bad_input(void)
             { "conv3x2-fc4",           1, { "conv layer 0", "no max pool" } },
             { "conv3x2-pool2-fc4",     1, { "conv layer 0", "convKxC[sS][pP]mM" } },
             { "conv3x2m2-pool2-fc4",   1, { "layer 3", "max pooling after the activation" } },
-            { "conv3x2-avgpool2-fc4",  1, { "layer 2", "average pooling" } },
+            { "conv3x2-avgpool2-fc4",  1, { "layer 2", "avgpool" } },
             { "conv3x2-bn-pool2-fc4",  1, { "layer 1", "batchnorm" } },
             { "conv3x2m2-drop0.5-fc4", 1, { "layer 3", "dropout" } },
             { "6-5-bn-3",              0, { "layer 1", "batchnorm" } },

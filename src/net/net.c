@@ -23,6 +23,11 @@ static const char *const layer_names[SOMA_LAYER_COUNT] = {
     [SOMA_LAYER_CELL] = "cell",
 };
 
+const char *soma__layer_kind_name(soma_layer_kind k)
+{
+    return (unsigned)k < SOMA_LAYER_COUNT && layer_names[k] ? layer_names[k] : "?";
+}
+
 void soma_net_options_default(soma_net_options *o)
 {
     memset(o, 0, sizeof *o);

@@ -130,6 +130,8 @@ static inline float *soma__param_grad(soma_net *n, int i) { return n->params.gra
 
 /* A rule's own tensors, added in its init (see net.c). */
 int soma__net_add_tensor(soma_net *n, int is_param, const char *name, int ndim, const int64_t *shape);
+/* "dense", "conv", "maxpool", ... (the names soma_net_describe prints) */
+const char *soma__layer_kind_name(soma_layer_kind k);
 /* Makes room for `floats` more values in a store, so the tensors added next
  * (up to that size) need no reallocation: one block, not a heap of freed
  * copies (a rule adding a tensor per parameter calls it first). */

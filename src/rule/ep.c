@@ -138,18 +138,6 @@ static soma_status check_config(const soma_rule_config *c, int L, const char *sp
     return SOMA_OK;
 }
 
-static const char *layer_kind_name(soma_layer_kind k)
-{
-    switch (k) {
-    case SOMA_LAYER_CONV: return "a convolution";
-    case SOMA_LAYER_MAXPOOL: return "max pooling";
-    case SOMA_LAYER_AVGPOOL: return "average pooling";
-    case SOMA_LAYER_DROPOUT: return "dropout";
-    case SOMA_LAYER_BATCHNORM: return "batchnorm";
-    default: return "unsupported";
-    }
-}
-
 /* Finds tensor `name` in the param (is_param) or buffer store, or adds it.
  * Returns its index (>= 0) and sets *created; < 0 is an error status. */
 static int find_or_add(soma_net *n, int is_param, const char *name, int ndim, const int64_t *shape,
@@ -266,7 +254,7 @@ static soma_status ep_init(soma_rule *r, int max_batch)
         if (k != SOMA_LAYER_ACT && k != SOMA_LAYER_FLATTEN && k != SOMA_LAYER_DENSE &&
             k != SOMA_LAYER_CONV && k != SOMA_LAYER_MAXPOOL)
             return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ep runs over convKxC[sS][pP]mM and dense "
-                              "layers; layer %d of '%s' is %s", i, spec, layer_kind_name(k));
+                              "layers; layer %d of '%s' is %s", i, spec, soma__layer_kind_name(k));
     }
     for (int i = 0; i < net->n_layers; i++) {
         const soma_layer *l = &net->layers[i];

@@ -5,9 +5,9 @@
  * Net: dense and conv layers, each followed by a LIF/IF cell (a max pool
  * may sit between the two, I_t = pool(conv(S_t)), or after the cell, on its
  * spikes), flatten between conv and dense; the output layer is a spiking
- * cell (--readout spike) whose spike counts are the prediction.  soma's
- * spec puts a conv's cell before a following pool (conv-LIF-pool); both
- * orders are carried.  Forward: T steps of the net (soma_net_step, direct
+ * cell (--readout spike) whose spike counts are the prediction.  Both
+ * orders are carried: convKxCmM is conv-pool-LIF (the seed's), convKxC-poolM
+ * conv-LIF-pool.  Forward: T steps of the net (soma_net_step, direct
  * or any encoding), every step kept (window T: memory O(T), as BPTT; LFP
  * is not an online method).
  *
@@ -55,16 +55,6 @@ typedef struct lfp_snn {
     int    lowest;         /* the lowest dense/conv layer */
 } lfp_snn;
 
-static const char *kind_name(soma_layer_kind k)
-{
-    static const char *const names[SOMA_LAYER_COUNT] = {
-        [SOMA_LAYER_DENSE] = "dense", [SOMA_LAYER_CONV] = "conv", [SOMA_LAYER_MAXPOOL] = "maxpool",
-        [SOMA_LAYER_AVGPOOL] = "avgpool", [SOMA_LAYER_FLATTEN] = "flatten", [SOMA_LAYER_ACT] = "act",
-        [SOMA_LAYER_DROPOUT] = "dropout", [SOMA_LAYER_BATCHNORM] = "batchnorm", [SOMA_LAYER_CELL] = "cell",
-    };
-    return (unsigned)k < SOMA_LAYER_COUNT && names[k] ? names[k] : "?";
-}
-
 /* 1 if the dense/conv layer i feeds a cell, directly or through max pools */
 static int feeds_cell(const soma_net *n, int i)
 {
@@ -103,7 +93,7 @@ soma_status soma__lfp_snn_init(soma_rule *r, int max_batch, void **out)
             k != SOMA_LAYER_MAXPOOL && k != SOMA_LAYER_FLATTEN)
             return soma__fail(SOMA_ERR_UNSUPPORTED, "rule lfp on spiking nets: layer %d (%s) is not "
                               "served (LFP through time carries dense, conv, maxpool, flatten and "
-                              "lif/if cell layers)", i, kind_name(k));
+                              "lif/if cell layers)", i, soma__layer_kind_name(k));
     }
     int cells = 0;
     for (int i = 0; i < net->n_layers; i++) {
@@ -122,7 +112,7 @@ soma_status soma__lfp_snn_init(soma_rule *r, int max_batch, void **out)
                 return soma__fail(SOMA_ERR_UNSUPPORTED, "rule lfp: recurrent layer %d is not served", i);
             if (!feeds_cell(net, i))
                 return soma__fail(SOMA_ERR_UNSUPPORTED, "rule lfp: %s layer %d must feed a cell "
-                                  "(give --readout spike)", kind_name(l->kind), i);
+                                  "(give --readout spike)", soma__layer_kind_name(l->kind), i);
         }
     }
     if (cells > SOMA_LFP_SNN_MAX_CELLS)

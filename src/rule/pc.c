@@ -488,12 +488,9 @@ static soma_status pc_init(soma_rule *r, int max_batch)
         } else if (l->kind == SOMA_LAYER_DROPOUT && l->p == 0) {
             continue;
         } else if (l->kind != SOMA_LAYER_ACT && l->kind != SOMA_LAYER_FLATTEN) {
-            static const char *const kn[] = { "dense", "conv", "maxpool", "avgpool", "flatten",
-                                              "act", "dropout", "batchnorm", "cell" };
             return soma__fail(SOMA_ERR_UNSUPPORTED, "rule pc: layer %d is a %s; pc supports "
                               "dense, conv, activation and flatten layers (net '%s')", i,
-                              (unsigned)l->kind < sizeof kn / sizeof *kn ? kn[l->kind] : "?",
-                              soma_net_spec(n));
+                              soma__layer_kind_name(l->kind), soma_net_spec(n));
         }
     }
     int last = n->layers[n->n_layers - 1].kind;
