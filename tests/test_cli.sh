@@ -188,6 +188,9 @@ expect 2 "uniform" -- $SOMA train $D --net 784-ltc16-10 --rule fptt --T 3 --ltc-
 
 # --- dry run prints the memory plan -----------------------------------------
 expect 0 "activations" -- $SOMA train $D --net 784-512-512-10 --dry-run
+# rule ide takes a static current or spike frames, not the spiking encoders
+expect 1 "not encoding poisson" -- $SOMA train $D --rule ide --encoding poisson --T 4 --net 784-10-10 --dry-run
+expect 2 "1 channels are not T = 4 frames" -- $SOMA train $D --rule ide --encoding frames --T 4 --net 784-10-10 --dry-run
 
 # --- real data (full mode, after make data) --------------------------------
 if [ "$MODE" = full ] && [ -f data/mnist/train-labels-idx1-ubyte ]; then
@@ -201,6 +204,12 @@ if [ "$MODE" = full ] && [ -f data/nmnist/train1K.txt ]; then
     expect 0 "test accuracy" -- $SOMA train $N --net 2312-r32-10 --epochs 1 --opt adam --lr 0.002 --save $T/n.st
     expect 0 "confusion matrix" -- $SOMA eval --ckpt $T/n.st --data nmnist
     expect 2 "encoding frames" -- $SOMA train --data nmnist --net 2312-10 --quiet --metrics $T/n.jsonl
+    # rule ide on spike input: the rate net takes one 2x34x34 frame, the rule runs the T steps
+    I="--data nmnist --rule ide --encoding frames --T 4 --batch 50 --train-limit 100 --test-limit 50 --quiet --metrics $T/i.jsonl"
+    expect 0 "test accuracy" -- $SOMA train $I --net conv5x8s2p1-bn-10 --ide-fb-k 3 --binary-frames --epochs 1 --save $T/i.st
+    expect 0 "confusion matrix" -- $SOMA eval --ckpt $T/i.st --data nmnist
+    expect 2 "does not match the data (2 x 34 x 34" -- $SOMA train $I --net 4624-100-10
+    expect 2 "or rule ide, with --encoding frames" -- $SOMA train --data nmnist --rule ide --net 2312-10 --quiet --metrics $T/i.jsonl
 fi
 
 echo "test_cli: $pass passed, $fail failed"

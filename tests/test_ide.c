@@ -17,7 +17,12 @@
  *  - Theorems 1-2 of the supplement: the IF rates approach the fixed point
  *    as T grows when |W|_2 < V_th; the LIF rates' gap stays bounded;
  *  - the solver's residual is reported (strict mode fails with it), bad
- *    input is rejected, a few SGD steps lower the loss.
+ *    input is rejected, a few SGD steps lower the loss;
+ *  - spike input (encoding frames): golden values of a conv + batchnorm LIF
+ *    net on T = 4 binary 2x6x6 frames (x-bar, rates, running statistics,
+ *    gradients); T equal frames reproduce the static-current path bit for
+ *    bit (every fixture); the memory plan does not grow with T; a frame
+ *    count that does not match T is rejected.
  * Float tolerances: every golden comparison is 1e-5 relative (atol 1e-6 or
  * 1e-7: entries near zero); the adjoint system is solved to ide_tol = 1e-7.
  * Finite differences: 1e-3 relative + 2e-6 absolute, because the rule's
@@ -48,6 +53,9 @@ static void config_from_meta(soma_rule_config *rc, const soma_st *st)
     rc->ide_tol = 1e-7f;
     if (soma_st_meta(st, "fb_k")) rc->ide_fb_k = atoi(soma_st_meta(st, "fb_k"));
 }
+
+/* spike-input fixtures: x holds T frames a sample (frame t contiguous) */
+static int is_frames(const soma_st *st) { return soma_st_meta(st, "frames") != NULL; }
 
 /* input shape (c, h, w) of a fixture: its in_c/in_h/in_w, else (n0, 1, 1) */
 static void in_shape(const soma_st *st, int *c, int *h, int *w)
@@ -80,6 +88,10 @@ static int build(const soma_st *st, soma_rule_config *rc, soma_net **net, soma_r
 {
     int c, h, w;
     in_shape(st, &c, &h, &w);
+    if (is_frames(st)) {
+        rc->encoding = SOMA_ENC_FRAMES;
+        rc->sample_size = rc->T * c * h * w;
+    }
     if (!CHECK(new_net_shape(net, soma_st_meta(st, "spec"), c, h, w))) return 0;
     if (!CHECK(soma_rule_new(rule, "ide", *net, rc, B) == SOMA_OK)) {
         fprintf(stderr, "%s\n", soma_last_error());
@@ -147,13 +159,19 @@ static void golden(const char *name)
     soma_rule *r;
     if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
     ide_state *e = r->state;
-    int ic, ih, iw;
+    int ic, ih, iw, nf = is_frames(st) ? rc.T : 1;
     in_shape(st, &ic, &ih, &iw);
-    CHECK((size_t)ic * ih * iw * B == nx);
-    soma_batch b = { .n = B, .c = ic, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
+    CHECK((size_t)ic * ih * iw * B * nf == nx);
+    soma_batch b = { .n = B, .c = ic * nf, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
     char lab[128];
     soma_step_stats sst = { 0 };
     CHECK(soma__ide_grad(r, &b, 1, &sst) == SOMA_OK);
+    if (nf > 1) {   /* spike input: the weighted average input f sees */
+        CHECK(e->frames == 1);
+        snprintf(lab, sizeof lab, "%s x-bar", name);
+        const float *xb = fx(st, "xbar", &n);
+        if (xb) check_close_f(lab, e->xbar, xb, n, 1e-6, 1e-7);
+    }
     /* F's batchnorm: running statistics updated once by the batch (notes 2.5) */
     for (int i = 0; i < soma_net_tensor_count(net); i++) {
         const char *tn;
@@ -547,6 +565,152 @@ static void conv_training(void)
     soma_st_free(st);
 }
 
+/* 1 when every buffer (running statistics, spectral-norm vectors) of a and b
+ * holds the same bits */
+static int same_buffers(soma_net *a, soma_net *b)
+{
+    if (soma_net_tensor_count(a) != soma_net_tensor_count(b)) return 0;
+    for (int i = 0; i < soma_net_tensor_count(a); i++) {
+        int pa, pb, nd;
+        int64_t sh[4];
+        const char *na, *nb;
+        float *va = soma_net_tensor(a, i, &na, &nd, sh, &pa);
+        float *vb = soma_net_tensor(b, i, &nb, NULL, NULL, &pb);
+        size_t n = 1;
+        for (int k = 0; k < nd; k++) n *= (size_t)sh[k];
+        if (pa != pb || strcmp(na, nb)) return 0;
+        if (!pa && memcmp(va, vb, n * sizeof(float))) return 0;
+    }
+    return 1;
+}
+
+/* Spike input with T equal frames x_t = x is the static-current path bit for
+ * bit: rates, gradients, running statistics and the spectral norm's vectors
+ * after one gradient, then the parameters after a few SGD steps and the
+ * predicted logits.  On every static fixture (dense IF, multi-layer LIF,
+ * conv + batchnorm LIF). */
+static void frames_equal_static(const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof path, "tests/fixtures/ide_%s.safetensors", name);
+    soma_st *st;
+    if (!CHECK(soma_st_read(&st, path) == SOMA_OK)) return;
+    soma_rule_config rs, rf;
+    config_from_meta(&rs, st);
+    config_from_meta(&rf, st);
+    size_t nx, ny;
+    const float *x = fx(st, "x", &nx);
+    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
+    int B = (int)ny, ic, ih, iw, T = rs.T;
+    in_shape(st, &ic, &ih, &iw);
+    size_t n0 = nx / ny;
+    rf.encoding = SOMA_ENC_FRAMES;
+    rf.sample_size = T * (int)n0;
+    soma_net *ns, *nf;
+    soma_rule *a, *f;
+    if (!build(st, &rs, &ns, &a, B)) { soma_st_free(st); return; }
+    if (!build(st, &rf, &nf, &f, B)) { soma_rule_free(a); soma_net_free(ns); soma_st_free(st); return; }
+    float *xf = malloc(nx * T * sizeof(float));
+    for (int s = 0; s < B; s++)
+        for (int t = 0; t < T; t++) memcpy(xf + ((size_t)s * T + t) * n0, x + s * n0, n0 * sizeof(float));
+    soma_batch bs = { .n = B, .c = ic, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
+    soma_batch bf = { .n = B, .c = ic * T, .h = ih, .w = iw, .x = xf, .y = (int32_t *)y };
+    ide_state *es = a->state, *ef = f->state;
+    size_t np = soma_net_param_floats(ns);
+    CHECK(ef->frames == 1 && es->frames == 0 && np == soma_net_param_floats(nf));
+    CHECK(soma__ide_grad(a, &bs, 1, NULL) == SOMA_OK);
+    CHECK(soma__ide_grad(f, &bf, 1, NULL) == SOMA_OK);
+    size_t mH = (size_t)B * es->n[es->H];
+    int same_x = !memcmp(ef->xbar, x, nx * sizeof(float));
+    int same_a = !memcmp(es->a, ef->a, mH * sizeof(float));
+    for (int k = 1; k <= es->H; k++)   /* the last membranes: every step's current, to the bit */
+        same_a = same_a && !memcmp(es->u[k], ef->u[k], (size_t)B * es->n[k] * sizeof(float));
+    int same_g = !memcmp(soma_net_param_grads(ns), soma_net_param_grads(nf), np * sizeof(float));
+    int same_b = same_buffers(ns, nf);
+    soma_rng rng;
+    soma_rng_seed(&rng, 1);
+    for (int k = 0; k < 3; k++) {
+        CHECK(soma_rule_train_batch(a, &bs, 0.05f, &rng, NULL) == SOMA_OK);
+        CHECK(soma_rule_train_batch(f, &bf, 0.05f, &rng, NULL) == SOMA_OK);
+    }
+    int same_w = !memcmp(soma_net_param_values(ns), soma_net_param_values(nf), np * sizeof(float));
+    const float *ls, *lf;
+    CHECK(soma_rule_predict(a, &bs, &ls, NULL) == SOMA_OK);
+    CHECK(soma_rule_predict(f, &bf, &lf, NULL) == SOMA_OK);
+    int same_l = !memcmp(ls, lf, (size_t)B * es->C * sizeof(float));
+    if (!CHECK(same_x && same_a && same_g && same_b && same_w && same_l))
+        fprintf(stderr, "%s: T equal frames vs static: x-bar %d rates+membranes %d grads %d buffers %d "
+                "weights %d logits %d (1 = bit-identical)\n", name, same_x, same_a, same_g, same_b,
+                same_w, same_l);
+    /* and frames that are not equal are not the static path (the frames reach the net) */
+    for (size_t i = 0; i < n0; i++) xf[i] = 0.0f;   /* sample 0, frame 0 */
+    CHECK(soma_rule_predict(f, &bf, &lf, NULL) == SOMA_OK);
+    CHECK(memcmp(ls, lf, (size_t)B * es->C * sizeof(float)) != 0);
+    free(xf);
+    soma_rule_free(a); soma_rule_free(f);
+    soma_net_free(ns); soma_net_free(nf);
+    soma_st_free(st);
+}
+
+/* Spike input: a few SGD steps lower the loss; the memory plan is the same
+ * for T = 4 and T = 64 (nothing per step is kept). */
+static void spike_training(void)
+{
+    soma_st *st;
+    if (!CHECK(soma_st_read(&st, "tests/fixtures/ide_spike.safetensors") == SOMA_OK)) return;
+    soma_rule_config rc;
+    config_from_meta(&rc, st);
+    size_t nx, ny;
+    const float *x = fx(st, "x", &nx);
+    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
+    int B = (int)ny, ic, ih, iw;
+    in_shape(st, &ic, &ih, &iw);
+    soma_net *net;
+    soma_rule *r;
+    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
+    soma_batch b = { .n = B, .c = ic * rc.T, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
+    soma_rng rng;
+    soma_rng_seed(&rng, 1);
+    double first = 0, last = 0;
+    for (int k = 0; k < 30; k++) {
+        soma_step_stats s = { 0 };
+        if (!CHECK(soma_rule_train_batch(r, &b, 0.05f, &rng, &s) == SOMA_OK)) {
+            fprintf(stderr, "%s\n", soma_last_error());
+            break;
+        }
+        if (k == 0) first = s.loss / s.n;
+        last = s.loss / s.n;
+    }
+    printf("  spike input, 30 SGD steps on one batch: loss %.4f -> %.4f\n", first, last);
+    CHECK(last < first);
+    /* a batch of static samples (one frame each) is refused by the rule API */
+    soma_batch one = b;
+    one.c = ic;
+    soma_step_stats s = { 0 };
+    CHECK(soma_rule_train_batch(r, &one, 0.05f, &rng, &s) == SOMA_ERR_SHAPE);
+    /* T changed after the rule was built: the frames no longer match */
+    r->cfg.T = 5;
+    const float *sc;
+    CHECK(soma_rule_predict(r, &b, &sc, NULL) == SOMA_ERR_ARG);
+    r->cfg.T = rc.T;
+    soma_mem_plan p4, p64;
+    soma_rule_plan(r, &p4);
+    soma_rule_free(r);
+    soma_net_free(net);
+    rc.T = 64;
+    rc.sample_size = 64 * ic * ih * iw;
+    if (CHECK(new_net_shape(&net, soma_st_meta(st, "spec"), ic, ih, iw))) {
+        if (CHECK(soma_rule_new(&r, "ide", net, &rc, B) == SOMA_OK)) {
+            soma_rule_plan(r, &p64);
+            CHECK(p64.total == p4.total && p64.activations == p4.activations);
+            printf("  spike input memory plan: %zu bytes at T = 4, %zu at T = 64\n", p4.total, p64.total);
+            soma_rule_free(r);
+        }
+        soma_net_free(net);
+    }
+    soma_st_free(st);
+}
+
 static soma_status try_rule(const char *spec, const soma_rule_config *rc)
 {
     soma_net *net;
@@ -637,6 +801,31 @@ static void bad_input(void)
             soma_net_free(net);
         }
     }
+    /* spike input: the frames must be T frames of the net's inputs */
+    {
+        struct { soma_encoding enc; int T, sample; soma_status want; const char *msg; } fs[] = {
+            { SOMA_ENC_FRAMES, 4, 4 * 6, SOMA_OK, NULL },
+            { SOMA_ENC_FRAMES, 4, 3 * 6, SOMA_ERR_ARG, "3 frames" },   /* T does not match */
+            { SOMA_ENC_FRAMES, 4, 0, SOMA_ERR_ARG, "T = 4 frames" },   /* sample size not given */
+            { SOMA_ENC_FRAMES, 4, 25, SOMA_ERR_ARG, "T = 4 frames" },  /* not whole frames */
+            { SOMA_ENC_DIRECT, 4, 6, SOMA_OK, NULL },
+            { SOMA_ENC_DIRECT, 4, 12, SOMA_ERR_ARG, "encoding frames" },
+            { SOMA_ENC_POISSON, 4, 6, SOMA_ERR_UNSUPPORTED, "poisson" },
+            { SOMA_ENC_SEQUENTIAL, 4, 1, SOMA_ERR_UNSUPPORTED, "sequential" },
+        };
+        for (size_t i = 0; i < sizeof fs / sizeof *fs; i++) {
+            soma_rule_config_default(&rc);
+            rc.encoding = fs[i].enc;
+            rc.T = fs[i].T;
+            rc.sample_size = fs[i].sample;
+            soma_status got = try_rule("6-5-3", &rc);
+            int msg_ok = !fs[i].msg || strstr(soma_last_error(), fs[i].msg) != NULL;
+            if (!CHECK(got == fs[i].want && msg_ok))
+                fprintf(stderr, "spike input case %zu: status %d, want %d (%s)\n", i, got, fs[i].want,
+                        soma_last_error());
+        }
+        soma_rule_config_default(&rc);
+    }
     /* diagnostics of another rule */
     if (CHECK(new_net(&net, "6-5-3"))) {
         soma_rule *r = NULL;
@@ -665,6 +854,11 @@ int main(void)
     golden("if");
     golden("lif_ml");
     golden("conv_bn");
+    golden("spike");
+    frames_equal_static("if");
+    frames_equal_static("lif_ml");
+    frames_equal_static("conv_bn");
+    spike_training();
     double_checks();
     strict_and_training();
     conv_training();

@@ -18,6 +18,14 @@
  *   a_T = sum_t lambda^(T-1-t) s_H(t) / sum_{k<T} lambda^k   (IF: lambda = 1)
  * Prediction: logits = D_L(a_T).
  *
+ * Spike input (cfg.encoding frames, e.g. N-MNIST): a sample is T frames
+ * x_0..x_{T-1} of n0 values (frame t contiguous); layer 1 gets F x_t + b_1
+ * at step t instead of the constant current, and the map f below takes the
+ * average input x-bar = sum_t lambda^(T-1-t) x_t / sum_{k<T} lambda^k,
+ * weighted as the rates are (IF: the mean; notes 2.2).  F is affine, so
+ * F x-bar + b_1 is the same average of the per-step currents.  Only x-bar,
+ * one gathered frame and its current are kept: memory stays flat in T.
+ *
  * Equilibrium map (the same for IF and LIF):
  *   f(a) = a_H,  a_1 = clamp((W a + F x + b_1) / V, 0, 1),
  *                a_k = clamp((S_k a_{k-1} + b_k) / V, 0, 1)
@@ -45,7 +53,12 @@
  * the solve (F is not in J); the running statistics are updated once per
  * training batch (the authors' code does it twice: its save/restore is a
  * no-op), the parameter VJP goes through the batch statistics, prediction
- * uses the running ones.
+ * uses the running ones.  Spike input: the statistics are those of
+ * F x-bar + b_1 (the authors' code: the linear response to the weighted
+ * average input, computed once), applied to every step's F x_t + b_1 and
+ * used by f; unlike the authors' simulation (unbiased variance, eps 1e-8)
+ * the normalisation is the layer's own (biased variance, its eps), the same
+ * as in f, so constant frames reproduce the static path exactly.
  *
  * Spectral norm (ide_sn): W = clamp(alpha, -c, c) w / sigma, sigma = u^T w v
  * after one power iteration v = w^T u / |.|, u = w v / |.| per training
@@ -307,6 +320,28 @@ static soma_status ide_init(soma_rule *r, int max_batch)
     if (e->bn_g >= 0 && e->bn_c * e->bn_s != n1)
         return soma__fail(SOMA_ERR_SHAPE, "rule ide: F's batchnorm has %d x %d values, F %d",
                           e->bn_c, e->bn_s, n1);
+    /* the input: a static current (encoding direct) or T spike frames a sample */
+    int64_t n0 = e->n[0], want = (int64_t)c->T * n0;
+    if (c->encoding == SOMA_ENC_FRAMES) {
+        if (c->sample_size != want) {
+            if (c->sample_size > 0 && c->sample_size % n0 == 0)
+                return soma__fail(SOMA_ERR_ARG, "rule ide: spike input has %d frames of the net's "
+                                  "%lld inputs a sample, but T = %d (set --T to the frame count)",
+                                  (int)(c->sample_size / n0), (long long)n0, c->T);
+            return soma__fail(SOMA_ERR_ARG, "rule ide: spike input (encoding frames) takes samples "
+                              "of T = %d frames of the net's %lld inputs (%lld values); the samples "
+                              "have %d", c->T, (long long)n0, (long long)want, c->sample_size);
+        }
+        e->frames = 1;
+    } else if (c->encoding != SOMA_ENC_DIRECT) {
+        return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide takes a static current (encoding direct) "
+                          "or spike frames (encoding frames), not encoding %s",
+                          soma_encoding_name(c->encoding));
+    } else if (c->sample_size && c->sample_size != n0) {
+        return soma__fail(SOMA_ERR_ARG, "rule ide: static input takes samples of the net's %lld "
+                          "inputs, they have %d (spike frames need encoding frames)", (long long)n0,
+                          c->sample_size);
+    }
 
     int K = 0, Cc = 0;
     if (e->conv) {
@@ -384,9 +419,10 @@ static soma_status ide_init(soma_rule *r, int max_batch)
         cws = a > b ? a : b;
     }
     size_t nbn = e->bn_g >= 0 ? 2 * B * n1 + 2 * (size_t)e->bn_c : 0;
+    size_t nfr = e->frames ? 2 * B * (size_t)n0 + B * n1 : 0;   /* x-bar, a frame, its current */
     e->floats = 4 * B * S + B * n1 + 10 * B * nH + 2 * B * (size_t)e->mem * nH + 2 * B * maxn +
                 3 * B * e->C + (c->ide_sn ? 2 * wn : 0) + cws + (e->conv ? B * n1 : 0) +
-                (e->conv && c->ide_sn ? wn : 0) + nbn;
+                (e->conv && c->ide_sn ? wn : 0) + nbn + nfr;
     float *p = soma__malloc_aligned(e->floats * sizeof(float));
     if (!p) return SOMA_ERR_NOMEM;
     memset(p, 0, e->floats * sizeof(float));
@@ -424,6 +460,11 @@ static soma_status ide_init(soma_rule *r, int max_batch)
         e->bnc.xhat = p; p += B * n1;
         e->bnc.mean = p; p += e->bn_c;
         e->bnc.invstd = p; p += e->bn_c;
+    }
+    if (e->frames) {
+        e->xbar = p; p += B * n0;
+        e->xt = p; p += B * n0;
+        e->fstep = p; p += B * n1;
     }
     if (init_alpha) {   /* alpha = sigma(W): 10 power iterations (from u, v, which they refine) */
         const float *w = soma__param_value(net, e->fb);
@@ -463,17 +504,12 @@ static void spike_step(float *u, float *s, size_t m, float V, float lam)
     }
 }
 
-/* e->fx (B, n1) <- F x: dense or conv (+ bias), then F's batchnorm if any:
- * mode 0 running statistics, 1 batch statistics and one update of the
- * running ones, 2 batch statistics only.  The statistics are those of F x
- * itself, fixed for the whole simulation, the rate map and the implicit
- * solve (constant input: F x is the same at every step; notes 2.5). */
-static void input_map(soma_rule *r, const float *x, int B, int mode)
+/* out (B, n1) <- F x + b_1 for x (B, n0): dense or conv */
+static void linear_map(soma_rule *r, float *out, const float *x, int B)
 {
     ide_state *e = r->state;
     soma_net *net = r->net;
     int n1 = e->n[1];
-    float *out = e->bn_g >= 0 ? e->fpre : e->fx;
     if (e->conv) {
         soma_conv_shape s = e->fcs;
         s.B = B;
@@ -483,6 +519,20 @@ static void input_map(soma_rule *r, const float *x, int B, int mode)
         soma_dense_forward(out, x, soma__param_value(net, e->w[1]), soma__param_value(net, e->b[1]),
                            B, e->n[0], n1);
     }
+}
+
+/* e->fx (B, n1) <- F x: dense or conv (+ bias), then F's batchnorm if any:
+ * mode 0 running statistics, 1 batch statistics and one update of the
+ * running ones, 2 batch statistics only.  The statistics are those of F x
+ * itself (spike input: x = x-bar), fixed for the whole simulation, the rate
+ * map and the implicit solve (constant input: F x is the same at every
+ * step; notes 2.5); e->bnc keeps the mean and 1/std used. */
+static void input_map(soma_rule *r, const float *x, int B, int mode)
+{
+    ide_state *e = r->state;
+    soma_net *net = r->net;
+    float *out = e->bn_g >= 0 ? e->fpre : e->fx;
+    linear_map(r, out, x, B);
     if (e->bn_g < 0) return;
     int upd = mode == 1;
     soma_batchnorm_forward(e->fx, &e->bnc, upd || !mode ? soma__buffer_value(net, e->bn_rm) : NULL,
@@ -505,6 +555,59 @@ static void feedback_add(ide_state *e, float *out, const float *a, int B)
     soma_gemm(0, 1, B, n1, nH, 1.0f, a, nH, e->weff, nH, 1.0f, out, n1);
 }
 
+/* xbar (B, n0) <- sum_t lambda^(T-1-t) x_t / sum_{k<T} lambda^k for the
+ * frames x (B, T, n0): the rates' weighting (Horner, acc = lambda acc + x_t,
+ * in double; constant frames give x-bar = x exactly).  The authors' LIF
+ * loop runs one index too far and scales it by (1 - lambda^2T) / (1 -
+ * lambda^(T+1)) (notes 2.10): not copied. */
+static void spike_average(soma_rule *r, float *xbar, const float *x, int B)
+{
+    ide_state *e = r->state;
+    int T = r->cfg.T, n0 = e->n[0];
+    double lam = r->cfg.ide_leak, norm = 0;
+    for (int t = 0; t < T; t++) norm = lam * norm + 1.0;
+    enum { BLK = 256 };
+    double acc[BLK];
+    for (int s = 0; s < B; s++) {
+        const float *xs = x + (size_t)s * T * n0;
+        for (int j0 = 0; j0 < n0; j0 += BLK) {
+            int nj = n0 - j0 < BLK ? n0 - j0 : BLK;
+            for (int j = 0; j < nj; j++) acc[j] = 0.0;
+            for (int t = 0; t < T; t++) {
+                const float *xt = xs + (size_t)t * n0 + j0;
+                for (int j = 0; j < nj; j++) acc[j] = lam * acc[j] + xt[j];
+            }
+            for (int j = 0; j < nj; j++) xbar[(size_t)s * n0 + j0 + j] = (float)(acc[j] / norm);
+        }
+    }
+}
+
+/* e->fstep (B, n1) <- the input current of frame t of x (B, T, n0):
+ * F x_t + b_1, then F's batchnorm with the statistics fixed by the last
+ * input_map (those of F x-bar, or the running ones), the same arithmetic
+ * as soma_batchnorm_forward. */
+static void frame_current(soma_rule *r, const float *x, int t, int B)
+{
+    ide_state *e = r->state;
+    soma_net *net = r->net;
+    int T = r->cfg.T, n0 = e->n[0];
+    for (int s = 0; s < B; s++)
+        memcpy(e->xt + (size_t)s * n0, x + ((size_t)s * T + t) * n0, (size_t)n0 * sizeof(float));
+    linear_map(r, e->fstep, e->xt, B);
+    if (e->bn_g < 0) return;
+    const float *g = soma__param_value(net, e->bn_g), *bt = soma__param_value(net, e->bn_b);
+    int C = e->bn_c, S = e->bn_s;
+    for (int s = 0; s < B; s++)
+        for (int ch = 0; ch < C; ch++) {
+            float *y = e->fstep + ((size_t)s * C + ch) * S;
+            const float m = e->bnc.mean[ch], is = e->bnc.invstd[ch];
+            for (int q = 0; q < S; q++) {
+                float h = (y[q] - m) * is;
+                y[q] = g[ch] * h + bt[ch];
+            }
+        }
+}
+
 void soma__ide_simulate(soma_rule *r, const float *x, int B)
 {
     ide_state *e = r->state;
@@ -512,7 +615,12 @@ void soma__ide_simulate(soma_rule *r, const float *x, int B)
     const soma_rule_config *c = &r->cfg;
     int H = e->H, n1 = e->n[1], nH = e->n[H];
     float V = c->ide_vth, lam = c->ide_leak;
-    input_map(r, x, B, e->sim_mode);
+    if (e->frames) {   /* F x-bar: f's input and F's batchnorm statistics */
+        spike_average(r, e->xbar, x, B);
+        input_map(r, e->xbar, B, e->sim_mode);
+    } else {
+        input_map(r, x, B, e->sim_mode);
+    }
     for (int k = 1; k <= H; k++) {
         memset(e->u[k], 0, (size_t)B * e->n[k] * sizeof(float));
         memset(e->s[k], 0, (size_t)B * e->n[k] * sizeof(float));
@@ -520,7 +628,12 @@ void soma__ide_simulate(soma_rule *r, const float *x, int B)
     memset(e->acc, 0, (size_t)B * nH * sizeof(float));
     size_t m1 = (size_t)B * n1, mH = (size_t)B * nH;
     for (int t = 0; t < c->T; t++) {
-        for (size_t i = 0; i < m1; i++) e->u[1][i] += e->fx[i];
+        const float *cur = e->fx;   /* constant current, or frame t's */
+        if (e->frames) {
+            frame_current(r, x, t, B);
+            cur = e->fstep;
+        }
+        for (size_t i = 0; i < m1; i++) e->u[1][i] += cur[i];
         if (t > 0)   /* u_1 += W s_H(t-1) */
             feedback_add(e, e->u[1], e->s[H], B);
         spike_step(e->u[1], e->s[1], m1, V, lam);
@@ -771,8 +884,8 @@ double soma__ide_solve(soma_rule *r, const float *g, int B, int *iters)
 
 /* ---- gradient, train, predict ------------------------------------------- */
 
-/* The conv workspace was sized for cws_threads; batch statistics need more
- * than one value per channel. */
+/* The conv workspace was sized for cws_threads; spike frames for T; batch
+ * statistics need more than one value per channel. */
 static soma_status check_run(soma_rule *r, int B, int train)
 {
     ide_state *e = r->state;
@@ -780,6 +893,9 @@ static soma_status check_run(soma_rule *r, int B, int train)
         return soma__fail(SOMA_ERR_ARG, "rule ide: %d threads, but the conv workspace was sized for "
                           "%d at init (set the threads before building the rule)", soma_get_threads(),
                           e->cws_threads);
+    if (e->frames && (int64_t)r->cfg.T * e->n[0] != r->cfg.sample_size)
+        return soma__fail(SOMA_ERR_ARG, "rule ide: T = %d no longer matches the %d-value spike "
+                          "samples it was built for", r->cfg.T, r->cfg.sample_size);
     if (train && e->bn_g >= 0 && (int64_t)B * e->bn_s < 2)
         return soma__fail(SOMA_ERR_ARG, "rule ide: F's batchnorm needs more than one value per "
                           "channel in training (batch %d x %d)", B, e->bn_s);
@@ -816,7 +932,12 @@ soma_status soma__ide_grad_at(soma_rule *r, const soma_batch *b, const float *a,
     size_t mH = (size_t)B * nH;
     soma_status s = check_run(r, B, 1);
     if (s) return s;
-    input_map(r, b->x, B, 2);
+    const float *x = b->x;   /* f's input: x, or x-bar of the frames */
+    if (e->frames) {
+        spike_average(r, e->xbar, b->x, B);
+        x = e->xbar;
+    }
+    input_map(r, x, B, 2);
     readout(r, a, B);
     s = soma__loss_and_grad_t(e->dl, e->probs, e->logits, b->y, b->target, B, e->C, c->loss, st);
     if (s) return s;
@@ -844,7 +965,7 @@ soma_status soma__ide_grad_at(soma_rule *r, const soma_batch *b, const float *a,
                               "residual %.3g > tolerance %.3g after %d iterations (%s)", res,
                               c->ide_tol, iters, c->ide_iter ? "fixed-point" : "Broyden");
     }
-    ide_vjp(r, e->beta, b->x, a, B);
+    ide_vjp(r, e->beta, x, a, B);
     return SOMA_OK;
 }
 

@@ -47,7 +47,14 @@ typedef struct ide_state {
     float *u[IDE_MAXH + 1], *s[IDE_MAXH + 1];     /* simulation: membrane, spikes (B, n[k]) */
     float *pre[IDE_MAXH + 1], *act[IDE_MAXH + 1]; /* rate map at a: pre-activation / V_th
                                     and clamp of it per layer (B, n[k]); act[H] = f(a) */
-    float *fx;                   /* F x + b_1, (B, n[1]) */
+    float *fx;                   /* F x + b_1, (B, n[1]); spike input: of x-bar */
+    /* spike input (cfg.encoding frames): a sample is T frames of n[0] values,
+     * frame t contiguous; layer 1 gets F x_t + b_1 at step t, the map f the
+     * (lambda-weighted) average input x-bar (notes 2.2, 2.5) */
+    int frames;
+    float *xbar;                 /* (B, n[0]) x-bar of the last simulation / map */
+    float *xt;                   /* (B, n[0]) frame t, gathered */
+    float *fstep;                /* (B, n[1]) F x_t + b_1 (then F's batchnorm) */
     float *acc, *a;              /* spike accumulator and rates a_T, (B, n[H]) */
     float *gA;                   /* dL/da from the readout, (B, n[H]) */
     float *beta, *best, *G, *Gn, *dx, *dg, *jt; /* solver, (B, n[H]) each */
@@ -65,12 +72,15 @@ typedef struct ide_state {
 /* Recomputes W_eff from the raw weight (spectral norm on: one power
  * iteration first when power_iter != 0). */
 void soma__ide_weight(soma_rule *r, int power_iter);
-/* T steps of the feedback SNN on x (B, n[0]) -> e->a (B, n[H]).  F's
- * batchnorm (if any) per e->sim_mode: soma__ide_grad sets 1 (training, the
- * running statistics are updated here, once per batch), otherwise 0. */
+/* T steps of the feedback SNN on x (B, n[0]) -> e->a (B, n[H]); spike
+ * input (e->frames): x is (B, T, n[0]), frame t at step t.  F's batchnorm
+ * (if any) per e->sim_mode: soma__ide_grad sets 1 (training, the running
+ * statistics are updated here, once per batch), otherwise 0; with spike
+ * input its statistics are those of F x-bar, applied at every step. */
 void soma__ide_simulate(soma_rule *r, const float *x, int B);
 /* out (B, n[H]) <- f(a) at a (B, n[H]) for the input of the last simulation
- * (e->fx); keeps the per-layer pre-activations for the products below. */
+ * (e->fx: F x, or F x-bar with spike input); keeps the per-layer
+ * pre-activations for the products below. */
 void soma__ide_map(soma_rule *r, float *out, const float *a, int B);
 /* out (B, n[H]) <- J^T v, J = df/da at the point of the last soma__ide_map. */
 void soma__ide_jt(soma_rule *r, float *out, const float *v, int B);

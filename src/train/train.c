@@ -128,6 +128,7 @@ typedef struct run {
     int start_epoch;
     int regression;      /* targets, not classes (adding: MSE; --autoencoder): no accuracy */
     int spiking;         /* temporal net: --neuron, ltc layers or the ltc readout */
+    int ide_frames;      /* rule ide on spike frames: it runs its own T steps of a rate net */
 } run;
 
 static void run_free(run *r)
@@ -149,6 +150,7 @@ static soma_status open_data(run *r)
 {
     const soma_train_config *c = r->c;
     r->spiking = c->spiking || c->readout == SOMA_READOUT_LTC || (c->net && strstr(c->net, "ltc"));
+    r->ide_frames = !strcmp(c->rule, "ide") && c->rule_cfg.encoding == SOMA_ENC_FRAMES;
     char dir[512];
     if (c->data_dir) snprintf(dir, sizeof dir, "%s", c->data_dir);
     else snprintf(dir, sizeof dir, "data/%s", !strncmp(c->data, "cifar10", 7) ? "cifar10" : c->data);
@@ -176,9 +178,11 @@ static soma_status open_data(run *r)
     }
     if (!strcmp(c->data, "nmnist")) {
         /* events are binned into T frames at load time: the frames encoding
-         * then feeds one (2, 34, 34) frame per step */
-        if (!r->spiking || c->rule_cfg.encoding != SOMA_ENC_FRAMES)
-            return soma__fail(SOMA_ERR_ARG, "--data nmnist needs a spiking net (--neuron) with --encoding frames");
+         * then feeds one (2, 34, 34) frame per step (rule ide: its input map
+         * gets frame t at step t) */
+        if (!(r->spiking || r->ide_frames) || c->rule_cfg.encoding != SOMA_ENC_FRAMES)
+            return soma__fail(SOMA_ERR_ARG, "--data nmnist needs a spiking net (--neuron) or rule ide, "
+                              "with --encoding frames");
         st = soma_dataset_open_nmnist(&r->train_all, &r->test_all, dir, c->rule_cfg.T, c->binary_frames,
                                       c->verify);
     } else {
@@ -221,7 +225,7 @@ static soma_status build(run *r)
                        c->rule_cfg.encoding == SOMA_ENC_PERMUTED)) {
         /* one pixel per step: the net sees a 1-value input */
         o.in_c = 1; o.in_h = 1; o.in_w = 1;
-    } else if (r->spiking && c->rule_cfg.encoding == SOMA_ENC_FRAMES) {
+    } else if ((r->spiking || r->ide_frames) && c->rule_cfg.encoding == SOMA_ENC_FRAMES) {
         /* a sample is T frames stacked on the channel axis: one frame per step */
         if (c->rule_cfg.T <= 0 || o.in_c % c->rule_cfg.T)
             return soma__fail(SOMA_ERR_ARG, "--encoding frames: %d channels are not T = %d frames",
@@ -263,10 +267,10 @@ static soma_status build(run *r)
             if (st) return st;
         }
     }
-    if (!r->spiking && soma_net_inputs(r->net) != r->train->c * r->train->h * r->train->w)
-        return soma__fail(SOMA_ERR_SHAPE, "net '%s' takes %d inputs, %s samples have %d",
+    if (!r->spiking && soma_net_inputs(r->net) != o.in_c * o.in_h * o.in_w)
+        return soma__fail(SOMA_ERR_SHAPE, "net '%s' takes %d inputs, %s %s have %d",
                           soma_net_spec(r->net), soma_net_inputs(r->net), c->data,
-                          r->train->c * r->train->h * r->train->w);
+                          r->ide_frames ? "frames" : "samples", o.in_c * o.in_h * o.in_w);
     if (soma_net_outputs(r->net) < r->train->classes)
         return soma__fail(SOMA_ERR_SHAPE, "net '%s' has %d outputs, %s has %d classes",
                           soma_net_spec(r->net), soma_net_outputs(r->net), c->data, r->train->classes);
