@@ -660,6 +660,53 @@ static void alloc_failures(void)
     soma_net_free(t.net);
 }
 
+/* Plain SGD writes its update straight into the weights (one GEMM, no stored
+ * gradient): the same weights as the stored path (forced by a clip that never
+ * binds) after a few SeqIL and iPC batches, and a NaN in the batch leaves every
+ * weight as it was. */
+static void sgd_direct(void)
+{
+    for (int order = 0; order < 2; order++) {
+        toy a, b;
+        if (!toy_new(&a, "12-10-8-4", 7) || !toy_new(&b, "12-10-8-4", 7)) return;
+        soma_rule_config rc;
+        soma_rule_config_default(&rc);
+        soma_pc_config_default(&rc);
+        rc.pc_order = order ? SOMA_PC_INCREMENTAL : SOMA_PC_SEQUENTIAL;
+        soma_optim_config_default(&rc.optim, SOMA_OPTIM_SGD);
+        rc.optim.lr = 0.5f;
+        soma_rule *ra = NULL, *rb = NULL;
+        CHECK(soma_rule_new(&ra, "pc", a.net, &rc, 8) == SOMA_OK);
+        rc.clip_norm = 1e30f;   /* the stored-gradient path, same arithmetic */
+        CHECK(soma_rule_new(&rb, "pc", b.net, &rc, 8) == SOMA_OK);
+        for (int k = 0; ra && rb && k < 4; k++) {
+            CHECK(soma_rule_train_batch(ra, &a.b, 0.5f, NULL, NULL) == SOMA_OK);
+            CHECK(soma_rule_train_batch(rb, &b.b, 0.5f, NULL, NULL) == SOMA_OK);
+        }
+        size_t np = soma_net_param_floats(a.net);
+        const float *wa = soma_net_param_values(a.net), *wb = soma_net_param_values(b.net);
+        double dmax = 0, wmax = 0, moved = 0;
+        for (size_t i = 0; i < np; i++) {
+            dmax = fmax(dmax, fabs((double)wa[i] - wb[i]));
+            wmax = fmax(wmax, fabs((double)wa[i]));
+        }
+        CHECK(dmax <= 1e-6 * wmax);
+        CHECK(soma_optim_get_step(soma_rule_optim(ra)) == soma_optim_get_step(soma_rule_optim(rb)));
+        /* NaN: refused, nothing moves */
+        float *keep = malloc(np * sizeof *keep);
+        memcpy(keep, wa, np * sizeof *keep);
+        a.x[5] = NAN;
+        CHECK(soma_rule_train_batch(ra, &a.b, 0.5f, NULL, NULL) == SOMA_ERR_NUMERIC);
+        for (size_t i = 0; i < np; i++) moved += wa[i] != keep[i];
+        CHECK(moved == 0);
+        free(keep);
+        soma_rule_free(ra);
+        soma_rule_free(rb);
+        soma_net_free(a.net);
+        soma_net_free(b.net);
+    }
+}
+
 int main(void)
 {
     soma_set_threads(1);
@@ -672,6 +719,7 @@ int main(void)
     prop_matmuls();
     train_and_predict();
     autoencoder();
+    sgd_direct();
     bad_input();
     alloc_failures();
     return check_report("test_pc");

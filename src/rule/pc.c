@@ -280,8 +280,55 @@ static void step_state(pc_state *s, int l, float g)
     for (size_t i = 0; i < cnt; i++) u->h[i] += g * (s->td[i] - u->e[i]);
 }
 
+/* Plain SGD (no momentum, decay or clip) on a net of dense blocks: the
+ * update W += (lr/B) e^T f(h) is one GEMM into W, so the gradient never
+ * reaches memory (it would be written, read back and checked: three passes
+ * over every weight).  The finite check moves to the factors, e and f(h),
+ * O(B x units); on failure nothing is changed, as on the stored path. */
+static int sgd_direct(const soma_rule *r)
+{
+    const soma_optim_config *oc = &r->cfg.optim;
+    if (oc->kind != SOMA_OPTIM_SGD || oc->momentum != 0 || oc->weight_decay != 0 || r->cfg.clip_norm > 0)
+        return 0;
+    const pc_state *s = r->state;
+    size_t dense = 0;
+    for (int l = 1; l <= s->L; l++) {
+        const soma_layer *ly = &r->net->layers[s->u[l].layer];
+        if (ly->kind != SOMA_LAYER_DENSE || ly->b < 0) return 0;
+        dense += s->u[l].out * (s->u[l].in + 1);
+    }
+    return dense == soma_net_param_floats(r->net);
+}
+
+static soma_status sgd_direct_step(soma_rule *r, float lr)
+{
+    pc_state *s = r->state;
+    soma_net *n = r->net;
+    const int B = s->B;
+    for (int l = 1; l <= s->L; l++) {
+        const pc_unit *u = &s->u[l];
+        if (!soma__all_finite(u->e, (size_t)B * u->out) || !soma__all_finite(u->a, (size_t)B * u->in))
+            return soma__fail(SOMA_ERR_NUMERIC, "pc: weight update contains NaN or Inf (unit %d)", l);
+    }
+    soma__optim_begin(r->optim);
+    const float k = lr / (float)B;
+    for (int l = 1; l <= s->L; l++) {
+        pc_unit *u = &s->u[l];
+        const soma_layer *ly = &n->layers[u->layer];
+        float *w = soma__param_value(n, ly->w), *b = soma__param_value(n, ly->b);
+        soma_gemm(1, 0, (int)u->out, (int)u->in, B, k, u->e, (int)u->out, u->a, (int)u->in, 1.0f, w, (int)u->in);
+        for (int i = 0; i < B; i++) {
+            const float *er = u->e + (size_t)i * u->out;
+            for (size_t o = 0; o < u->out; o++) b[o] += k * er[o];
+        }
+        s->matmuls++;
+    }
+    return SOMA_OK;
+}
+
 static soma_status apply_grads(soma_rule *r, float lr)
 {
+    if (sgd_direct(r)) return sgd_direct_step(r, lr);
     soma_status e = soma__pc_grads(r);
     if (e) return e;
     soma_net *n = r->net;
