@@ -6,9 +6,8 @@
 # runs made back to back.  Called by bench/run.sh.
 BUILD=${1:-build/rel}
 REPEATS=${REPEATS:-5}
-have_torch=0
-/usr/bin/python3 -c "import torch" 2>/dev/null && have_torch=1
-[ $have_torch = 0 ] && echo "bench: python3-torch not installed; PyTorch comparison skipped (sh scripts/deps.sh bench)"
+PART=bp
+. "$(dirname "$0")/common.sh"
 out=$(mktemp)
 for threads in 1 2; do
     for batch in 64 1; do

@@ -2,9 +2,8 @@
 # BPTT of spiking nets vs PyTorch, and memory vs T.  Called by bench/run.sh.
 BUILD=${1:-build/rel}
 REPEATS=${REPEATS:-5}
-have_torch=0
-/usr/bin/python3 -c "import torch" 2>/dev/null && have_torch=1
-[ $have_torch = 0 ] && echo "bench: python3-torch not installed; PyTorch comparison skipped (sh scripts/deps.sh bench)"
+PART=bptt
+. "$(dirname "$0")/common.sh"
 # --- BPTT -------------------------------------------------------------------
 # Spiking nets trained with full BPTT (bench/bench_bptt.c, bench/torch_snn.py):
 #   mlp     LIF MLP 784-1000-10, direct encoding, T = 25, batch 128, MNIST
@@ -23,8 +22,6 @@ SMNIST_STEPS=${SMNIST_STEPS:-1}
 SMNIST_BATCH=${SMNIST_BATCH:-32}
 RSS_TS=${RSS_TS:-"100 200 500 1000"}
 bout=$(mktemp)
-# value of key=VALUE in a result line; "-" for no line
-field() { if [ -n "$1" ]; then echo "$1" | sed -nE "s/.* $2=([^ ]+).*/\1/p"; else echo -; fi; }
 emit() { echo "$1"; echo "$1" >> "$bout"; }
 bptt_fail=0
 echo "bptt: LIF 784-1000-10 (T=25, batch 128) and 1-r512-10 on S-MNIST (T=784, batch $SMNIST_BATCH)"

@@ -16,11 +16,8 @@ BUILD=${1:-build/rel}
 REPEATS=${REPEATS:-5}
 STEPS=${EP_STEPS:-2}
 ITERS="${EP_FREE:-200} ${EP_NUDGE:-100}"
-# passive OpenMP waits, as the soma CLI and bench/run.sh set them
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-have_torch=0
-/usr/bin/python3 -c "import torch" 2>/dev/null && have_torch=1
-[ $have_torch = 0 ] && echo "ep: python3-torch not installed; PyTorch comparison and check skipped (sh scripts/deps.sh bench)"
+PART=ep
+. "$(dirname "$0")/common.sh"
 out=$(mktemp)
 trap 'rm -f "$out" "$out.s"' EXIT
 echo "ep (general dynamics): MLP 784-512-512-10, batch 20, MNIST; seed setting ($ITERS steps) and fast (60 / 2x15), $STEPS batches x $REPEATS repeats"
@@ -41,10 +38,6 @@ for threads in 1 2; do
     fi
 done
 
-# value of key=VALUE in a result line; "-" for none
-field() { v=$(echo "$1" | sed -nE "s/.* $2=([^ ]+).*/\1/p"); echo "${v:--}"; }
-# a / b to 2 decimals, "-" unless both are numbers
-div() { case "$1$2" in *-*|'') echo - ;; *) awk "BEGIN{printf \"%.2f\", $1/$2}" ;; esac; }
 line() { grep "^$1 ep variant=$2 .* threads=$3 " "$out" | grep -- "${4:-}" ; }
 
 echo

@@ -34,23 +34,16 @@ ADDING_K=${ADDING_K:-0}
 TORCH_RSS=${TORCH_RSS:-1}
 BIN="$BUILD/bench/bench_fptt"
 [ -x "$BIN" ] || { echo "fptt: $BIN not built (make $BIN)" >&2; exit 1; }
-have_torch=0
-/usr/bin/python3 -c "import torch" 2>/dev/null && have_torch=1
-[ $have_torch = 0 ] && echo "fptt: python3-torch not installed; PyTorch comparison skipped (sh scripts/deps.sh bench)"
+PART=fptt
+. "$(dirname "$0")/common.sh"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
-# value of key=VALUE in a result line; "-" for none
-field() { v=$(echo "$1" | sed -nE "s/.* $2=([^ ]+).*/\1/p"); echo "${v:--}"; }
-# a / b to 2 decimals, "-" unless both are numbers
-div() { case "$1$2" in *-*|'') echo - ;; *) awk "BEGIN{printf \"%.2f\", $1/$2}" ;; esac; }
 div3() { case "$1$2" in *-*|'') echo - ;; *) awk "BEGIN{printf \"%.3f\", $1/$2}" ;; esac; }
 emit() { echo "$1"; echo "$1" >> "$out"; }
 pin() { OPENBLAS_NUM_THREADS=$1 OMP_NUM_THREADS=$1 MKL_NUM_THREADS=$1; export OPENBLAS_NUM_THREADS OMP_NUM_THREADS MKL_NUM_THREADS; }
 # as the CLI does: spinning OpenMP threads on shared cores make 2-thread runs 20-40x
 # slower (README); the same policy for soma and PyTorch (both use libgomp)
-OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-export OMP_WAIT_POLICY
 
 # --- memory ---------------------------------------------------------------------
 echo "fptt vs bptt memory: one training sequence per process, T in $RSS_TS"

@@ -19,11 +19,8 @@ REPEATS=${REPEATS:-5}
 STEPS=${IDE_STEPS:-3}
 TS=${IDE_TS:-5 30 100}
 CHECK_T=${IDE_CHECK_T:-5}
-# passive OpenMP waits, as the soma CLI and bench/run.sh set them
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-have_torch=0
-/usr/bin/python3 -c "import torch" 2>/dev/null && have_torch=1
-[ $have_torch = 0 ] && echo "ide: python3-torch not installed; PyTorch comparison and check skipped (sh scripts/deps.sh bench)"
+PART=ide
+. "$(dirname "$0")/common.sh"
 out=$(mktemp)
 trap 'rm -f "$out" "$out.s" "$out.st"' EXIT
 echo "ide: F400 784-400-bn-10, batch 128, LIF 0.95, Broyden 30; T = $TS; $STEPS iterations x $REPEATS repeats"
@@ -53,10 +50,6 @@ for threads in 1 2; do
     fi
 done
 
-# value of key=VALUE in a result line; "-" for none
-field() { v=$(echo "$1" | sed -nE "s/.* $2=([^ ]+).*/\1/p"); echo "${v:--}"; }
-# a / b to 2 decimals, "-" unless both are numbers
-div() { case "$1$2" in *-*|'') echo - ;; *) awk "BEGIN{printf \"%.2f\", $1/$2}" ;; esac; }
 line() { grep "^$1 ide net=.* threads=$2 T=$3 " "$out"; }
 rssline() { grep "^soma ide rss .* T=$1 " "$out"; }
 # max/min of the numbers on stdin, "-" if any is not a number

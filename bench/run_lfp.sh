@@ -12,9 +12,8 @@
 BUILD=${1:-build/rel}
 REPEATS=${REPEATS:-5}
 STEPS=${LFP_STEPS:-30}
-have_torch=0
-/usr/bin/python3 -c "import torch" 2>/dev/null && have_torch=1
-[ $have_torch = 0 ] && echo "lfp: python3-torch not installed; PyTorch comparison skipped (sh scripts/deps.sh bench)"
+PART=lfp
+. "$(dirname "$0")/common.sh"
 out=$(mktemp)
 trap 'rm -f "$out" "$out.s"' EXIT
 echo "lfp (snn): LIF 784-1000-10, T=25, batch 128, MNIST; rule lfp vs bptt (fast-sigmoid 25) vs PyTorch, $STEPS steps x $REPEATS repeats"
@@ -33,10 +32,6 @@ for threads in 1 2; do
     fi
 done
 
-# value of key=VALUE in a result line; "-" for none
-field() { v=$(echo "$1" | sed -nE "s/.* $2=([^ ]+).*/\1/p"); echo "${v:--}"; }
-# a / b to 2 decimals, "-" unless both are numbers
-div() { case "$1$2" in *-*|'') echo - ;; *) awk "BEGIN{printf \"%.2f\", $1/$2}" ;; esac; }
 line() { grep "^$1 lfp_snn rule=$2 .* threads=$3 " "$out"; }
 
 echo

@@ -10,9 +10,8 @@
 BUILD=${1:-build/rel}
 REPEATS=${REPEATS:-5}
 STEPS=${PC_STEPS:-30}
-have_torch=0
-/usr/bin/python3 -c "import torch" 2>/dev/null && have_torch=1
-[ $have_torch = 0 ] && echo "pc: python3-torch not installed; PyTorch comparison skipped (sh scripts/deps.sh bench)"
+PART=pc
+. "$(dirname "$0")/common.sh"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 echo "pc vs bp: MLP 3072-1024-1024-1024-10, batch 64, T=3, CIFAR-10, $STEPS steps x $REPEATS repeats"
@@ -28,10 +27,6 @@ for threads in 1 2; do
 done
 rm -f "$out.s"
 
-# value of key=VALUE in a result line; "-" for none
-field() { v=$(echo "$1" | sed -nE "s/.* $2=([^ ]+).*/\1/p"); echo "${v:--}"; }
-# a / b to 2 decimals, "-" unless both are numbers
-div() { case "$1$2" in *-*|'') echo - ;; *) awk "BEGIN{printf \"%.2f\", $1/$2}" ;; esac; }
 line() { grep "^$1 pc variant=$2 .* threads=$3 " "$out"; }
 # the BP run each PC variant is compared with: same optimizer (MQ: SGD, the plain step)
 base() { case $1 in bp-*) echo - ;; *-adam) echo bp-adam ;; *) echo bp-sgd ;; esac; }

@@ -1,0 +1,11 @@
+# bench/common.sh - sourced by every bench/run_<part>.sh after it sets PART:
+# passive OpenMP waits (as the soma CLI; spinning threads on shared cores cost
+# 20-40x), whether PyTorch is there, and the helpers that read result lines.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+have_torch=0
+/usr/bin/python3 -c "import torch" 2>/dev/null && have_torch=1
+[ $have_torch = 0 ] && echo "$PART: python3-torch not installed; the PyTorch comparison (and its check) skipped (sh scripts/deps.sh bench)"
+# value of key=VALUE in a result line; "-" for none
+field() { v=$(echo "$1" | sed -nE "s/.* $2=([^ ]+).*/\1/p"); echo "${v:--}"; }
+# a / b to 2 decimals, "-" unless both are numbers
+div() { case "$1$2" in *-*|'') echo - ;; *) awk "BEGIN{printf \"%.2f\", $1/$2}" ;; esac; }
