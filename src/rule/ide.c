@@ -766,6 +766,7 @@ static void ide_vjp(soma_rule *r, const float *beta, const float *x, const float
 static double sumsq(const float *x, size_t n)
 {
     double s = 0;
+    _Pragma("omp simd reduction(+:s)")
     for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
     return s;
 }
@@ -791,8 +792,11 @@ static void bro_matvec(float *out, const float *U, const float *Vv, int k, const
     for (int i = 0; i < k; i++) {
         const float *ui = U + (size_t)i * D, *vi = Vv + (size_t)i * D;
         double dot = 0;
+        _Pragma("omp simd reduction(+:dot)")
         for (int j = 0; j < D; j++) dot += (double)vi[j] * x[j];
-        for (int j = 0; j < D; j++) out[j] += (float)(dot * ui[j]);
+        const float df = (float)dot;
+        _Pragma("omp simd")
+        for (int j = 0; j < D; j++) out[j] += df * ui[j];
     }
 }
 
@@ -803,8 +807,11 @@ static void bro_rmatvec(float *out, const float *U, const float *Vv, int k, cons
     for (int i = 0; i < k; i++) {
         const float *ui = U + (size_t)i * D, *vi = Vv + (size_t)i * D;
         double dot = 0;
+        _Pragma("omp simd reduction(+:dot)")
         for (int j = 0; j < D; j++) dot += (double)ui[j] * x[j];
-        for (int j = 0; j < D; j++) out[j] += (float)(dot * vi[j]);
+        const float df = (float)dot;
+        _Pragma("omp simd")
+        for (int j = 0; j < D; j++) out[j] += df * vi[j];
     }
 }
 
@@ -848,6 +855,8 @@ double soma__ide_solve(soma_rule *r, const float *g, int B, int *iters)
             if (res < best) { best = res; memcpy(e->best, e->beta, bytes); }
             if (res <= tol) break;
             int slot = k % M, kk = k + 1 < M ? k + 1 : M;
+            /* samples are independent (each its own low-rank inverse): split across threads */
+            #pragma omp parallel for schedule(static) if ((size_t)B * D * (size_t)(kk + 1) >= 65536)
             for (int b = 0; b < B; b++) {
                 size_t o = (size_t)b * D;
                 float *Ub = e->U + (size_t)b * M * D, *Vb = e->V + (size_t)b * M * D;
@@ -861,6 +870,7 @@ double soma__ide_solve(soma_rule *r, const float *g, int B, int *iters)
                 bro_rmatvec(vT, Ub, Vb, have, dx, D);
                 bro_matvec(Bdg, Ub, Vb, have, dg, D);
                 double den = 0;
+                _Pragma("omp simd reduction(+:den)")
                 for (int j = 0; j < D; j++) den += (double)vT[j] * dg[j];
                 if (fabs(den) > 1e-30 && isfinite(den)) {
                     for (int j = 0; j < D; j++) {
