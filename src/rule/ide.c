@@ -495,12 +495,14 @@ static void ide_plan(const soma_rule *r, soma_mem_plan *p)
 
 /* ---- forward: the spiking simulation ------------------------------------- */
 
-static void spike_step(float *u, float *s, size_t m, float V, float lam)
+static void spike_step(float *restrict u, float *restrict s, size_t m, float V, float lam)
 {
+    _Pragma("omp simd")
     for (size_t i = 0; i < m; i++) {
-        float sp = u[i] >= V ? 1.0f : 0.0f;   /* test >= (the authors' code) */
+        const float ui = u[i];
+        const float sp = ui >= V ? 1.0f : 0.0f;   /* test >= (the authors' code) */
         s[i] = sp;
-        u[i] = (u[i] - V * sp) * lam;         /* reset by subtraction, then the leak */
+        u[i] = (ui - V * sp) * lam;            /* reset by subtraction, then the leak */
     }
 }
 
@@ -608,6 +610,19 @@ static void frame_current(soma_rule *r, const float *x, int t, int B)
         }
 }
 
+/* u += c; acc = lam acc + s: vector loops (the state's buffers never alias) */
+static void add_into(float *restrict u, const float *restrict c, size_t m)
+{
+    _Pragma("omp simd")
+    for (size_t i = 0; i < m; i++) u[i] += c[i];
+}
+
+static void leaky_add(float *restrict acc, const float *restrict s, size_t m, float lam)
+{
+    _Pragma("omp simd")
+    for (size_t i = 0; i < m; i++) acc[i] = lam * acc[i] + s[i];
+}
+
 void soma__ide_simulate(soma_rule *r, const float *x, int B)
 {
     ide_state *e = r->state;
@@ -633,7 +648,7 @@ void soma__ide_simulate(soma_rule *r, const float *x, int B)
             frame_current(r, x, t, B);
             cur = e->fstep;
         }
-        for (size_t i = 0; i < m1; i++) e->u[1][i] += cur[i];
+        add_into(e->u[1], cur, m1);
         if (t > 0)   /* u_1 += W s_H(t-1) */
             feedback_add(e, e->u[1], e->s[H], B);
         spike_step(e->u[1], e->s[1], m1, V, lam);
@@ -646,7 +661,7 @@ void soma__ide_simulate(soma_rule *r, const float *x, int B)
                 for (int j = 0; j < nk; j++) e->u[k][(size_t)i * nk + j] += bk[j];
             spike_step(e->u[k], e->s[k], (size_t)B * nk, V, lam);
         }
-        for (size_t i = 0; i < mH; i++) e->acc[i] = lam * e->acc[i] + e->s[H][i];
+        leaky_add(e->acc, e->s[H], mH, lam);
     }
     /* IF: / T;  LIF: / sum_{k<T} lambda^k = (1 - lambda^T) / (1 - lambda) */
     double norm = 0, pw = 1;
