@@ -524,6 +524,22 @@ static void strict_and_training(void)
     soma_st_free(st);
 }
 
+/* n SGD steps (lr 0.05) on one batch: the first and the last step's mean loss */
+static void sgd_steps(soma_rule *r, const soma_batch *b, int n, double *first, double *last)
+{
+    soma_rng rng;
+    soma_rng_seed(&rng, 1);
+    for (int k = 0; k < n; k++) {
+        soma_step_stats s = { 0 };
+        if (!CHECK(soma_rule_train_batch(r, b, 0.05f, &rng, &s) == SOMA_OK)) {
+            fprintf(stderr, "%s\n", soma_last_error());
+            break;
+        }
+        if (k == 0) *first = s.loss / s.n;
+        *last = s.loss / s.n;
+    }
+}
+
 /* The conv fixture: a few SGD steps lower the loss; the running statistics
  * move once per batch; the rule refuses more threads than its workspace has. */
 static void conv_training(void)
@@ -542,18 +558,10 @@ static void conv_training(void)
     soma_rule *r;
     if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
     soma_batch b = { .n = B, .c = ic, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
+    double first = 0, last = 0;
+    sgd_steps(r, &b, 30, &first, &last);
     soma_rng rng;
     soma_rng_seed(&rng, 1);
-    double first = 0, last = 0;
-    for (int k = 0; k < 30; k++) {
-        soma_step_stats s = { 0 };
-        if (!CHECK(soma_rule_train_batch(r, &b, 0.05f, &rng, &s) == SOMA_OK)) {
-            fprintf(stderr, "%s\n", soma_last_error());
-            break;
-        }
-        if (k == 0) first = s.loss / s.n;
-        last = s.loss / s.n;
-    }
     printf("  conv form, 30 SGD steps on one batch: loss %.4f -> %.4f\n", first, last);
     CHECK(last < first);
     soma_set_threads(2);
@@ -669,18 +677,10 @@ static void spike_training(void)
     soma_rule *r;
     if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
     soma_batch b = { .n = B, .c = ic * rc.T, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
+    double first = 0, last = 0;
+    sgd_steps(r, &b, 30, &first, &last);
     soma_rng rng;
     soma_rng_seed(&rng, 1);
-    double first = 0, last = 0;
-    for (int k = 0; k < 30; k++) {
-        soma_step_stats s = { 0 };
-        if (!CHECK(soma_rule_train_batch(r, &b, 0.05f, &rng, &s) == SOMA_OK)) {
-            fprintf(stderr, "%s\n", soma_last_error());
-            break;
-        }
-        if (k == 0) first = s.loss / s.n;
-        last = s.loss / s.n;
-    }
     printf("  spike input, 30 SGD steps on one batch: loss %.4f -> %.4f\n", first, last);
     CHECK(last < first);
     /* a batch of static samples (one frame each) is refused by the rule API */
