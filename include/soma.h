@@ -1171,7 +1171,8 @@ typedef struct soma_ide_diag {
 } soma_ide_diag;
 soma_status soma_ide_diagnostics(soma_rule *r, soma_ide_diag *d, int reset);
 /* EP diagnostics (r must be rule "ep"): alignment tr(W_fwd W_bwd) per layer
- * pair with a feedback matrix (the 2018 paper's Fig. 3; classic: |W|^2), and
+ * pair with a feedback matrix (the 2018 paper's Fig. 3; classic: |W|^2) and
+ * its cosine, and
  * the relaxation residual, RMS over units and samples of the projected
  * |mu| = |s_next - s| / eps at the last step of each phase, averaged over the
  * batches since the last reset (and the worst free phase).  reset != 0
@@ -1179,6 +1180,7 @@ soma_status soma_ide_diagnostics(soma_rule *r, soma_ide_diag *d, int reset);
 typedef struct soma_ep_diag {
     int     pairs;                        /* entries of align (dense or conv layers 2..) */
     double  align[SOMA_EP_MAX_LAYERS];
+    double  align_cos[SOMA_EP_MAX_LAYERS];   /* tr(W F) / (|W| |F|): the cosine, in [-1, 1] */
     double  res_free, res_nudge, res_free_max;
     int64_t batches, unconverged;         /* batches seen; free phases above ep_tol */
 } soma_ep_diag;
@@ -1244,6 +1246,8 @@ typedef struct soma_train_config {
     const char *init_from;    /* warm start: weights of this checkpoint, everything else
                                  fresh (any rule; shapes must match the net) */
     const char *metrics;      /* JSONL log path (required) */
+    int      diag_every;      /* also log the rule's diagnostics every N training steps
+                                 (rules ep, ide; 0 = with each epoch only) */
     const char *git;          /* commit recorded in the log, may be NULL */
     /* spiking nets (rule bptt, ...): used when spiking != 0 */
     int              spiking;

@@ -806,6 +806,7 @@ static void training(void)
         CHECK(d.pairs == 2);
         /* transposed start: tr(W F) = |W|^2 > 0 */
         CHECK(d.align[0] > 0 && d.align[1] > 0);
+        CHECK(fabs(d.align_cos[0] - 1) < 1e-9 && fabs(d.align_cos[1] - 1) < 1e-9);
         double first = 0, last = 0;
         int correct = 0;
         for (int epoch = 0; epoch < 30; epoch++) {

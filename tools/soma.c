@@ -87,7 +87,7 @@ enum {
     O_NEURON, O_T, O_ENCODING, O_GAIN, O_READOUT, O_REDUCE, O_ALPHA, O_TAU, O_THRESHOLD,
     O_RESET, O_DETACH_RESET, O_RHO, O_BETA_A, O_SURROGATE, O_SLOPE, O_WIDTH, O_READOUT_ALPHA,
     O_TRUNC, O_ENC_SEED, O_BINARY_FRAMES, O_NO_NORMALIZE, O_LR_MIN, O_RHO_MAX,
-    O_LTC_NEURON, O_LTC_THRESHOLD, O_LTC_BETA_A, O_INIT_FROM, O_LTC_INIT, O_AUTOENCODER,
+    O_LTC_NEURON, O_LTC_THRESHOLD, O_LTC_BETA_A, O_INIT_FROM, O_LTC_INIT, O_AUTOENCODER, O_DIAG_EVERY,
     O_RULE_OPT = 1000   /* + index of soma_rule_option_key */
 };
 
@@ -118,7 +118,7 @@ static const struct option train_opts[] = {
     { "lr-min", 1, 0, O_LR_MIN }, { "rho-max", 1, 0, O_RHO_MAX },
     { "ltc-neuron", 1, 0, O_LTC_NEURON }, { "ltc-threshold", 1, 0, O_LTC_THRESHOLD },
     { "ltc-beta-a", 1, 0, O_LTC_BETA_A }, { "init-from", 1, 0, O_INIT_FROM }, { "ltc-init", 1, 0, O_LTC_INIT },
-    { "autoencoder", 0, 0, O_AUTOENCODER },
+    { "autoencoder", 0, 0, O_AUTOENCODER }, { "diag-every", 1, 0, O_DIAG_EVERY },
     { 0, 0, 0, 0 }
 };
 
@@ -209,6 +209,8 @@ static void train_help(void)
            "  --init-from PATH     start from a checkpoint's weights (fresh optimizer and epochs;\n"
            "                       any rule: e.g. BP pre-training, then --rule lfp)\n"
            "  --metrics PATH       JSONL log (default runs/DATA-RULE-sSEED.jsonl)\n"
+           "  --diag-every N       ep, ide: log the rule's diagnostics every N steps too\n"
+           "                       (alignment, residuals, update angle; default: per epoch)\n"
            "  --dry-run            print the network and the memory plan, do not train\n"
            "  --quiet              no progress line\n");
 }
@@ -371,6 +373,7 @@ static int apply_train_option(train_cli *t, int code, const char *name, const ch
     case O_RESUME: c->resume = arg; break;
     case O_INIT_FROM: c->init_from = arg; break;
     case O_METRICS: c->metrics = arg; break;
+    case O_DIAG_EVERY: if (!parse_long(opt, arg, 0, INT_MAX, &v)) return EXIT_USAGE; c->diag_every = (int)v; break;
     case O_DRY_RUN: t->dry_run = 1; break;
     case O_NEURON: {
         soma_neuron_kind k;

@@ -783,18 +783,29 @@ soma_status soma_ep_diagnostics(soma_rule *r, soma_ep_diag *d, int reset)
     for (int k = 2; k <= e->nd; k++) {
         const float *W = soma__param_value(net, e->w[k]);        /* (n[k], n[k-1]) */
         int nk = e->n[k], np = e->n[k - 1];
-        double tr = 0;
+        double tr = 0, nw2 = 0, nf2 = 0;
         if (k <= e->nconv) {                                      /* <W_k, G_k> (classic: |W_k|^2) */
             const float *G = e->fb[k] >= 0 ? soma__param_value(net, e->fb[k]) : W;
             size_t nw = net->params.p[e->w[k]].n;
-            for (size_t i = 0; i < nw; i++) tr += (double)W[i] * G[i];
+            for (size_t i = 0; i < nw; i++) {
+                tr += (double)W[i] * G[i];
+                nw2 += (double)W[i] * W[i];
+                nf2 += (double)G[i] * G[i];
+            }
         } else if (e->fb[k] >= 0) {                                      /* tr(W_k F_k), F_k (n[k-1], n[k]) */
             const float *F = soma__param_value(net, e->fb[k]);
             for (int i = 0; i < nk; i++)
-                for (int j = 0; j < np; j++) tr += (double)W[(size_t)i * np + j] * F[(size_t)j * nk + i];
+                for (int j = 0; j < np; j++) {
+                    double w = W[(size_t)i * np + j], f = F[(size_t)j * nk + i];
+                    tr += w * f;
+                    nw2 += w * w;
+                    nf2 += f * f;
+                }
         } else {                                                  /* tied: tr(W W^T) */
             for (size_t i = 0; i < (size_t)nk * np; i++) tr += (double)W[i] * W[i];
+            nw2 = nf2 = tr;
         }
+        d->align_cos[d->pairs] = nw2 > 0 && nf2 > 0 ? tr / sqrt(nw2 * nf2) : 0;
         d->align[d->pairs++] = tr;
     }
     d->batches = e->batches;

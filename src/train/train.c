@@ -403,6 +403,59 @@ static FILE *open_metrics(const soma_train_config *c, const run *r)
     return f;
 }
 
+/* The rule's own diagnostics as JSON fields appended to the current record:
+ * EP's alignment tr(W F) per pair, relaxation residuals and, on the first
+ * test batch, the angle between its update and the true gradient (dense nets);
+ * IDE's implicit-solve residual and rate gap.  Counters cover the batches
+ * since the previous record (read with reset). */
+static void log_rule_diag(FILE *f, run *r)
+{
+    const char *name = soma_rule_name(r->rule);
+    if (!strcmp(name, "ep")) {
+        soma_ep_diag d;
+        if (soma_ep_diagnostics(r->rule, &d, 1)) return;
+        fputs(",\"ep\":{\"align\":[", f);
+        for (int i = 0; i < d.pairs; i++) {
+            if (i) fputc(',', f);
+            json_num(f, d.align[i]);
+        }
+        fputs("],\"align_cos\":[", f);
+        for (int i = 0; i < d.pairs; i++) {
+            if (i) fputc(',', f);
+            json_num(f, d.align_cos[i]);
+        }
+        fputs("],\"res_free\":", f);
+        json_num(f, d.res_free);
+        fputs(",\"res_free_max\":", f);
+        json_num(f, d.res_free_max);
+        fputs(",\"res_nudge\":", f);
+        json_num(f, d.res_nudge);
+        fprintf(f, ",\"batches\":%lld,\"unconverged\":%lld", (long long)d.batches,
+                (long long)d.unconverged);
+        soma_batch b;
+        double deg, rbp;
+        soma_loader_start_epoch(r->ltest, 0);
+        if (soma_loader_next(r->ltest, &b) && soma_ep_grad_angle(r->rule, &b, &deg, &rbp) == SOMA_OK) {
+            fputs(",\"angle_deg\":", f);
+            json_num(f, deg);
+            fputs(",\"rbp_residual\":", f);
+            json_num(f, rbp);
+        }
+        fputc('}', f);
+    } else if (!strcmp(name, "ide")) {
+        soma_ide_diag d;
+        if (soma_ide_diagnostics(r->rule, &d, 1)) return;
+        fputs(",\"ide\":{\"residual\":", f);
+        json_num(f, d.residual);
+        fputs(",\"residual_max\":", f);
+        json_num(f, d.residual_max);
+        fputs(",\"rate_gap\":", f);
+        json_num(f, d.rate_gap);
+        fprintf(f, ",\"iters\":%d,\"batches\":%lld,\"unconverged\":%lld}", d.iters,
+                (long long)d.batches, (long long)d.unconverged);
+    }
+}
+
 soma_status soma_train_plan(const soma_train_config *c, soma_mem_plan *plan, char *describe,
                             size_t describe_size)
 {
@@ -472,6 +525,14 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
             }
             if (st) goto done;
             step++;
+            if (c->diag_every > 0 && step % c->diag_every == 0 && step < steps) {
+                fprintf(log, "{\"type\":\"diag\",\"epoch\":%d,\"step\":%lld,\"train_loss\":", e + 1,
+                        (long long)step);
+                json_num(log, ts.n ? ts.loss / ts.n : NAN);
+                log_rule_diag(log, &r);
+                fputs("}\n", log);
+                fflush(log);
+            }
             double t = now_s();
             if (progress && (t - last_report > 0.1 || step == steps)) {
                 last_report = t;
@@ -514,6 +575,7 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
             for (size_t k = 0; k < np; k++) flips += (prev_w[k] > 0) != (w[k] > 0) || (prev_w[k] < 0) != (w[k] < 0);
             fprintf(log, ",\"sign_changes\":%zu", flips);
         }
+        log_rule_diag(log, &r);
         fprintf(log, ",\"train_seconds\":");
         json_num(log, train_s);
         fprintf(log, ",\"samples_per_s\":");
