@@ -1057,6 +1057,9 @@ typedef struct soma_rule_config {
                                          side first; a feedback matrix uses its pair's */
     float             ep_tol;         /* > 0: a batch whose free phase ends with RMS |mu|
                                          above it fails (SOMA_ERR_NUMERIC); 0 = only logged */
+    float             ep_stop;        /* > 0: every phase (free, nudged, inference) ends at
+                                         the first step whose RMS |mu| is below it, the step
+                                         counts becoming maxima; 0 = fixed step counts */
     /* PC (rule "pc", docs/pc.md); soma_pc_config_default fills these.
      * States are the dense/conv outputs (pre-activations), initialised by a
      * feedforward pass; T inference iterations of step pc_gamma / (1 + t). */
@@ -1070,8 +1073,9 @@ typedef struct soma_rule_config {
     /* IDE (rule "ide", docs/ide.md); soma_ide_config_default fills these.
      * A feedback spiking net over the net's dense layers (the first is the
      * input map F, the last the readout, those between feed-forward maps
-     * S_i), a feedback matrix "<i>.weight_fb" from the last hidden layer to
-     * the first; T (above) IF/LIF steps with reset by subtraction give the
+     * S_i), or over its conv layers and a dense readout, a feedback operator
+     * "<i>.weight_fb" from the last hidden layer to the first (a matrix, a
+     * conv, or a transposed conv); T (above) IF/LIF steps with reset by subtraction give the
      * average rates a, and the gradient is implicit at the equilibrium of
      * f(a) = clamp((W a + F x + b) / V_th, 0, 1). */
     float             ide_vth;        /* threshold V_th, > 0 (default 2) */
@@ -1086,8 +1090,12 @@ typedef struct soma_rule_config {
                                          (SOMA_ERR_NUMERIC, residual in the message) */
     int               ide_sn;         /* 1: spectral-norm reparameterisation of W (default 1) */
     float             ide_sn_c;       /* |alpha| clip c of W = alpha w / |w|_2, > 0 (default 1) */
-    int               ide_fb_k;       /* conv form: feedback kernel K (odd; stride 1, pad K/2,
-                                         no bias); 0 = F's kernel size (default 0) */
+    int               ide_fb_k;       /* conv forms: feedback kernel K (odd; single layer: a conv,
+                                         stride 1, pad K/2; multi-layer: a transposed conv, stride
+                                         h_1/h_H, pad (K-1)/2); 0 = F's kernel size (default 0) */
+    float             ide_dropout;    /* variational dropout rate p in [0, 1) on the outputs of F,
+                                         every S_k and W: one mask per training batch, used at
+                                         every step, in f and in J; none at prediction (default 0) */
 } soma_rule_config;
 void soma_rule_config_default(soma_rule_config *c);
 /* "epsilon", "zero", "alphabeta", "zplusminus" for every layer kind, or a
@@ -1183,6 +1191,7 @@ typedef struct soma_ep_diag {
     double  align_cos[SOMA_EP_MAX_LAYERS];   /* tr(W F) / (|W| |F|): the cosine, in [-1, 1] */
     double  res_free, res_nudge, res_free_max;
     int64_t batches, unconverged;         /* batches seen; free phases above ep_tol */
+    double  steps_free, steps_nudge;      /* mean Euler steps per free / nudged phase */
 } soma_ep_diag;
 soma_status soma_ep_diagnostics(soma_rule *r, soma_ep_diag *d, int reset);
 /* EP: the angle in degrees between the rule's update on batch b (relaxed

@@ -652,6 +652,11 @@ static void bad_input(void)
     CHECK(make(&net, &rule, "6-5-3", SOMA_ACT_CLAMP01, &rc, 4) == SOMA_ERR_ARG);
     soma_net_free(net);
     default_cfg(&rc);
+    rc.ep_stop = -1e-3f;
+    CHECK(make(&net, &rule, "6-5-3", SOMA_ACT_CLAMP01, &rc, 4) == SOMA_ERR_ARG);
+    CHECK(strstr(soma_last_error(), "ep-stop") != NULL);
+    soma_net_free(net);
+    default_cfg(&rc);
     rc.ep_symmetric = 1; rc.ep_random_sign = 1;
     CHECK(make(&net, &rule, "6-5-3", SOMA_ACT_CLAMP01, &rc, 4) == SOMA_ERR_ARG);
     soma_net_free(net);
@@ -767,6 +772,59 @@ static void bad_input(void)
     CHECK(soma_ep_fb_init_from_name(&f, "transpose") == SOMA_OK && f == SOMA_EP_FB_TRANSPOSE);
     CHECK(soma_ep_fb_init_from_name(&f, "zeros") == SOMA_ERR_ARG);
     CHECK(!strcmp(soma_ep_variant_name(SOMA_EP_GENERAL), "general"));
+}
+
+/* ep_stop: a phase ends once its step's RMS |mu| is below the threshold.
+ * The update then matches the fixed-budget one to about the threshold, in
+ * fewer steps (0, the default, is the fixed budget: the golden tests). */
+static void stop_test(void)
+{
+    enum { B = 4, D = 8 };
+    float x[B * D];
+    int32_t y[B] = { 0, 1, 1, 0 };
+    soma_rng rng;
+    soma_rng_seed(&rng, 11);
+    for (int i = 0; i < B * D; i++) x[i] = soma_rng_uniform(&rng);
+    soma_batch b = { .n = B, .c = D, .h = 1, .w = 1, .x = x, .y = y };
+    float *upd[2] = { 0 };
+    size_t np = 0;
+    double steps_free[2] = { 0 }, steps_nudge[2] = { 0 };
+    float stops[2] = { 0.0f, 1e-6f };
+    for (int v = 0; v < 2; v++) {
+        soma_rule_config rc;
+        default_cfg(&rc);
+        rc.ep_free_steps = 400;
+        rc.ep_nudge_steps = 200;
+        rc.ep_beta = 0.1f;
+        rc.ep_stop = stops[v];
+        soma_net *net;
+        soma_rule *rule;
+        if (!CHECK(make(&net, &rule, "8-12-7-3", SOMA_ACT_CLAMP01, &rc, B) == SOMA_OK)) return;
+        np = soma_net_param_floats(net);
+        float *w0 = malloc(np * sizeof(float));
+        upd[v] = malloc(np * sizeof(float));
+        memcpy(w0, soma_net_param_values(net), np * sizeof(float));
+        CHECK(soma_rule_train_batch(rule, &b, 1.0f, NULL, NULL) == SOMA_OK);
+        for (size_t i = 0; i < np; i++) upd[v][i] = soma_net_param_values(net)[i] - w0[i];
+        soma_ep_diag d;
+        CHECK(soma_ep_diagnostics(rule, &d, 0) == SOMA_OK);
+        steps_free[v] = d.steps_free;
+        steps_nudge[v] = d.steps_nudge;
+        if (v == 1) CHECK(d.res_free < 1e-6);
+        free(w0);
+        soma_rule_free(rule);
+        soma_net_free(net);
+    }
+    CHECK(steps_free[0] == 400 && steps_nudge[0] == 200);
+    CHECK(steps_free[1] < 200 && steps_nudge[1] < 150);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < np; i++) {
+        double dd = (double)upd[1][i] - upd[0][i];
+        num += dd * dd;
+        den += (double)upd[0][i] * upd[0][i];
+    }
+    CHECK(den > 0 && sqrt(num / den) < 1e-3);
+    for (int v = 0; v < 2; v++) free(upd[v]);
 }
 
 /* A synthetic 2-class problem the net must learn; convergence and alignment. */
@@ -947,6 +1005,7 @@ int main(void)
     theorem_tests();
     angle_test();
     bad_input();
+    stop_test();
     training();
     conv_training();
     return check_report("test_ep");

@@ -103,6 +103,7 @@ void soma_ep_config_default(soma_rule_config *c)
     c->ep_n_lrs = 0;
     for (int i = 0; i < SOMA_EP_MAX_LAYERS; i++) c->ep_lrs[i] = 1.0f;
     c->ep_tol = 0.0f;
+    c->ep_stop = 0.0f;
 }
 
 /* ---- configuration and network checks ------------------------------------ */
@@ -135,6 +136,8 @@ static soma_status check_config(const soma_rule_config *c, int L, const char *sp
                               k + 1, c->ep_lrs[k]);
     if (c->ep_particles < 0) return soma__fail(SOMA_ERR_ARG, "EP particles must be >= 0, got %d", c->ep_particles);
     if (!(c->ep_tol >= 0.0f)) return soma__fail(SOMA_ERR_ARG, "EP tolerance must be >= 0, got %g", c->ep_tol);
+    if (!(c->ep_stop >= 0.0f) || !isfinite(c->ep_stop))
+        return soma__fail(SOMA_ERR_ARG, "EP stop residual (ep-stop) must be >= 0 and finite, got %g", c->ep_stop);
     return SOMA_OK;
 }
 
@@ -522,13 +525,19 @@ static double ep_relax(soma_rule *r, ep_set *dst, const ep_set *src, int B, int 
     ep_state *e = r->state;
     if (src) set_copy(e, &e->cur, src, B);
     else for (int k = 1; k <= e->nd; k++) memset(e->cur.s[k], 0, (size_t)B * e->n[k] * sizeof(float));
-    double ss = 0;
-    for (int t = 0; t < steps; t++) {
+    double ss = 0, n = (double)B * (double)e->S;
+    /* ep_stop: the step's own |mu| is the test, so stopping early costs nothing */
+    double stop2 = (double)r->cfg.ep_stop * r->cfg.ep_stop * n;
+    int t = 0;
+    while (t < steps) {
         ss = ep_step(r, &e->nxt, &e->cur, B, beta);
         ep_set tmp = e->cur; e->cur = e->nxt; e->nxt = tmp;
+        t++;
+        if (ss < stop2) break;
     }
+    e->last_steps = t;
     set_copy(e, dst, &e->cur, B);
-    return sqrt(ss / ((double)B * (double)e->S));
+    return sqrt(ss / n);
 }
 
 /* rho(x), its drive of layer 1 (the weights are fixed until the batch's
@@ -720,6 +729,7 @@ static soma_status ep_train_batch(soma_rule *r, const soma_batch *b, float lr, s
     double res0 = 0, res1;
     if ((s = ep_free_phase(r, b, c->ep_free_steps, c->ep_particles > 0, &res0))) return s;
     e->res_free = res0;
+    e->steps_free += e->last_steps;
     e->batches++;
     e->sum_free += res0;
     if (res0 > e->max_free) e->max_free = res0;
@@ -735,9 +745,11 @@ static soma_status ep_train_batch(soma_rule *r, const soma_batch *b, float lr, s
     if (c->ep_random_sign && (soma_rng_u32(rng) >> 31)) beta = -beta;
     e->beta_used = beta;
     res1 = ep_relax(r, &e->sp, &e->s0, B, c->ep_nudge_steps, beta);
+    e->steps_nudge += e->last_steps;
     if (c->ep_symmetric) {
         double rm = ep_relax(r, &e->sm, &e->s0, B, c->ep_nudge_steps, -beta);
         if (rm > res1) res1 = rm;
+        e->steps_nudge += e->last_steps;
     }
     e->res_nudge = res1;
     e->sum_nudge += res1;
@@ -814,8 +826,13 @@ soma_status soma_ep_diagnostics(soma_rule *r, soma_ep_diag *d, int reset)
         d->res_free = e->sum_free / e->batches;
         d->res_nudge = e->sum_nudge / e->batches;
         d->res_free_max = e->max_free;
+        d->steps_free = (double)e->steps_free / e->batches;
+        d->steps_nudge = (double)e->steps_nudge / (e->batches * (r->cfg.ep_symmetric ? 2.0 : 1.0));
     }
-    if (reset) { e->batches = e->unconverged = 0; e->sum_free = e->sum_nudge = e->max_free = 0; }
+    if (reset) {
+        e->batches = e->unconverged = e->steps_free = e->steps_nudge = 0;
+        e->sum_free = e->sum_nudge = e->max_free = 0;
+    }
     return SOMA_OK;
 }
 

@@ -58,6 +58,8 @@ typedef struct ep_state {
     float beta_used;            /* signed beta of the last one-sided update */
     double res_free, res_nudge; /* residuals of the last batch */
     double sum_free, sum_nudge, max_free;
+    int last_steps;             /* Euler steps of the last ep_relax (ep_stop) */
+    int64_t steps_free, steps_nudge;   /* summed over the batches since the last reset */
     int64_t batches, unconverged;
 } ep_state;
 

@@ -332,6 +332,7 @@ static const rule_opt rule_opts[] = {
     RO("ep-fb", OPT_EP_FB, ep_fb_init, "ep: feedback init random|transpose (random)"),
     RO("ep-lrs", OPT_FLOAT_LIST, ep_lrs, "ep: per-layer rate factors a,b,... (all 1)"),
     RO("ep-tol", OPT_FLOAT, ep_tol, "ep: free-phase residual tolerance, 0 = log only (0)"),
+    RO("ep-stop", OPT_FLOAT, ep_stop, "ep: end a phase once RMS |mu| < this, 0 = fixed steps (0)"),
     RO("pc-T", OPT_INT, pc_T, "pc: inference iterations (3)"),
     RO("pc-gamma", OPT_FLOAT, pc_gamma, "pc: activity step size (0.05)"),
     RO("pc-beta", OPT_FLOAT, pc_beta, "pc: soft clamp strength (100)"),
@@ -348,6 +349,7 @@ static const rule_opt rule_opts[] = {
     RO("ide-sn", OPT_BOOL, ide_sn, "ide: spectral-norm reparameterisation of W (1)"),
     RO("ide-sn-c", OPT_FLOAT, ide_sn_c, "ide: clip c of the spectral-norm scale alpha (1)"),
     RO("ide-fb-k", OPT_INT, ide_fb_k, "ide: conv feedback kernel size, odd, 0 = F's (0)"),
+    RO("ide-dropout", OPT_FLOAT, ide_dropout, "ide: variational dropout rate in [0,1), one mask a batch (0)"),
 };
 #undef RO
 #define N_RULE_OPTS ((int)(sizeof rule_opts / sizeof *rule_opts))

@@ -432,6 +432,10 @@ static void log_rule_diag(FILE *f, run *r)
         json_num(f, d.res_nudge);
         fprintf(f, ",\"batches\":%lld,\"unconverged\":%lld", (long long)d.batches,
                 (long long)d.unconverged);
+        fputs(",\"steps_free\":", f);
+        json_num(f, d.steps_free);
+        fputs(",\"steps_nudge\":", f);
+        json_num(f, d.steps_nudge);
         soma_batch b;
         double deg, rbp;
         soma_loader_start_epoch(r->ltest, 0);
