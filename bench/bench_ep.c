@@ -14,11 +14,8 @@
  *   general  configs/ep-general-2h-mnist.ini: ep-variant general, ep-fb
  *            random, one-sided, ep-free 200, ep-nudge 100 (FREE, NUDGE),
  *            ep-eps 0.5, ep-beta 1, ep-lrs 0.4,0.1,0.01
- *   fast     configs/ep-general-2h-fast-mnist.ini: ep-fb transpose,
- *            ep-symmetric 1, ep-free 60, ep-nudge 15 (two nudged phases),
- *            ep-beta 0.5, same eps and rates.  Its ep-tol 0.01 is left out
- *            (0 = log only): a batch over the tolerance stops before the
- *            nudged phases, which would time less work; res_free (the mean
+ *   fast     configs/ep-general-2h-fast-mnist.ini: the same with ep-free 60,
+ *            ep-nudge 20 (FREE, NUDGE do not apply); res_free (the mean
  *            free residual, soma_ep_diagnostics) says how converged it was.
  *
  * GEMMs.  One Euler step of src/rule/ep.c's ep_step (general, mse, L = 3
@@ -99,10 +96,9 @@ static void variant_init(variant *v, const char *name, int free_steps, int nudge
     v->name = name;
     if (!strcmp(name, "fast")) {
         v->free = free_steps ? free_steps : 60;
-        v->nudge = nudge_steps ? nudge_steps : 15;
-        v->symmetric = 1;
-        snprintf(v->opts, sizeof v->opts, "ep-variant=general ep-fb=transpose ep-symmetric=1 "
-                 "ep-free=%d ep-nudge=%d ep-eps=0.5 ep-beta=0.5 ep-lrs=0.4,0.1,0.01 ep-tol=0",
+        v->nudge = nudge_steps ? nudge_steps : 20;
+        snprintf(v->opts, sizeof v->opts, "ep-variant=general ep-fb=random ep-symmetric=0 "
+                 "ep-free=%d ep-nudge=%d ep-eps=0.5 ep-beta=1 ep-lrs=0.4,0.1,0.01 ep-tol=0",
                  v->free, v->nudge);
     } else {
         v->free = free_steps ? free_steps : 200;

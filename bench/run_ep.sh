@@ -1,8 +1,8 @@
 #!/bin/sh
 # Equilibrium propagation, general (untied) dynamics, on the MLP 784-512-512-10 at batch 20,
 # MNIST (issue 5): whole training batches of the seed's setting (configs/ep-general-2h-mnist.ini:
-# 200 free / 100 nudged Euler steps, one-sided) and of the symmetric fast setting
-# (configs/ep-general-2h-fast-mnist.ini: 60 free / 2 x 15 nudged), next to OpenBLAS sgemm
+# 200 free / 100 nudged Euler steps, one-sided) and of the fast setting
+# (configs/ep-general-2h-fast-mnist.ini: 60 free / 20 nudged), next to OpenBLAS sgemm
 # timing the same GEMM sequence in the same process (bench/bench_ep.c), and to the same
 # dynamics in plain PyTorch (bench/torch_ep.py) when python3-torch is installed; threads 1
 # and 2, medians of REPEATS repeats of EP_STEPS batches after one warm-up batch.
@@ -20,7 +20,7 @@ PART=ep
 . "$(dirname "$0")/common.sh"
 out=$(mktemp)
 trap 'rm -f "$out" "$out.s"' EXIT
-echo "ep (general dynamics): MLP 784-512-512-10, batch 20, MNIST; seed setting ($ITERS steps) and fast (60 / 2x15), $STEPS batches x $REPEATS repeats"
+echo "ep (general dynamics): MLP 784-512-512-10, batch 20, MNIST; seed setting ($ITERS steps) and fast (60 / 20), $STEPS batches x $REPEATS repeats"
 if [ $have_torch = 1 ] && [ "${EP_CHECK:-1}" != 0 ]; then
     OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
         /usr/bin/python3 bench/torch_ep.py --check "$BUILD" || { echo "ep: torch_ep.py --check failed" >&2; exit 1; }
