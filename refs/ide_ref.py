@@ -29,6 +29,23 @@ Written from the equations (Xiao et al. 2021; shared/notes/ide.md sections
     step's F x_t and in the graph of f (notes 2.5; soma's normalisation, not
     the authors' unbiased one with eps 1e-8 in the simulation); the running
     statistics updated once, from F x-bar.
+  - variational dropout (the "drop" and "mlconv" cases, notes 2.6): one
+    mask of 0 or 1/(1-p) per element of F's output (after its batchnorm),
+    of every S_k's (after its batchnorm) and of W's, drawn here and stored
+    in the fixture ("mask.<k>", "mask.fb"), the same at every step, in f
+    and in J;
+  - the multi-layer conv form (MLConvCase, AlexNet-F in small): F = conv +
+    batchnorm (batch statistics of F x), S_k = conv + bias [+ batchnorm],
+    W = a transposed conv (torch's conv_transpose2d: stride s = h_1/h_H, pad
+    (K-1)/2, output padding s - 1) from the last hidden map to the first,
+    with the spectral norm on that operator (power iteration with
+    conv_transpose2d and its adjoint conv2d); S_k's batchnorm in the authors'
+    three modes (notes 2.5): running statistics in the simulation and in J
+    (after their update), batch statistics in the map whose VJP gives the
+    parameter gradient (the running statistics updated once from it).  The
+    Jacobian is taken at a_T (soma's choice; the authors': at f(a_T)).
+    Without S_k batchnorm the gradient is exact and checked against autograd
+    through the unrolled map and against finite differences.
 The simulation is checked to stay at least MARGIN away from every threshold
 test so that float32 rounding in C cannot flip a spike.
 
@@ -52,9 +69,10 @@ def normalize(x):
 
 
 class Case:
-    def __init__(self, name, sizes, T, leak, sn, seed, B=4, c=1.0, V=2.0):
+    def __init__(self, name, sizes, T, leak, sn, seed, B=4, c=1.0, V=2.0, drop=0.0):
         self.name, self.sizes, self.T, self.leak, self.sn, self.B, self.c, self.V = \
             name, sizes, T, leak, sn, B, c, V
+        self.drop = drop
         g = torch.Generator().manual_seed(seed)
         self.H = len(sizes) - 2
         L = self.H + 1
@@ -75,6 +93,13 @@ class Case:
             self.buf["0.weight_fb_v"] = normalize(torch.randn(n[self.H], generator=g))
         self.x = torch.rand(B, n[0], generator=g)
         self.y = torch.randint(0, n[-1], (B,), generator=g)
+        # dropout masks: layer k's output (k = 1: F's), and W's ("fb"); all ones without
+        self.mask = {k: torch.ones(B, n[k]) for k in range(1, self.H + 1)}
+        self.mask["fb"] = torch.ones(B, n[1])
+        if drop > 0:
+            for k in list(range(1, self.H + 1)) + ["fb"]:
+                m = self.mask[k]
+                self.mask[k] = (torch.rand(m.shape, generator=g) >= drop).double() / (1 - drop)
 
     # -- the feedback weight ------------------------------------------------
     def weff(self, p, u, v):
@@ -94,17 +119,18 @@ class Case:
     # -- simulation ---------------------------------------------------------
     def simulate(self, W):
         p, H, V, lam = self.p, self.H, self.V, self.leak
-        fx = self.x @ p["0.weight"].t() + p["0.bias"]
+        M = self.mask
+        fx = (self.x @ p["0.weight"].t() + p["0.bias"]) * M[1]
         u = [None] + [torch.zeros(self.B, self.sizes[k]) for k in range(1, H + 1)]
         s = [None] + [torch.zeros(self.B, self.sizes[k]) for k in range(1, H + 1)]
         acc = torch.zeros(self.B, self.sizes[H])
         margin = float("inf")
         counts = torch.zeros(self.B, self.sizes[1])
         for t in range(self.T):
-            inp = fx + (s[H] @ W.t() if t > 0 else 0)
+            inp = fx + ((s[H] @ W.t()) * M["fb"] if t > 0 else 0)
             for k in range(1, H + 1):
                 if k > 1:
-                    inp = s[k - 1] @ p["%d.weight" % (2 * (k - 1))].t() + p["%d.bias" % (2 * (k - 1))]
+                    inp = (s[k - 1] @ p["%d.weight" % (2 * (k - 1))].t() + p["%d.bias" % (2 * (k - 1))]) * M[k]
                 u[k] = u[k] + inp
                 margin = min(margin, float((u[k] - V).abs().min()))
                 s[k] = (u[k] >= V).double()
@@ -116,10 +142,10 @@ class Case:
 
     # -- the rate map and the loss ------------------------------------------
     def f(self, a, p, W):
-        V = self.V
-        z = ((a @ W.t() + self.x @ p["0.weight"].t() + p["0.bias"]) / V).clamp(0, 1)
+        V, M = self.V, self.mask
+        z = (((a @ W.t()) * M["fb"] + (self.x @ p["0.weight"].t() + p["0.bias"]) * M[1]) / V).clamp(0, 1)
         for k in range(2, self.H + 1):
-            z = ((z @ p["%d.weight" % (2 * (k - 1))].t() + p["%d.bias" % (2 * (k - 1))]) / V).clamp(0, 1)
+            z = ((z @ p["%d.weight" % (2 * (k - 1))].t() + p["%d.bias" % (2 * (k - 1))]) * M[k] / V).clamp(0, 1)
         return z
 
     def loss(self, a, p):
@@ -152,14 +178,15 @@ class Case:
         return out, res
 
     def jac_sample(self, a, W, i):
-        x_all = self.x
+        x_all, m_all = self.x, self.mask
 
         def fi(ai):
             self.x = x_all[i:i + 1]
+            self.mask = {k: m[i:i + 1] for k, m in m_all.items()}
             try:
                 return self.f(ai[None], self.p, W)[0]
             finally:
-                self.x = x_all
+                self.x, self.mask = x_all, m_all
         return torch.autograd.functional.jacobian(fi, a[i])
 
     def unrolled_grad(self, K, u, v):
@@ -349,6 +376,322 @@ class SpikeCase(ConvCase):
         return {"x": self.frames.reshape(self.B, -1), "xbar": self.x}, {"frames": 1}
 
 
+class MLConvCase:
+    """The multi-layer conv form: conv layers 1..H (F = layer 1 from the input,
+    S_k = layer k from layer k-1), each conv + bias [+ batchnorm], a transposed
+    conv feedback (C_H, C_1, K, K) from layer H's map to layer 1's, a dense
+    readout on layer H's flattened rates.  Spec conv..-[bn-]conv..-[bn-]..-N;
+    net layer indices as soma numbers them (conv, [bn], act per conv, then
+    flatten, dense)."""
+
+    def __init__(self, name, in_shape, layers, fb_k, ncls, T, leak, sn, seed, B=3, c=1.0, V=2.0,
+                 drop=0.0, wscale=1.0):
+        self.name, self.T, self.leak, self.sn, self.B, self.c, self.V = name, T, leak, sn, B, c, V
+        self.in_shape, self.layers, self.fb_k, self.drop = in_shape, layers, fb_k, drop
+        g = torch.Generator().manual_seed(seed)
+        self.H = len(layers)
+        shapes = [in_shape]
+        self.idx, self.bnidx, i = [], [], 0
+        for (C, k, st, pd, bn) in layers:
+            ci, h, w = shapes[-1]
+            shapes.append((C, (h + 2 * pd - k) // st + 1, (w + 2 * pd - k) // st + 1))
+            self.idx.append(i)
+            i += 1
+            self.bnidx.append(i if bn else None)
+            i += 2 if bn else 1   # [bn], act
+        self.ro = i + 1           # flatten, dense
+        self.shapes = shapes
+        self.sizes = [int(np.prod(sh)) for sh in shapes] + [ncls]
+        (C1, h1, w1), (CH, hH, wH) = shapes[1], shapes[-1]
+        self.stride = h1 // hH
+        assert h1 == self.stride * hH and w1 == self.stride * wH
+        p, buf = {}, {}
+        for k, (C, ks, st, pd, bn) in enumerate(layers, 1):
+            cin = shapes[k - 1][0]
+            sc = (1.2 if k == 1 else 0.9) * wscale
+            p["%d.weight" % self.idx[k - 1]] = (torch.rand(C, cin, ks, ks, generator=g) - 0.3) * sc / ks
+            p["%d.bias" % self.idx[k - 1]] = torch.rand(C, generator=g) * 0.6 - 0.1
+            if bn:
+                j = self.bnidx[k - 1]
+                p["%d.weight" % j] = (0.8 if k == 1 else 0.5) + 0.6 * torch.rand(C, generator=g)
+                p["%d.bias" % j] = torch.rand(C, generator=g) * 0.8 + (0.4 if k == 1 else 0.2)
+                buf["%d.running_mean" % j] = torch.rand(C, generator=g) * 0.2
+                buf["%d.running_var" % j] = 0.5 + torch.rand(C, generator=g)
+        nH = self.sizes[self.H]
+        p["%d.weight" % self.ro] = (torch.rand(ncls, nH, generator=g) - 0.5) * 0.4
+        p["%d.bias" % self.ro] = torch.rand(ncls, generator=g) * 0.2
+        K = fb_k
+        w = torch.rand(CH, C1, K, K, generator=g) * 2 - 1
+        w = w / w.transpose(0, 1).reshape(C1, -1).norm(dim=1)[None, :, None, None]  # weight[:, j] unit
+        p["0.weight_fb"] = w * (1.0 if sn else 0.3)
+        if sn:
+            p["0.weight_fb_g"] = torch.tensor([0.9])
+            buf["0.weight_fb_u"] = normalize(torch.randn(self.sizes[1], generator=g))
+            buf["0.weight_fb_v"] = normalize(torch.randn(nH, generator=g))
+        self.p, self.buf = p, buf
+        self.x = torch.rand(B, self.sizes[0], generator=g)
+        self.y = torch.randint(0, ncls, (B,), generator=g)
+        self.mask = {k: torch.ones(B, self.sizes[k]) for k in range(1, self.H + 1)}
+        self.mask["fb"] = torch.ones(B, self.sizes[1])
+        if drop > 0:
+            for k in list(range(1, self.H + 1)) + ["fb"]:
+                m = self.mask[k]
+                self.mask[k] = (torch.rand(m.shape, generator=g) >= drop).double() / (1 - drop)
+        self.run = {k: v_.clone() for k, v_ in buf.items()}   # running statistics now
+
+    # -- operators on flattened maps ------------------------------------------
+    def W_apply(self, W, a):   # the transposed conv: layer H's map -> layer 1's
+        CH, hH, wH = self.shapes[-1]
+        s, pd = self.stride, (self.fb_k - 1) // 2
+        z = torch.nn.functional.conv_transpose2d(a.reshape(-1, CH, hH, wH), W, stride=s, padding=pd,
+                                                 output_padding=s - 1)
+        assert z.shape[1:] == self.shapes[1]
+        return z.reshape(a.shape[0], -1)
+
+    def Wt_apply(self, W, e):  # its adjoint: the conv layer 1 -> layer H
+        s, pd = self.stride, (self.fb_k - 1) // 2
+        z = torch.nn.functional.conv2d(e.reshape(-1, *self.shapes[1]), W, stride=s, padding=pd)
+        return z.reshape(e.shape[0], -1)
+
+    def weff(self, p, u, v):
+        if not self.sn:
+            return p["0.weight_fb"]
+        w = p["0.weight_fb"]
+        sigma = (u * self.W_apply(w, v[None])[0]).sum()
+        return p["0.weight_fb_g"].clamp(-self.c, self.c)[0] * w / sigma
+
+    def power_iter(self):
+        w = self.p["0.weight_fb"]
+        u = self.buf["0.weight_fb_u"]
+        v = normalize(self.Wt_apply(w, u[None])[0])
+        u = normalize(self.W_apply(w, v[None])[0])
+        return u, v
+
+    def op_matrix(self):
+        return self.W_apply(self.p["0.weight_fb"], torch.eye(self.sizes[self.H])).t()   # (n1, nH)
+
+    def lin(self, k, p, z):
+        C, ks, st, pd, bn = self.layers[k - 1]
+        i = self.idx[k - 1]
+        y = torch.nn.functional.conv2d(z.reshape(-1, *self.shapes[k - 1]), p["%d.weight" % i],
+                                       p["%d.bias" % i], stride=st, padding=pd)
+        return y
+
+    def bn(self, k, p, y, mode, update=False):
+        """mode 'batch': batch statistics (biased), optionally the running update
+        (momentum 0.1, unbiased variance); 'run': the running statistics."""
+        j = self.bnidx[k - 1]
+        if j is None:
+            return y
+        g_, b_ = p["%d.weight" % j], p["%d.bias" % j]
+        rm, rv = self.run["%d.running_mean" % j], self.run["%d.running_var" % j]
+        if mode == "run":
+            return torch.nn.functional.batch_norm(y, rm, rv, g_, b_, False, 0.0, 1e-5)
+        if update:
+            torch.nn.functional.batch_norm(y.detach(), rm, rv, None, None, True, 0.1, 1e-5)
+        return torch.nn.functional.batch_norm(y, None, None, g_, b_, True, 0.0, 1e-5)
+
+    def Fx(self, p, update=False):
+        """D_F BN_1(F x + b_1), BN with the batch statistics of F x (fixed in the simulation, f, J)."""
+        y = self.bn(1, p, self.lin(1, p, self.x), "batch", update)
+        return y.reshape(self.B, -1) * self.mask[1]
+
+    def simulate(self, W):
+        V, lam, H, M = self.V, self.leak, self.H, self.mask
+        fx = self.Fx(self.p)
+        u = [None] + [torch.zeros(self.B, self.sizes[k]) for k in range(1, H + 1)]
+        s = [None] + [torch.zeros(self.B, self.sizes[k]) for k in range(1, H + 1)]
+        acc = torch.zeros(self.B, self.sizes[H])
+        margin = float("inf")
+        for t in range(self.T):
+            for k in range(1, H + 1):
+                if k == 1:
+                    inp = fx + (self.W_apply(W, s[H]) * M["fb"] if t > 0 else 0)
+                else:   # S_k's batchnorm with the running statistics
+                    inp = self.bn(k, self.p, self.lin(k, self.p, s[k - 1]), "run").reshape(self.B, -1) * M[k]
+                u[k] = u[k] + inp
+                margin = min(margin, float((u[k] - V).abs().min()))
+                s[k] = (u[k] >= V).double()
+                u[k] = (u[k] - V * s[k]) * lam
+            acc = lam * acc + s[H]
+        norm = sum(lam ** k for k in range(self.T))
+        return acc / norm, margin, None
+
+    def fmap(self, a, p, W, mode, fx=None, update=False, rows=None):
+        """f(a): mode 'run' (S_k batchnorm on the running statistics: the map of the
+        simulation and of J) or 'batch' (batch statistics: the VJP's map)."""
+        V, M = self.V, self.mask
+        if rows is not None:
+            M = {k: m[rows] for k, m in M.items()}
+        fx = self.Fx(p) if fx is None else fx
+        z = ((self.W_apply(W, a) * M["fb"] + fx) / V).clamp(0, 1)
+        for k in range(2, self.H + 1):
+            y = self.bn(k, p, self.lin(k, p, z), mode, update).reshape(z.shape[0], -1)
+            z = (y * M[k] / V).clamp(0, 1)
+        return z
+
+    def interior(self, a, W):
+        """share of pre-activations / V in [0, 1] per layer of the running-statistics map"""
+        V, M, out = self.V, self.mask, []
+        z = (self.W_apply(W, a) * M["fb"] + self.Fx(self.p)) / V
+        out.append(float(((z >= 0) & (z <= 1)).double().mean()))
+        for k in range(2, self.H + 1):
+            y = self.bn(k, self.p, self.lin(k, self.p, z.clamp(0, 1)), "run").reshape(z.shape[0], -1)
+            z = y * M[k] / V
+            out.append(float(((z >= 0) & (z <= 1)).double().mean()))
+        return out
+
+    def f(self, a, p, W):   # the map of the equilibrium (and of the finite differences)
+        return self.fmap(a, p, W, "run")
+
+    def loss(self, a, p):
+        logits = a @ p["%d.weight" % self.ro].t() + p["%d.bias" % self.ro]
+        return torch.nn.functional.cross_entropy(logits, self.y)
+
+    def jac_sample(self, a, W, i):
+        fx = self.Fx(self.p)[i:i + 1].detach()
+
+        def fi(ai):
+            return self.fmap(ai[None], self.p, W, "run", fx=fx, rows=slice(i, i + 1))[0]
+        return torch.autograd.functional.jacobian(fi, a[i])
+
+    def implicit_grad(self, a, u, v, update=False):
+        """beta from J of the running-statistics map at a; then beta^T d f_batch / dtheta
+        (the batch-statistics map; update: its running update first, as the rule's
+        training map, before J)."""
+        p = {k: t.clone().requires_grad_(True) for k, t in self.p.items()}
+        a0 = a.detach().clone().requires_grad_(True)
+        grads = torch.autograd.grad(self.loss(a0, p), [a0] + list(p.values()), allow_unused=True)
+        g = grads[0]
+        out = {k: (gr if gr is not None else torch.zeros_like(p[k])) for k, gr in zip(p, grads[1:])}
+        pp = {k: t.clone().requires_grad_(True) for k, t in self.p.items()}
+        Wp = self.weff(pp, u, v)
+        z = self.fmap(a.detach(), pp, Wp, "batch", update=update)
+        W = self.weff({k: t.detach() for k, t in self.p.items()}, u, v)
+        beta = torch.zeros_like(g)
+        for i in range(self.B):
+            J = self.jac_sample(a, W, i)
+            beta[i] = torch.linalg.solve(torch.eye(J.shape[0]) - J.t(), g[i])
+        gf = torch.autograd.grad((z * beta).sum(), list(pp.values()), allow_unused=True)
+        for k, gr in zip(pp, gf):
+            if gr is not None:
+                out[k] = out[k] + gr
+        res = max(float((beta[i] - self.jac_sample(a, W, i).t() @ beta[i] - g[i]).norm())
+                  for i in range(self.B))
+        return out, res
+
+    def unrolled_grad(self, K, u, v):
+        pp = {k: t.clone().requires_grad_(True) for k, t in self.p.items()}
+        Wp = self.weff(pp, u, v)
+        a = torch.zeros(self.B, self.sizes[self.H])
+        for _ in range(K):
+            a = self.f(a, pp, Wp)
+        gr = torch.autograd.grad(self.loss(a, pp), list(pp.values()), allow_unused=True)
+        return {k: (g if g is not None else torch.zeros_like(pp[k])) for k, g in zip(pp, gr)}
+
+    def spec(self):
+        toks = []
+        for (C, k, st, pd, bn) in self.layers:
+            toks.append("conv%dx%ds%dp%d" % (k, C, st, pd) + ("-bn" if bn else ""))
+        return "-".join(toks + [str(self.sizes[-1])])
+
+
+def build_mlconv(case_args, out_dir):
+    for seed in range(case_args["seed"], case_args["seed"] + 400):
+        c = MLConvCase(**dict(case_args, seed=seed))
+        u, v = c.power_iter() if c.sn else (None, None)
+        W = c.weff(c.p, u, v)
+        a_T, margin, _ = c.simulate(W)
+        if margin < MARGIN or float(a_T.min()) == float(a_T.max()):
+            continue
+        if float(((a_T > 0) & (a_T < 1)).double().mean()) < 0.3:
+            continue
+        if min(c.interior(a_T, W)) < 0.3:   # J and the VJP not trivial in any layer
+            continue
+        # the rule's training map moves S_k's running statistics before J: do the same
+        c.run = {k: v_.clone() for k, v_ in c.buf.items()}
+        c.fmap(a_T, c.p, W, "batch", update=True)
+        F_rm = {k: v_.clone() for k, v_ in c.run.items()}
+        a = a_T.clone()
+        for _ in range(3000):
+            a = c.f(a, c.p, W)
+        if not float((c.f(a, c.p, W) - a).abs().max()) < 1e-12:
+            continue   # the map does not contract here
+        break
+    else:
+        raise SystemExit("no seed for %s" % case_args["name"])
+    a_star = a
+    fa = c.f(a_T, c.p, W)
+    exact = all(j is None for j in c.bnidx[1:])
+    # gradients: the running statistics as they are after the batch's update (c.run)
+    g_T, res_T = c.implicit_grad(a_T, u, v)
+    g_star, res_s = c.implicit_grad(a_star, u, v)
+    assert res_T < 1e-10 and res_s < 1e-10
+    if exact:   # one map: the gradient is exact (unrolled autograd, finite differences)
+        g_unr = c.unrolled_grad(400, u, v)
+        for k in g_star:
+            err = float((g_unr[k] - g_star[k]).abs().max())
+            assert err < 1e-9 * max(1.0, float(g_star[k].abs().max())), (k, err)
+        fd_check(c, a_star, g_star, u, v)
+    t = {"x": c.x, "y": c.y.int(), "rates": a_T, "fa": fa, "fixed": a_star, "weff": W}
+    for k, v_ in c.p.items():
+        t["init." + k] = v_
+        t["grad." + k] = g_T[k]
+        t["grad_fp." + k] = g_star[k]
+    for k, v_ in c.buf.items():
+        t["init." + k] = v_
+    # running statistics after one training batch: F's from F x, S_k's from the training map
+    run_after = dict(F_rm)
+    j1 = c.bnidx[0]
+    if j1 is not None:
+        rm, rv = c.buf["%d.running_mean" % j1].clone(), c.buf["%d.running_var" % j1].clone()
+        torch.nn.functional.batch_norm(c.lin(1, c.p, c.x), rm, rv, None, None, True, 0.1, 1e-5)
+        run_after["%d.running_mean" % j1], run_after["%d.running_var" % j1] = rm, rv
+    for k, v_ in run_after.items():
+        if "running" in k:
+            t["after." + k] = v_
+    if c.sn:
+        t["sigma_svd"] = torch.linalg.svdvals(c.op_matrix())[:1]
+    if c.drop > 0:
+        for k, m in c.mask.items():
+            t["mask.%s" % k] = m
+    meta = {"spec": c.spec(), "T": c.T, "leak": c.leak, "vth": c.V, "sn": int(c.sn), "sn_c": c.c,
+            "seed": seed, "margin": "%.3g" % margin, "fb_k": c.fb_k, "exact": int(exact),
+            "in_c": c.in_shape[0], "in_h": c.in_shape[1], "in_w": c.in_shape[2]}
+    if c.drop > 0:
+        meta["dropout"] = c.drop
+    path = os.path.join(out_dir, "ide_%s.safetensors" % c.name)
+    fixture.write(path, {k: np.asarray(v_.detach().numpy()) for k, v_ in t.items()}, meta)
+    print("%s: %s seed %d, margin %.3g, interior %s, rates %s, |g| %.3g" % (
+        path, c.spec(), seed, margin, np.round(c.interior(a_T, W), 2),
+        np.round(a_T.numpy().ravel()[:6], 3),
+        sum(float(v_.norm()) for v_ in g_T.values())))
+
+
+def fd_check(c, a_star, g_star, u, v, iters=3000):
+    """Central finite differences of the loss at the re-solved fixed point, along a
+    random direction per parameter (u, v and the dropout masks held: the power
+    iteration is not differentiated), against the implicit gradient at a*."""
+    gd = torch.Generator().manual_seed(7)
+
+    def loss_at_fp(p):
+        Wp = c.weff(p, u, v)
+        a = a_star.clone()
+        for _ in range(iters):
+            a = c.f(a, p, Wp)
+        return float(c.loss(a, p))
+    h = 1e-6
+    for k in g_star:
+        d = torch.randn(c.p[k].shape, generator=gd)
+        pp = dict(c.p)
+        pp[k] = c.p[k] + h * d
+        lp = loss_at_fp(pp)
+        pp[k] = c.p[k] - h * d
+        lm = loss_at_fp(pp)
+        fd, an = (lp - lm) / (2 * h), float((g_star[k] * d).sum())
+        assert abs(fd - an) <= 1e-6 * max(1.0, abs(an)), (k, fd, an)
+
+
 def build_conv(case_args, out_dir, cls=ConvCase):
     for seed in range(case_args["seed"], case_args["seed"] + 200):
         c = cls(**dict(case_args, seed=seed))
@@ -378,26 +721,7 @@ def build_conv(case_args, out_dir, cls=ConvCase):
     for k in g_star:
         err = float((g_unr[k] - g_star[k]).abs().max())
         assert err < 1e-9 * max(1.0, float(g_star[k].abs().max())), (k, err)
-    # central finite differences of the loss at the re-solved fixed point, along a
-    # random direction per parameter (u, v held: the power iteration is not differentiated)
-    gd = torch.Generator().manual_seed(7)
-
-    def loss_at_fp(p):
-        Wp = c.weff(p, u, v)
-        a = a_star.clone()
-        for _ in range(3000):
-            a = c.f(a, p, Wp)
-        return float(c.loss(a, p))
-    h = 1e-6
-    for k in g_star:
-        d = torch.randn(c.p[k].shape, generator=gd)
-        pp = dict(c.p)
-        pp[k] = c.p[k] + h * d
-        lp = loss_at_fp(pp)
-        pp[k] = c.p[k] - h * d
-        lm = loss_at_fp(pp)
-        fd, an = (lp - lm) / (2 * h), float((g_star[k] * d).sum())
-        assert abs(fd - an) <= 1e-6 * max(1.0, abs(an)), (k, fd, an)
+    fd_check(c, a_star, g_star, u, v)
     t = {"x": c.x, "y": c.y.int(), "rates": a_T, "fa": fa, "fixed": a_star, "count1": counts,
          "weff": W}
     for k, v_ in c.p.items():
@@ -459,6 +783,8 @@ def build(case_args, out_dir):
     for k in g_star:
         err = float((g_unr[k] - g_star[k]).abs().max())
         assert err < 1e-9 * max(1.0, float(g_star[k].abs().max())), (k, err)
+    if c.drop > 0:
+        fd_check(c, a_star, g_star, u, v, iters=2000)
     t = {"x": c.x, "y": c.y.int(), "rates": a_T, "fa": fa, "fixed": a_star, "count1": counts,
          "weff": W}
     for k, v_ in c.p.items():
@@ -471,6 +797,10 @@ def build(case_args, out_dir):
         t["sigma_svd"] = torch.linalg.svdvals(c.p["0.weight_fb"])[:1]
     meta = {"spec": spec_of(c.sizes), "T": c.T, "leak": c.leak, "vth": c.V, "sn": int(c.sn),
             "sn_c": c.c, "seed": seed, "margin": "%.3g" % margin}
+    if c.drop > 0:
+        meta["dropout"] = c.drop
+        for k, m in c.mask.items():
+            t["mask.%s" % k] = m
     path = os.path.join(out_dir, "ide_%s.safetensors" % c.name)
     fixture.write(path, {k: np.asarray(v_.detach().numpy()) for k, v_ in t.items()}, meta)
     print("%s: seed %d, margin %.3g, rates %s, |g| %.3g" % (
@@ -491,6 +821,23 @@ def main():
         "spike": lambda: build_conv(dict(name="spike", in_shape=(2, 6, 6), C=4, k=3, stride=2,
                                          pad=1, fb_k=3, ncls=3, T=4, leak=0.95, sn=True, seed=300,
                                          B=2), out, cls=SpikeCase),
+        # dropout 0.2 on F, S_2 and W of a multi-layer dense IF net (masks in the fixture)
+        "drop": lambda: build(dict(name="drop", sizes=[6, 5, 4, 3], T=12, leak=1.0, sn=True, seed=400,
+                                   drop=0.2), out),
+        # the multi-layer conv form (AlexNet-F in small): 1x8x8 -> F conv3x4s2p1+bn 4x4x4 ->
+        # S_2 conv3x6s2p1 6x2x2 -> S_3 conv3x5p1 5x2x2, transposed-conv feedback 5->4 stride 2
+        # (2x2 -> 4x4), LIF 0.95, dropout 0.2, batch 3: exact (no S_k batchnorm)
+        "mlconv": lambda: build_mlconv(dict(name="mlconv", in_shape=(1, 8, 8),
+                                            layers=[(4, 3, 2, 1, True), (6, 3, 2, 1, False),
+                                                    (5, 3, 1, 1, False)],
+                                            fb_k=3, ncls=3, T=10, leak=0.95, sn=True, seed=500,
+                                            drop=0.2), out),
+        # the same with batchnorm on every S_k (the authors' three modes), IF, no dropout
+        "mlconv_bn": lambda: build_mlconv(dict(name="mlconv_bn", in_shape=(1, 8, 8),
+                                               layers=[(4, 3, 2, 1, True), (6, 3, 2, 1, True),
+                                                       (5, 3, 1, 1, True)],
+                                               fb_k=3, ncls=3, T=10, leak=1.0, sn=True, seed=600),
+                                          out),
     }
     for name in sys.argv[2:] or list(cases):   # optional case names after the directory
         cases[name]()

@@ -22,7 +22,17 @@
  *    net on T = 4 binary 2x6x6 frames (x-bar, rates, running statistics,
  *    gradients); T equal frames reproduce the static-current path bit for
  *    bit (every fixture); the memory plan does not grow with T; a frame
- *    count that does not match T is rejected.
+ *    count that does not match T is rejected;
+ *  - variational dropout (ide-dropout): golden values with the reference's
+ *    masks (dense multi-layer, multi-layer conv); one mask for all T steps
+ *    (against the test's own double simulation), drawn once per batch from
+ *    its rng, none at prediction, rate 0 draws nothing; finite differences
+ *    in double with the masks held;
+ *  - the multi-layer conv form (AlexNet-F in small: transposed-conv
+ *    feedback, S_k with and without batchnorm): golden values, finite
+ *    differences in double against the test's own plain-loop model, SGD
+ *    steps, the memory plan flat in T; dense S_k batchnorm against the same
+ *    net written as 1x1 convs.
  * Float tolerances: every golden comparison is 1e-5 relative (atol 1e-6 or
  * 1e-7: entries near zero); the adjoint system is solved to ide_tol = 1e-7.
  * Finite differences: 1e-3 relative + 2e-6 absolute, because the rule's
@@ -52,6 +62,22 @@ static void config_from_meta(soma_rule_config *rc, const soma_st *st)
     rc->ide_sn_c = strtof(soma_st_meta(st, "sn_c"), NULL);
     rc->ide_tol = 1e-7f;
     if (soma_st_meta(st, "fb_k")) rc->ide_fb_k = atoi(soma_st_meta(st, "fb_k"));
+    if (soma_st_meta(st, "dropout")) rc->ide_dropout = strtof(soma_st_meta(st, "dropout"), NULL);
+}
+
+/* dropout fixtures: the reference's masks into the rule (mask.<k>, mask.fb) */
+static void load_masks(soma_rule *r, const soma_st *st)
+{
+    ide_state *e = r->state;
+    if (!soma_st_meta(st, "dropout")) return;
+    for (int k = 1; k <= e->H + 1; k++) {
+        char key[32];
+        if (k <= e->H) snprintf(key, sizeof key, "mask.%d", k);
+        else snprintf(key, sizeof key, "mask.fb");
+        const soma_st_tensor *t = soma_st_find(st, key);
+        if (!CHECK(t != NULL && e->drop_alloc)) return;
+        memcpy(k <= e->H ? e->drop[k] : e->drop_fb, t->data, t->nbytes);
+    }
 }
 
 /* spike-input fixtures: x holds T frames a sample (frame t contiguous) */
@@ -109,6 +135,7 @@ static int build(const soma_st *st, soma_rule_config *rc, soma_net **net, soma_r
         const float *src = fx(st, key, &n);
         if (src) memcpy(v, src, n * sizeof(float));
     }
+    load_masks(*rule, st);
     return 1;
 }
 
@@ -184,6 +211,7 @@ static void golden(const char *name)
         check_close_f(lab, v, after, n, 1e-5, 1e-7);
     }
     int nH = e->n[e->H];
+    int drop = rc.ide_dropout > 0;   /* the direct map calls below: with the batch's masks */
     snprintf(lab, sizeof lab, "%s weff", name);
     const float *w = fx(st, "weff", &n);
     if (w) check_close_f(lab, e->weff, w, n, 1e-5, 1e-7);
@@ -191,7 +219,9 @@ static void golden(const char *name)
     const float *want = fx(st, "rates", &n);
     if (want) check_close_f(lab, e->a, want, n, 1e-5, 1e-7);
     float *fa = malloc((size_t)B * nH * sizeof(float));
+    e->drop_on = drop;
     soma__ide_map(r, fa, e->a, B);
+    e->drop_on = 0;
     snprintf(lab, sizeof lab, "%s f(a_T)", name);
     if ((want = fx(st, "fa", &n))) check_close_f(lab, fa, want, n, 1e-5, 1e-6);
     soma_ide_diag d;
@@ -213,7 +243,9 @@ static void golden(const char *name)
 
     /* the fixed point and the gradient there */
     memcpy(fa, e->a, (size_t)B * nH * sizeof(float));
+    e->drop_on = drop;
     fixed_point(r, fa, B, 500);
+    e->drop_on = 0;
     snprintf(lab, sizeof lab, "%s fixed point", name);
     if ((want = fx(st, "fixed", &n))) check_close_f(lab, fa, want, n, 1e-5, 1e-6);
     CHECK(soma__ide_grad_at(r, &b, fa, NULL) == SOMA_OK);
@@ -242,6 +274,7 @@ typedef struct dmodel {
     const float *x;
     const int32_t *y;
     double V;
+    const float *mF, *mW;          /* dropout masks (B,n1) of F's and W's outputs, or NULL */
 } dmodel;
 
 static double *dcopy(const float *src, size_t n)
@@ -256,9 +289,11 @@ static void dmap(const dmodel *m, double *out, double *pre, const double *a)
 {
     for (int s = 0; s < m->B; s++)
         for (int i = 0; i < m->n1; i++) {
-            double z = m->b1[i];
+            double z = m->b1[i], zw = 0;
+            size_t q = (size_t)s * m->n1 + i;
             for (int j = 0; j < m->n0; j++) z += m->F[(size_t)i * m->n0 + j] * m->x[(size_t)s * m->n0 + j];
-            for (int j = 0; j < m->n1; j++) z += m->W[(size_t)i * m->n1 + j] * a[(size_t)s * m->n1 + j];
+            for (int j = 0; j < m->n1; j++) zw += m->W[(size_t)i * m->n1 + j] * a[(size_t)s * m->n1 + j];
+            z = (m->mF ? m->mF[q] * z : z) + (m->mW ? m->mW[q] * zw : zw);
             z /= m->V;
             if (pre) pre[(size_t)s * m->n1 + i] = z;
             out[(size_t)s * m->n1 + i] = z < 0 ? 0 : z > 1 ? 1 : z;
@@ -359,6 +394,37 @@ static float *value_of(soma_net *net, const char *want)
     return NULL;
 }
 
+/* Central differences of the loss at the double fixed point against the
+ * rule's gradient (in the net's grad store) for every parameter of m. */
+static void fd_dense(const char *tag, soma_net *net, dmodel *m)
+{
+    struct { const char *name; double *p; } ps[] = {
+        { "0.weight", m->F }, { "0.bias", m->b1 }, { "0.weight_fb", m->W }, { "2.weight", m->R },
+        { "2.bias", m->bR },
+    };
+    const double h = 1e-6;
+    for (size_t k = 0; k < sizeof ps / sizeof *ps; k++) {
+        size_t n;
+        const float *g = grad_of(net, ps[k].name, &n);
+        if (!CHECK(g != NULL)) continue;
+        double *fd = malloc(n * sizeof(double)), *gd = malloc(n * sizeof(double));
+        for (size_t i = 0; i < n; i++) {
+            double keep = ps[k].p[i];
+            ps[k].p[i] = keep + h;
+            double lp = loss_at_fixed_point(m);
+            ps[k].p[i] = keep - h;
+            double lm = loss_at_fixed_point(m);
+            ps[k].p[i] = keep;
+            fd[i] = (lp - lm) / (2 * h);
+            gd[i] = g[i];
+        }
+        char lab[96];
+        snprintf(lab, sizeof lab, "finite differences %s%s", tag, ps[k].name);
+        check_close_d(lab, gd, fd, n, 1e-3, 2e-6);
+        free(fd); free(gd);
+    }
+}
+
 /* Finite differences and the BPTT oracle on the single-layer IF fixture. */
 static void double_checks(void)
 {
@@ -390,31 +456,7 @@ static void double_checks(void)
     fixed_point(r, a, B, 500);
     CHECK(soma__ide_grad_at(r, &b, a, NULL) == SOMA_OK);
 
-    /* central differences of the loss at the double fixed point */
-    struct { const char *name; double *p; } ps[] = {
-        { "0.weight", m.F }, { "0.bias", m.b1 }, { "0.weight_fb", m.W }, { "2.weight", m.R }, { "2.bias", m.bR },
-    };
-    const double h = 1e-6;
-    for (size_t k = 0; k < sizeof ps / sizeof *ps; k++) {
-        size_t n;
-        const float *g = grad_of(net, ps[k].name, &n);
-        if (!CHECK(g != NULL)) continue;
-        double *fd = malloc(n * sizeof(double)), *gd = malloc(n * sizeof(double));
-        for (size_t i = 0; i < n; i++) {
-            double keep = ps[k].p[i];
-            ps[k].p[i] = keep + h;
-            double lp = loss_at_fixed_point(&m);
-            ps[k].p[i] = keep - h;
-            double lm = loss_at_fixed_point(&m);
-            ps[k].p[i] = keep;
-            fd[i] = (lp - lm) / (2 * h);
-            gd[i] = g[i];
-        }
-        char lab[96];
-        snprintf(lab, sizeof lab, "finite differences %s", ps[k].name);
-        check_close_d(lab, gd, fd, n, 1e-3, 2e-6);
-        free(fd); free(gd);
-    }
+    fd_dense("", net, &m);
 
     /* BPTT through the rate map converges to the IDE gradient as K grows */
     size_t nF = (size_t)m.n1 * m.n0, nW = (size_t)m.n1 * m.n1, nR = (size_t)m.C * m.n1;
@@ -540,6 +582,511 @@ static void sgd_steps(soma_rule *r, const soma_batch *b, int n, double *first, d
     }
 }
 
+/* ---- variational dropout ---------------------------------------------------- */
+
+/* The single-layer IF simulation in double with the masks m->mF, m->mW
+ * applied at every step (the test's own): rates (B, n1); returns the
+ * smallest |u - V| seen at a threshold test. */
+static double dsimulate(const dmodel *m, double *rates, int T)
+{
+    size_t n = (size_t)m->B * m->n1;
+    double *u = calloc(n, sizeof(double)), *s = calloc(n, sizeof(double)), *sn = malloc(n * sizeof(double));
+    double margin = INFINITY;
+    memset(rates, 0, n * sizeof(double));
+    for (int t = 0; t < T; t++) {
+        for (int b = 0; b < m->B; b++)
+            for (int i = 0; i < m->n1; i++) {
+                size_t q = (size_t)b * m->n1 + i;
+                double z = m->b1[i], zw = 0;
+                for (int j = 0; j < m->n0; j++) z += m->F[(size_t)i * m->n0 + j] * m->x[(size_t)b * m->n0 + j];
+                for (int j = 0; j < m->n1; j++) zw += m->W[(size_t)i * m->n1 + j] * s[(size_t)b * m->n1 + j];
+                u[q] += m->mF[q] * z + (t > 0 ? m->mW[q] * zw : 0.0);
+                margin = fmin(margin, fabs(u[q] - m->V));
+                sn[q] = u[q] >= m->V;
+                u[q] -= m->V * sn[q];
+            }
+        for (size_t q = 0; q < n; q++) { s[q] = sn[q]; rates[q] += sn[q] / T; }
+    }
+    free(u); free(s); free(sn);
+    return margin;
+}
+
+/* ide-dropout: rate 0 allocates, draws and multiplies nothing; the masks of
+ * a batch come from its rng, once, in a fixed order, with values 0 or
+ * 1/(1-p); the simulation uses the same mask at every step (against the
+ * test's own double simulation); masks of ones give the gradient without
+ * dropout; prediction uses none; in double the gradient with the masks held
+ * fixed matches central finite differences at the re-solved fixed point. */
+static void dropout_checks(void)
+{
+    soma_st *st;
+    if (!CHECK(soma_st_read(&st, "tests/fixtures/ide_if.safetensors") == SOMA_OK)) return;
+    soma_rule_config r0, rd;
+    config_from_meta(&r0, st);
+    config_from_meta(&rd, st);
+    rd.ide_dropout = 0.2f;
+    size_t nx, ny;
+    const float *x = fx(st, "x", &nx);
+    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
+    int B = (int)ny;
+    soma_net *n0, *nd;
+    soma_rule *a, *d;
+    if (!build(st, &r0, &n0, &a, B)) { soma_st_free(st); return; }
+    if (!build(st, &rd, &nd, &d, B)) { soma_rule_free(a); soma_net_free(n0); soma_st_free(st); return; }
+    ide_state *ea = a->state, *ed = d->state;
+    int n1 = ed->n[1];
+    size_t m1 = (size_t)B * n1;
+    soma_batch b = { .n = B, .c = (int)(nx / ny), .h = 1, .w = 1, .x = (float *)x, .y = (int32_t *)y };
+    /* rate 0: no masks, the rng untouched by a training step */
+    CHECK(ea->drop_alloc == 0 && ed->drop_alloc == 1);
+    soma_rng g0, g1;
+    soma_rng_seed(&g0, 5);
+    g1 = g0;
+    CHECK(soma_rule_train_batch(a, &b, 0.05f, &g0, NULL) == SOMA_OK);
+    CHECK(!memcmp(&g0, &g1, sizeof g0));
+    soma_rule_free(a);
+    soma_net_free(n0);
+    if (!build(st, &r0, &n0, &a, B)) { soma_rule_free(d); soma_net_free(nd); soma_st_free(st); return; }
+    ea = a->state;
+    /* the masks of a training batch: drawn once from its rng (F's, then W's) */
+    soma_rng_seed(&g0, 11);
+    soma_rng_seed(&g1, 11);
+    float *keep = malloc(2 * m1 * sizeof(float));
+    CHECK(soma_rule_train_batch(d, &b, 0.05f, &g0, NULL) == SOMA_OK);
+    memcpy(keep, ed->drop[1], m1 * sizeof(float));
+    memcpy(keep + m1, ed->drop_fb, m1 * sizeof(float));
+    soma__ide_draw_masks(d, &g1, B);
+    CHECK(!memcmp(keep, ed->drop[1], m1 * sizeof(float)) && !memcmp(keep + m1, ed->drop_fb, m1 * sizeof(float)));
+    CHECK(!memcmp(&g0, &g1, sizeof g0));   /* nothing else drawn */
+    int zeros = 0, odd = 0;
+    for (size_t i = 0; i < 2 * m1; i++) {
+        zeros += keep[i] == 0.0f;
+        odd += keep[i] != 0.0f && keep[i] != 1.25f;
+    }
+    CHECK(odd == 0 && zeros > 0 && zeros < (int)m1);
+    size_t np = soma_net_param_floats(n0);   /* back to the fixture's weights */
+    memcpy(soma_net_param_values(nd), soma_net_param_values(n0), np * sizeof(float));
+    /* the same masks at every step: the rule's rates are the double simulation's
+     * with those masks held fixed (a seed whose spikes stay clear of V) */
+    dmodel m = { .B = B, .n0 = ed->n[0], .n1 = n1, .C = ed->C, .x = x, .y = y, .V = rd.ide_vth };
+    m.F = dcopy(value_of(nd, "0.weight"), (size_t)n1 * m.n0);
+    m.b1 = dcopy(value_of(nd, "0.bias"), n1);
+    m.W = dcopy(value_of(nd, "0.weight_fb"), (size_t)n1 * n1);
+    m.R = dcopy(value_of(nd, "2.weight"), (size_t)m.C * n1);
+    m.bR = dcopy(value_of(nd, "2.bias"), m.C);
+    m.mF = ed->drop[1];
+    m.mW = ed->drop_fb;
+    double *dr = malloc(m1 * sizeof(double)), margin = 0;
+    int seed = 0;
+    for (seed = 100; seed < 200; seed++) {
+        soma_rng_seed(&g0, seed);
+        soma__ide_draw_masks(d, &g0, B);
+        if ((margin = dsimulate(&m, dr, rd.T)) > 1e-4) break;
+    }
+    CHECK(margin > 1e-4);
+    ed->drop_on = 1;
+    soma__ide_simulate(d, x, B);
+    ed->drop_on = 0;
+    double *ad = malloc(m1 * sizeof(double));
+    for (size_t i = 0; i < m1; i++) ad[i] = ed->a[i];
+    check_close_d("dropout: rates with one mask for all T steps", ad, dr, m1, 1e-6, 1e-6);
+    soma__ide_simulate(d, x, B);   /* and the masks matter */
+    int differ = 0;
+    for (size_t i = 0; i < m1; i++) differ += fabs(ed->a[i] - dr[i]) > 1e-6;
+    CHECK(differ > 0);
+    printf("  dropout 0.2: masks from seed %d (margin %.3g), %d of %zu rates differ without them\n",
+           seed, margin, differ, m1);
+    /* masks of ones: the gradient without dropout */
+    for (size_t i = 0; i < m1; i++) ed->drop[1][i] = ed->drop_fb[i] = 1.0f;
+    CHECK(soma__ide_grad(a, &b, 0, NULL) == SOMA_OK);
+    CHECK(soma__ide_grad(d, &b, 0, NULL) == SOMA_OK);
+    check_close_f("dropout: masks of ones vs no dropout", soma_net_param_grads(nd), soma_net_param_grads(n0),
+                  np, 1e-6, 1e-7);
+    /* prediction: no dropout */
+    soma__ide_draw_masks(d, &g0, B);
+    const float *la, *ld;
+    CHECK(soma_rule_predict(a, &b, &la, NULL) == SOMA_OK);
+    CHECK(soma_rule_predict(d, &b, &ld, NULL) == SOMA_OK);
+    CHECK(!memcmp(la, ld, (size_t)B * ed->C * sizeof(float)));
+    /* finite differences in double with the masks held */
+    soma_rng_seed(&g0, seed);
+    soma__ide_draw_masks(d, &g0, B);
+    ed->drop_on = 1;
+    soma__ide_simulate(d, x, B);
+    float *af = malloc(m1 * sizeof(float));
+    memcpy(af, ed->a, m1 * sizeof(float));
+    fixed_point(d, af, B, 500);
+    ed->drop_on = 0;
+    CHECK(soma__ide_grad_at(d, &b, af, NULL) == SOMA_OK);
+    fd_dense("with dropout masks ", nd, &m);
+    free(af); free(ad); free(dr); free(keep);
+    free(m.F); free(m.b1); free(m.W); free(m.R); free(m.bR);
+    soma_rule_free(a); soma_rule_free(d);
+    soma_net_free(n0); soma_net_free(nd);
+    soma_st_free(st);
+}
+
+/* ---- double-precision multi-layer conv model (the test's own) ------------- */
+
+/* y (O,OH,OW) = conv(x (C,H,W); w) + b for one sample, plain loops */
+static void dconv(double *y, const double *x, const double *w, const double *b, const soma_conv_shape *s)
+{
+    for (int o = 0; o < s->O; o++)
+        for (int oh = 0; oh < s->OH; oh++)
+            for (int ow = 0; ow < s->OW; ow++) {
+                double acc = b ? b[o] : 0.0;
+                for (int c = 0; c < s->C; c++)
+                    for (int kh = 0; kh < s->KH; kh++)
+                        for (int kw = 0; kw < s->KW; kw++) {
+                            int ih = oh * s->stride - s->pad + kh, iw = ow * s->stride - s->pad + kw;
+                            if (ih < 0 || ih >= s->H || iw < 0 || iw >= s->W) continue;
+                            acc += w[((size_t)(o * s->C + c) * s->KH + kh) * s->KW + kw] *
+                                   x[((size_t)c * s->H + ih) * s->W + iw];
+                        }
+                y[((size_t)o * s->OH + oh) * s->OW + ow] = acc;
+            }
+}
+
+/* x (C,H,W) = conv^T(y (O,OH,OW); w): the transposed conv, written as the
+ * scatter of every output tap (independent of the conv kernels' dx path) */
+static void dconvt(double *x, const double *y, const double *w, const soma_conv_shape *s)
+{
+    memset(x, 0, (size_t)s->C * s->H * s->W * sizeof(double));
+    for (int o = 0; o < s->O; o++)
+        for (int oh = 0; oh < s->OH; oh++)
+            for (int ow = 0; ow < s->OW; ow++) {
+                double v = y[((size_t)o * s->OH + oh) * s->OW + ow];
+                for (int c = 0; c < s->C; c++)
+                    for (int kh = 0; kh < s->KH; kh++)
+                        for (int kw = 0; kw < s->KW; kw++) {
+                            int ih = oh * s->stride - s->pad + kh, iw = ow * s->stride - s->pad + kw;
+                            if (ih < 0 || ih >= s->H || iw < 0 || iw >= s->W) continue;
+                            x[((size_t)c * s->H + ih) * s->W + iw] +=
+                                w[((size_t)(o * s->C + c) * s->KH + kh) * s->KW + kw] * v;
+                        }
+            }
+}
+
+/* The multi-layer conv form without S_k batchnorm: F conv + bias + batchnorm
+ * (batch statistics), S_k conv + bias, the transposed-conv feedback with the
+ * spectral norm at held u, v, dropout masks, a dense readout. */
+typedef struct dml {
+    int B, H, C, n[IDE_MAXH + 1];
+    soma_conv_shape cs[IDE_MAXH + 1], wcs;
+    double *p[32];                 /* parameters, by the net's param index */
+    size_t np[32];
+    int w[IDE_MAXH + 2], b[IDE_MAXH + 2], bn_g, bn_b, fb, g;
+    double eps, V, c;
+    const float *u, *v, *mask[IDE_MAXH + 1], *mfb;
+    const float *x;
+    const int32_t *y;
+} dml;
+
+static void dml_fx(const dml *m, double *fx)
+{
+    const soma_conv_shape *s = &m->cs[1];
+    int n1 = m->n[1], P = s->OH * s->OW;
+    double *xs = malloc((size_t)m->n[0] * sizeof(double));
+    for (int b = 0; b < m->B; b++) {
+        for (int i = 0; i < m->n[0]; i++) xs[i] = m->x[(size_t)b * m->n[0] + i];
+        dconv(fx + (size_t)b * n1, xs, m->p[m->w[1]], m->p[m->b[1]], s);
+    }
+    for (int c = 0; c < s->O; c++) {   /* batchnorm, batch statistics (biased) */
+        double mean = 0, var = 0, nn = (double)m->B * P;
+        for (int b = 0; b < m->B; b++)
+            for (int q = 0; q < P; q++) mean += fx[(size_t)b * n1 + (size_t)c * P + q] / nn;
+        for (int b = 0; b < m->B; b++)
+            for (int q = 0; q < P; q++) {
+                double dd = fx[(size_t)b * n1 + (size_t)c * P + q] - mean;
+                var += dd * dd / nn;
+            }
+        for (int b = 0; b < m->B; b++)
+            for (int q = 0; q < P; q++) {
+                double *z = &fx[(size_t)b * n1 + (size_t)c * P + q];
+                *z = (*z - mean) / sqrt(var + m->eps) * m->p[m->bn_g][c] + m->p[m->bn_b][c];
+            }
+    }
+    for (size_t i = 0; i < (size_t)m->B * n1; i++) fx[i] *= m->mask[1][i];
+    free(xs);
+}
+
+static double dml_loss_at_fp(const dml *m, const double *a0)
+{
+    int H = m->H, n1 = m->n[1], nH = m->n[H];
+    size_t nA = (size_t)m->B * nH, wn = m->np[m->fb];
+    double *fx = malloc((size_t)m->B * n1 * sizeof(double)), *weff = malloc(wn * sizeof(double));
+    double *a = malloc(nA * sizeof(double)), *z[IDE_MAXH + 1], *vv = malloc((size_t)nH * sizeof(double));
+    for (int k = 1; k <= H; k++) z[k] = malloc((size_t)m->n[k] * sizeof(double));
+    dml_fx(m, fx);
+    /* W = clamp(alpha, -c, c) w / sigma, sigma = u^T (W v) at the held u, v */
+    for (int j = 0; j < nH; j++) vv[j] = m->v[j];
+    dconvt(z[1], vv, m->p[m->fb], &m->wcs);
+    double sig = 0, al = fmin(fmax(m->p[m->g][0], -m->c), m->c);
+    for (int i = 0; i < n1; i++) sig += m->u[i] * z[1][i];
+    for (size_t i = 0; i < wn; i++) weff[i] = al * m->p[m->fb][i] / sig;
+    memcpy(a, a0, nA * sizeof(double));
+    for (int it = 0; it < 5000; it++) {
+        double diff = 0;
+        for (int b = 0; b < m->B; b++) {
+            double *ab = a + (size_t)b * nH;
+            dconvt(z[1], ab, weff, &m->wcs);
+            for (int i = 0; i < n1; i++) {
+                size_t q = (size_t)b * n1 + i;
+                double t = (m->mfb[q] * z[1][i] + fx[q]) / m->V;
+                z[1][i] = t < 0 ? 0 : t > 1 ? 1 : t;
+            }
+            for (int k = 2; k <= H; k++) {
+                dconv(z[k], z[k - 1], m->p[m->w[k]], m->p[m->b[k]], &m->cs[k]);
+                for (int i = 0; i < m->n[k]; i++) {
+                    double t = m->mask[k][(size_t)b * m->n[k] + i] * z[k][i] / m->V;
+                    z[k][i] = t < 0 ? 0 : t > 1 ? 1 : t;
+                }
+            }
+            for (int i = 0; i < nH; i++) { diff = fmax(diff, fabs(z[H][i] - ab[i])); ab[i] = z[H][i]; }
+        }
+        if (diff < 1e-15) break;
+    }
+    double L = 0;   /* mean cross-entropy of the readout */
+    const double *R = m->p[m->w[H + 1]], *bR = m->p[m->b[H + 1]];
+    for (int b = 0; b < m->B; b++) {
+        double lg[16], mx = -1e300, zz = 0;
+        for (int c = 0; c < m->C; c++) {
+            lg[c] = bR[c];
+            for (int j = 0; j < nH; j++) lg[c] += R[(size_t)c * nH + j] * a[(size_t)b * nH + j];
+            mx = fmax(mx, lg[c]);
+        }
+        for (int c = 0; c < m->C; c++) zz += exp(lg[c] - mx);
+        L += -(lg[m->y[b]] - mx - log(zz)) / m->B;
+    }
+    for (int k = 1; k <= H; k++) free(z[k]);
+    free(fx); free(weff); free(a); free(vv);
+    return L;
+}
+
+/* The multi-layer conv fixture (transposed-conv feedback, F's batchnorm,
+ * dropout masks, spectral norm): the rule's gradient at its fixed point
+ * against central differences of the double model's loss at the re-solved
+ * fixed point, 8 entries of every parameter tensor. */
+static void mlconv_double(void)
+{
+    soma_st *st;
+    if (!CHECK(soma_st_read(&st, "tests/fixtures/ide_mlconv.safetensors") == SOMA_OK)) return;
+    soma_rule_config rc;
+    config_from_meta(&rc, st);
+    size_t nx, ny;
+    const float *x = fx(st, "x", &nx);
+    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
+    int B = (int)ny, ic, ih, iw;
+    in_shape(st, &ic, &ih, &iw);
+    soma_net *net;
+    soma_rule *r;
+    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
+    ide_state *e = r->state;
+    soma_batch b = { .n = B, .c = ic, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
+    CHECK(e->fbk == IDE_FB_CONVT && e->H == 3 && e->sbn == 0 && e->bn_g[1] >= 0);
+    CHECK(soma__ide_grad(r, &b, 1, NULL) == SOMA_OK);   /* u, v after one power iteration */
+    size_t nA = (size_t)B * e->n[e->H];
+    float *af = malloc(nA * sizeof(float));
+    memcpy(af, e->a, nA * sizeof(float));
+    e->drop_on = 1;
+    fixed_point(r, af, B, 2000);
+    e->drop_on = 0;
+    CHECK(soma__ide_grad_at(r, &b, af, NULL) == SOMA_OK);
+    dml m = { .B = B, .H = e->H, .C = e->C, .wcs = e->wcs, .fb = e->fb, .g = e->sn_g,
+              .bn_g = e->bn_g[1], .bn_b = e->bn_b[1], .eps = e->bn_eps[1], .V = rc.ide_vth,
+              .c = rc.ide_sn_c, .x = x, .y = y, .mfb = e->drop_fb };
+    m.u = soma__buffer_value(net, e->sn_u);
+    m.v = soma__buffer_value(net, e->sn_v);
+    for (int k = 0; k <= e->H; k++) {
+        m.n[k] = e->n[k];
+        m.cs[k] = e->cs[k];
+        m.mask[k] = e->drop[k];
+    }
+    for (int k = 1; k <= e->H + 1; k++) { m.w[k] = e->w[k]; m.b[k] = e->b[k]; }
+    int npar = net->params.count;
+    if (!CHECK(npar <= 32)) { soma_rule_free(r); soma_net_free(net); soma_st_free(st); return; }
+    for (int i = 0; i < npar; i++) {
+        m.np[i] = net->params.p[i].n;
+        m.p[i] = dcopy(soma__param_value(net, i), m.np[i]);
+    }
+    double *a0 = malloc(nA * sizeof(double));
+    for (size_t i = 0; i < nA; i++) a0[i] = af[i];
+    const double h = 1e-6;
+    for (int i = 0; i < npar; i++) {
+        enum { NE = 8 };
+        size_t n = m.np[i], ne = n < NE ? n : NE;
+        double fd[NE], gd[NE];
+        const float *g = soma__param_grad(net, i);
+        for (size_t q = 0; q < ne; q++) {
+            size_t at = q * n / ne;
+            double keep = m.p[i][at];
+            m.p[i][at] = keep + h;
+            double lp = dml_loss_at_fp(&m, a0);
+            m.p[i][at] = keep - h;
+            double lm = dml_loss_at_fp(&m, a0);
+            m.p[i][at] = keep;
+            fd[q] = (lp - lm) / (2 * h);
+            gd[q] = g[at];
+        }
+        char lab[96];
+        snprintf(lab, sizeof lab, "multi-layer conv finite differences %s", net->params.p[i].name);
+        check_close_d(lab, gd, fd, ne, 1e-4, 1e-7);
+    }
+    for (int i = 0; i < npar; i++) free(m.p[i]);
+    free(a0); free(af);
+    soma_rule_free(r);
+    soma_net_free(net);
+    soma_st_free(st);
+}
+
+/* The multi-layer conv forms: 30 SGD steps lower the loss (the batchnorm
+ * fixture: S_k's running statistics move every step; the dropout one:
+ * prediction, without masks, gets better); the memory plan is the same at
+ * T = 4 and T = 64. */
+static void mlconv_training(const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof path, "tests/fixtures/ide_%s.safetensors", name);
+    soma_st *st;
+    if (!CHECK(soma_st_read(&st, path) == SOMA_OK)) return;
+    soma_rule_config rc;
+    config_from_meta(&rc, st);
+    size_t nx, ny;
+    const float *x = fx(st, "x", &nx);
+    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
+    int B = (int)ny, ic, ih, iw;
+    in_shape(st, &ic, &ih, &iw);
+    soma_net *net;
+    soma_rule *r;
+    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
+    soma_batch b = { .n = B, .c = ic, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
+    const float *sc;
+    soma_step_stats p0 = { 0 }, p1 = { 0 };
+    CHECK(soma_rule_predict(r, &b, &sc, &p0) == SOMA_OK);
+    double first = 0, last = 0;
+    sgd_steps(r, &b, 30, &first, &last);
+    CHECK(soma_rule_predict(r, &b, &sc, &p1) == SOMA_OK);
+    printf("  %s, 30 SGD steps on one batch: loss %.4f -> %.4f (prediction %.4f -> %.4f)\n", name,
+           first, last, p0.loss / p0.n, p1.loss / p1.n);
+    CHECK(last < first && p1.loss < p0.loss);
+    soma_mem_plan p4, p64;
+    soma_rule_free(r);
+    soma_net_free(net);
+    int Ts[2] = { 4, 64 };
+    for (int q = 0; q < 2; q++) {
+        rc.T = Ts[q];
+        if (!CHECK(new_net_shape(&net, soma_st_meta(st, "spec"), ic, ih, iw))) break;
+        if (CHECK(soma_rule_new(&r, "ide", net, &rc, B) == SOMA_OK)) {
+            soma_rule_plan(r, q ? &p64 : &p4);
+            soma_rule_free(r);
+        }
+        soma_net_free(net);
+    }
+    CHECK(p4.total == p64.total && p4.activations == p64.activations);
+    printf("  %s memory plan: %zu bytes at T = 4, %zu at T = 64\n", name, p4.total, p64.total);
+    soma_st_free(st);
+}
+
+/* Batchnorm on dense S_k: "9-5-bn-4-bn-3" is "conv3x5-bn-conv1x4-bn-3" on
+ * 1x3x3 inputs (F's kernel covers the input: 5x1x1 maps) with a 1x1
+ * transposed-conv feedback (W_dense = w^T), whose path the golden
+ * mlconv_bn checks.  Same weights, buffers and dropout
+ * masks: the same rates, gradients and running statistics. */
+static void dense_bn_as_conv(void)
+{
+    soma_rule_config rc;
+    soma_rule_config_default(&rc);
+    soma_optim_config_default(&rc.optim, SOMA_OPTIM_SGD);
+    rc.T = 10;
+    rc.ide_leak = 0.95f;
+    rc.ide_dropout = 0.2f;
+    rc.ide_tol = 1e-7f;
+    enum { B = 4 };
+    soma_net *nd, *nc;
+    soma_rule *d = NULL, *c = NULL;
+    if (!CHECK(new_net(&nd, "9-5-bn-4-bn-3"))) return;
+    if (!CHECK(new_net_shape(&nc, "conv3x5-bn-conv1x4-bn-3", 1, 3, 3))) { soma_net_free(nd); return; }
+    CHECK(soma_rule_new(&d, "ide", nd, &rc, B) == SOMA_OK);
+    rc.ide_fb_k = 1;
+    CHECK(soma_rule_new(&c, "ide", nc, &rc, B) == SOMA_OK);
+    if (!d || !c) { soma_rule_free(d); soma_rule_free(c); soma_net_free(nd); soma_net_free(nc); return; }
+    ide_state *ed = d->state, *ec = c->state;
+    CHECK(ed->sbn && ec->sbn && ed->fbk == IDE_FB_DENSE && ec->fbk == IDE_FB_CONVT && ed->H == 2 && ec->H == 2);
+    /* the dense net's tensors into the conv net's (the feedback transposed) */
+    soma_rng g;
+    soma_rng_seed(&g, 9);
+    for (int k = 1; k <= 3; k++) {
+        int pi[4] = { ed->w[k], ed->b[k], k <= 2 ? ed->bn_g[k] : -1, k <= 2 ? ed->bn_b[k] : -1 };
+        int qi[4] = { ec->w[k], ec->b[k], k <= 2 ? ec->bn_g[k] : -1, k <= 2 ? ec->bn_b[k] : -1 };
+        for (int j = 0; j < 4; j++) {
+            if (pi[j] < 0) continue;
+            size_t n = nd->params.p[pi[j]].n;
+            CHECK(n == nc->params.p[qi[j]].n);
+            float *v = soma__param_value(nd, pi[j]);
+            for (size_t i = 0; i < n; i++) v[i] = j == 2 ? 0.6f + soma_rng_uniform(&g) : soma_rng_uniform(&g) - 0.25f;
+            memcpy(soma__param_value(nc, qi[j]), v, n * sizeof(float));
+        }
+        if (k <= 2) {
+            float *rm = soma__buffer_value(nd, ed->bn_rm[k]), *rv = soma__buffer_value(nd, ed->bn_rv[k]);
+            for (int i = 0; i < ed->bn_c[k]; i++) { rm[i] = 0.2f * soma_rng_uniform(&g); rv[i] = 0.5f + soma_rng_uniform(&g); }
+            memcpy(soma__buffer_value(nc, ec->bn_rm[k]), rm, ed->bn_c[k] * sizeof(float));
+            memcpy(soma__buffer_value(nc, ec->bn_rv[k]), rv, ed->bn_c[k] * sizeof(float));
+        }
+    }
+    int n1 = ed->n[1], nH = ed->n[2];
+    const float *wd = soma__param_value(nd, ed->fb);
+    float *wc = soma__param_value(nc, ec->fb);
+    for (int i = 0; i < n1; i++)
+        for (int j = 0; j < nH; j++) wc[(size_t)j * n1 + i] = wd[(size_t)i * nH + j];
+    soma__param_value(nc, ec->sn_g)[0] = soma__param_value(nd, ed->sn_g)[0];
+    memcpy(soma__buffer_value(nc, ec->sn_u), soma__buffer_value(nd, ed->sn_u), n1 * sizeof(float));
+    memcpy(soma__buffer_value(nc, ec->sn_v), soma__buffer_value(nd, ed->sn_v), nH * sizeof(float));
+    float x[B * 9];
+    int32_t y[B] = { 0, 1, 2, 1 };
+    for (int i = 0; i < B * 9; i++) x[i] = 1.5f * soma_rng_uniform(&g);
+    soma__ide_draw_masks(d, &g, B);
+    for (int k = 1; k <= 2; k++) memcpy(ec->drop[k], ed->drop[k], (size_t)B * ed->n[k] * sizeof(float));
+    memcpy(ec->drop_fb, ed->drop_fb, (size_t)B * n1 * sizeof(float));
+    soma_batch bd = { .n = B, .c = 9, .h = 1, .w = 1, .x = x, .y = y }, bc = bd;
+    bc.c = 1;
+    bc.h = bc.w = 3;
+    CHECK(soma__ide_grad(d, &bd, 1, NULL) == SOMA_OK);
+    CHECK(soma__ide_grad(c, &bc, 1, NULL) == SOMA_OK);
+    double fr = 0;
+    for (int i = 0; i < B * nH; i++) fr += ed->a[i] > 0 && ed->a[i] < 1;
+    CHECK(fr >= 0.2 * B * nH);   /* not a trivial point */
+    check_close_f("dense S_k batchnorm vs conv1x1: rates", ed->a, ec->a, (size_t)B * nH, 1e-6, 1e-7);
+    for (int k = 1; k <= 3; k++) {
+        int pi[4] = { ed->w[k], ed->b[k], k <= 2 ? ed->bn_g[k] : -1, k <= 2 ? ed->bn_b[k] : -1 };
+        int qi[4] = { ec->w[k], ec->b[k], k <= 2 ? ec->bn_g[k] : -1, k <= 2 ? ec->bn_b[k] : -1 };
+        for (int j = 0; j < 4; j++) {
+            if (pi[j] < 0) continue;
+            char lab[96];
+            snprintf(lab, sizeof lab, "dense S_k batchnorm vs conv1x1: grad %s", nd->params.p[pi[j]].name);
+            /* atol 1e-5: a bias before a batchnorm has an exactly zero gradient, here float noise */
+            check_close_f(lab, soma__param_grad(nd, pi[j]), soma__param_grad(nc, qi[j]), nd->params.p[pi[j]].n,
+                          1e-4, 1e-5);
+        }
+        if (k <= 2) {
+            check_close_f("dense S_k batchnorm vs conv1x1: running mean", soma__buffer_value(nd, ed->bn_rm[k]),
+                          soma__buffer_value(nc, ec->bn_rm[k]), ed->bn_c[k], 1e-6, 1e-7);
+            check_close_f("dense S_k batchnorm vs conv1x1: running var", soma__buffer_value(nd, ed->bn_rv[k]),
+                          soma__buffer_value(nc, ec->bn_rv[k]), ed->bn_c[k], 1e-6, 1e-7);
+        }
+    }
+    float *gt = malloc((size_t)n1 * nH * sizeof(float));
+    const float *gc = soma__param_grad(nc, ec->fb);
+    for (int i = 0; i < n1; i++)
+        for (int j = 0; j < nH; j++) gt[(size_t)i * nH + j] = gc[(size_t)j * n1 + i];
+    check_close_f("dense S_k batchnorm vs conv1x1: grad weight_fb", soma__param_grad(nd, ed->fb), gt,
+                  (size_t)n1 * nH, 1e-4, 1e-6);
+    check_close_f("dense S_k batchnorm vs conv1x1: grad weight_fb_g", soma__param_grad(nd, ed->sn_g),
+                  soma__param_grad(nc, ec->sn_g), 1, 1e-4, 1e-6);
+    free(gt);
+    soma_rule_free(d); soma_rule_free(c);
+    soma_net_free(nd); soma_net_free(nc);
+}
+
 /* The conv fixture: a few SGD steps lower the loss; the running statistics
  * move once per batch; the rule refuses more threads than its workspace has. */
 static void conv_training(void)
@@ -651,7 +1198,7 @@ static void frames_equal_static(const char *name)
                 "weights %d logits %d (1 = bit-identical)\n", name, same_x, same_a, same_g, same_b,
                 same_w, same_l);
     /* and frames that are not equal are not the static path (the frames reach the net) */
-    for (size_t i = 0; i < n0; i++) xf[i] = 0.0f;   /* sample 0, frame 0 */
+    for (size_t i = 0; i < n0 * (size_t)(T + 1) / 2; i++) xf[i] = 0.0f;   /* sample 0, the first half */
     CHECK(soma_rule_predict(f, &bf, &lf, NULL) == SOMA_OK);
     CHECK(memcmp(ls, lf, (size_t)B * es->C * sizeof(float)) != 0);
     free(xf);
@@ -771,10 +1318,17 @@ static void bad_input(void)
             { "conv3x4-3", 2, SOMA_ERR_ARG },            /* even feedback kernel */
             { "conv4x4-3", 0, SOMA_ERR_ARG },            /* F's even kernel as the default */
             { "conv3x4-pool2-3", 0, SOMA_ERR_UNSUPPORTED },
-            { "conv3x4-conv3x4-3", 0, SOMA_ERR_UNSUPPORTED },
             { "conv3x4-5-3", 0, SOMA_ERR_UNSUPPORTED },  /* one dense readout only */
             { "conv3x4-3-bn", 0, SOMA_ERR_UNSUPPORTED },
             { "conv3x4-drop0.2-3", 0, SOMA_ERR_UNSUPPORTED },
+            /* the multi-layer conv form: transposed-conv feedback of stride h_1 / h_H */
+            { "conv3x4s2p1-conv3x4p1-3", 0, SOMA_OK },            /* 4x4 -> 4x4, stride 1 */
+            { "conv3x4s2p1-bn-conv3x6s2p1-bn-conv3x5p1-bn-3", 0, SOMA_OK },   /* 4x4 -> 2x2 */
+            { "conv3x4s2p1-conv3x4p1-3", 5, SOMA_OK },
+            { "conv3x4s2p1-conv3x4p1-3", 4, SOMA_ERR_ARG },       /* even feedback kernel */
+            { "conv3x4-conv3x4-3", 0, SOMA_ERR_SHAPE },           /* 6x6 and 4x4: no stride */
+            { "conv3x4s2p1-conv3x4p1-3-bn", 0, SOMA_ERR_UNSUPPORTED },
+            { "conv3x4s2p1-conv3x4p1-pool2-3", 0, SOMA_ERR_UNSUPPORTED },
         };
         for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
             soma_rule_config_default(&rc);
@@ -797,6 +1351,77 @@ static void bad_input(void)
             soma_rule *r = NULL;
             CHECK(soma_rule_new(&r, "ide", net, &rc, 4) == SOMA_ERR_SHAPE);
             CHECK(strstr(soma_last_error(), "4x4x3x3") != NULL);
+            soma_rule_free(r);
+            soma_net_free(net);
+        }
+    }
+    /* the multi-layer conv form: the messages name the layers, an existing
+     * feedback tensor must be the transposed conv's (C_H, C_1, K, K) */
+    soma_rule_config_default(&rc);
+    if (CHECK(new_net_shape(&net, "conv3x4-conv3x4-3", 1, 8, 8))) {
+        soma_rule *r = NULL;
+        CHECK(soma_rule_new(&r, "ide", net, &rc, 4) == SOMA_ERR_SHAPE);
+        CHECK(strstr(soma_last_error(), "4x4x4") && strstr(soma_last_error(), "4x6x6") &&
+              strstr(soma_last_error(), "layer 2"));
+        soma_rule_free(r);
+        soma_net_free(net);
+    }
+    if (CHECK(new_net_shape(&net, "conv3x4s2p1-conv3x6s2p1-3", 1, 8, 8))) {
+        int64_t shape[4] = { 4, 6, 3, 3 };
+        CHECK(soma__net_add_tensor(net, 1, "0.weight_fb", 4, shape) >= 0);
+        soma_rule *r = NULL;
+        CHECK(soma_rule_new(&r, "ide", net, &rc, 4) == SOMA_ERR_SHAPE);
+        CHECK(strstr(soma_last_error(), "6x4x3x3") != NULL);
+        soma_rule_free(r);
+        soma_net_free(net);
+    }
+    if (CHECK(new_net_shape(&net, "conv3x4s2p1-3-bn", 1, 8, 8))) {
+        soma_rule *r = NULL;
+        CHECK(soma_rule_new(&r, "ide", net, &rc, 4) == SOMA_ERR_UNSUPPORTED);
+        CHECK(strstr(soma_last_error(), "readout") != NULL);
+        soma_rule_free(r);
+        soma_net_free(net);
+    }
+    /* the dropout rate: [0, 1), named in the message; set after the rule was
+     * built without it, or without an rng, a training step refuses */
+    {
+        float rates[] = { -0.1f, 1.0f, 1.5f, 0.0f, 0.5f, 0.999f };
+        for (size_t i = 0; i < sizeof rates / sizeof *rates; i++) {
+            soma_rule_config_default(&rc);
+            rc.ide_dropout = rates[i];
+            soma_status want = rates[i] >= 0.0f && rates[i] < 1.0f ? SOMA_OK : SOMA_ERR_ARG;
+            soma_status got = try_rule("6-5-3", &rc);
+            if (!CHECK(got == want && (want == SOMA_OK || strstr(soma_last_error(), "ide-dropout"))))
+                fprintf(stderr, "ide-dropout %g: status %d (%s)\n", rates[i], got, soma_last_error());
+        }
+        soma_rule_config_default(&rc);
+        float xs[4 * 6];
+        int32_t ys[4] = { 0, 1, 2, 0 };
+        for (int i = 0; i < 24; i++) xs[i] = (float)(i % 7) / 7.0f;
+        soma_batch b = { .n = 4, .c = 6, .h = 1, .w = 1, .x = xs, .y = ys };
+        soma_rng g;
+        soma_rng_seed(&g, 3);
+        if (CHECK(new_net(&net, "6-5-3"))) {
+            soma_rule *r = NULL;
+            if (CHECK(soma_rule_new(&r, "ide", net, &rc, 4) == SOMA_OK)) {
+                r->cfg.ide_dropout = 0.3f;   /* no mask buffers */
+                CHECK(soma_rule_train_batch(r, &b, 0.05f, &g, NULL) == SOMA_ERR_ARG);
+                CHECK(strstr(soma_last_error(), "ide-dropout") != NULL);
+                r->cfg.ide_dropout = 0.0f;
+                CHECK(soma_rule_train_batch(r, &b, 0.05f, &g, NULL) == SOMA_OK);
+            }
+            soma_rule_free(r);
+            soma_net_free(net);
+        }
+        rc.ide_dropout = 0.2f;
+        if (CHECK(new_net(&net, "6-5-3"))) {
+            soma_rule *r = NULL;
+            if (CHECK(soma_rule_new(&r, "ide", net, &rc, 4) == SOMA_OK)) {
+                CHECK(soma_rule_train_batch(r, &b, 0.05f, NULL, NULL) == SOMA_ERR_ARG);
+                CHECK(soma_rule_train_batch(r, &b, 0.05f, &g, NULL) == SOMA_OK);
+                r->cfg.ide_dropout = 1.0f;
+                CHECK(soma_rule_train_batch(r, &b, 0.05f, &g, NULL) == SOMA_ERR_ARG);
+            }
             soma_rule_free(r);
             soma_net_free(net);
         }
@@ -841,11 +1466,13 @@ static void bad_input(void)
     CHECK(soma_rule_option_set(&rc, "ide-iter", "1") == SOMA_OK && rc.ide_iter == 1);
     CHECK(soma_rule_option_set(&rc, "ide-max-iter", "12") == SOMA_OK && rc.ide_max_iter == 12);
     CHECK(soma_rule_option_set(&rc, "ide-sn", "2") == SOMA_ERR_ARG);
+    CHECK(soma_rule_option_set(&rc, "ide-dropout", "0.2") == SOMA_OK && rc.ide_dropout == 0.2f);
     char buf[4096];
     soma_rule_options_format(&rc, buf, sizeof buf);
     soma_rule_config rc2;
     soma_rule_config_default(&rc2);
-    CHECK(soma_rule_options_parse(&rc2, buf) == SOMA_OK && rc2.ide_leak == 0.95f && rc2.ide_max_iter == 12);
+    CHECK(soma_rule_options_parse(&rc2, buf) == SOMA_OK && rc2.ide_leak == 0.95f && rc2.ide_max_iter == 12 &&
+          rc2.ide_dropout == 0.2f);
 }
 
 int main(void)
@@ -855,11 +1482,20 @@ int main(void)
     golden("lif_ml");
     golden("conv_bn");
     golden("spike");
+    golden("drop");
+    golden("mlconv");
+    golden("mlconv_bn");
     frames_equal_static("if");
     frames_equal_static("lif_ml");
     frames_equal_static("conv_bn");
+    frames_equal_static("mlconv_bn");
     spike_training();
     double_checks();
+    dropout_checks();
+    mlconv_double();
+    mlconv_training("mlconv");
+    mlconv_training("mlconv_bn");
+    dense_bn_as_conv();
     strict_and_training();
     conv_training();
     bad_input();

@@ -166,7 +166,7 @@ static void train_help(void)
            "  --width F            triangle width / multigauss sigma (defaults 1 / 0.3)\n"
            "  --readout-alpha F    li readout decay (default 0.9)\n"
            "  --trunc K            bptt: detach the state every K steps (default 0 = full)\n");
-    printf("rule options (rules fptt, lfp, ep, pc; see docs/*.md):\n");
+    printf("rule options (rules fptt, lfp, ep, pc, ide; see docs/*.md):\n");
     for (int i = 0; i < soma_rule_option_count(); i++)
         printf("  --%-18s %s\n", soma_rule_option_key(i), soma_rule_option_help(i));
     printf("  --ltc-neuron NAME    ltc/rltc cells: alif (adaptive threshold) or lif (default alif)\n"

@@ -3,20 +3,27 @@
  * the equilibrium state of their average firing rates (Xiao, Meng, Zhang,
  * Wang, Lin, NeurIPS 2021; notes: shared/notes/ide.md; docs/ide.md).
  *
- * Network, over the net's dense layers D_1..D_L (L >= 2): hidden layers
- * 1..H = L - 1, the input map F = D_1 (n0 -> n1, bias), feed-forward maps
- * S_k = D_k (n_{k-1} -> n_k, bias) for k = 2..H, the readout D_L on the
- * last hidden layer's rates, and a feedback matrix W (n1, nH) without bias
- * from layer H back to layer 1, stored as "<i>.weight_fb" beside the first
- * dense layer i.  H = 1 is the single-layer form (W square).
+ * Network: hidden layers 1..H, the input map F (layer 1's linear map, from
+ * the input), feed-forward maps S_k (layer k-1 -> k, k = 2..H, bias), the
+ * readout on the last hidden layer's rates, and a feedback operator W
+ * without bias from layer H back to layer 1, stored as "<i>.weight_fb"
+ * beside the first layer i.  Dense forms: the net's dense layers D_1..D_L,
+ * F = D_1, S_k = D_k, the readout D_L, W a matrix (n1, nH); H = 1 is the
+ * single-layer form (W square).  Conv forms: the net's conv layers are F
+ * and the S_k, one dense readout follows; H = 1: W a conv (C, C, K, K),
+ * stride 1, pad K/2; H > 1 (AlexNet-F): W a transposed conv (C_H, C_1, K,
+ * K), stride s = h_1 / h_H, pad (K-1)/2, output padding s - 1.  Every linear
+ * map (F, S_k) may be followed by a batchnorm; W has none.
  *
  * Forward, no graph kept, constant input current F x + b_1 (direct input),
  * T steps of IF / LIF with threshold V, test u >= V, reset by subtraction:
- *   layer 1:  u_1 += W s_H(t-1) + F x + b_1     (no feedback at t = 0)
- *   layer k:  u_k += S_k s_{k-1}(t) + b_k       (k = 2..H, same step, in order)
+ *   layer 1:  u_1 += D_W (W s_H(t-1)) + D_F BN_1(F x + b_1)   (no feedback at t = 0)
+ *   layer k:  u_k += D_k BN_k(S_k s_{k-1}(t) + b_k)     (k = 2..H, same step, in order)
  *   each:     s = [u >= V];  u = u - V s;  LIF: u = lambda u
  *   a_T = sum_t lambda^(T-1-t) s_H(t) / sum_{k<T} lambda^k   (IF: lambda = 1)
- * Prediction: logits = D_L(a_T).
+ * Prediction: logits = readout(a_T).  D_* are the variational dropout
+ * masks (training with ide_dropout > 0; else 1), BN_k the batchnorms (the
+ * identity where there is none).
  *
  * Spike input (cfg.encoding frames, e.g. N-MNIST): a sample is T frames
  * x_0..x_{T-1} of n0 values (frame t contiguous); layer 1 gets F x_t + b_1
@@ -27,8 +34,8 @@
  * one gathered frame and its current are kept: memory stays flat in T.
  *
  * Equilibrium map (the same for IF and LIF):
- *   f(a) = a_H,  a_1 = clamp((W a + F x + b_1) / V, 0, 1),
- *                a_k = clamp((S_k a_{k-1} + b_k) / V, 0, 1)
+ *   f(a) = a_H,  a_1 = clamp((D_W (W a) + D_F BN_1(F x + b_1)) / V, 0, 1),
+ *                a_k = clamp(D_k BN_k(S_k a_{k-1} + b_k) / V, 0, 1)
  * Backward at a = a_T, with g = dL/da from the readout:
  *   beta solves (I - J^T) beta = g,  J = df/da(a_T)   (clamp' = 1 on [0, 1])
  *   dL/dtheta = beta^T df(a_T)/dtheta    (one VJP of f; the readout: its own)
@@ -38,19 +45,15 @@
  * (the correct form: the reference's halved one solves (2I - J^T) beta = g).
  * Unlike the authors' code the first Broyden step is the Newton step of the
  * initial estimate (+G, the fixed-point step), and the multi-layer Jacobian
- * is taken at a_T, not at f(a_T).
+ * is taken at a_T, not at f(a_T).  W a, W^T v and dL/dW are the conv kernels'
+ * forward, backward-data (dx) and backward-weight (dw) paths: for the conv
+ * W = conv, W^T = its dx path; for the transposed conv W = the dx path of
+ * the conv it transposes, W^T = that conv's forward.
  *
- * Convolutional form (the net's first layer is a conv): H = 1, F = that conv
- * (+ bias), the rates the (C, OH, OW) map of its output, W a conv kernel
- * "<i>.weight_fb" (C, C, K, K), stride 1, pad K/2, no bias (K = ide_fb_k,
- * odd; 0 = F's kernel), the readout the one dense layer after the flatten.
- * W a is soma_conv2d_forward; W^T v (the Jacobian products) is the conv
- * backward's dx path, the transposed convolution; dL/dw its dw path.
- *
- * F's batchnorm (a bn right after F, as in F400 / F64C5; notes 2.5): with
- * constant input F x is the same at every step, so its batch statistics are
- * computed once per batch and stay fixed through the simulation, the map and
- * the solve (F is not in J); the running statistics are updated once per
+ * Batchnorm (notes 2.5).  F's (a bn right after F, as in F400 / F64C5):
+ * with constant input F x is the same at every step, so its batch statistics
+ * are computed once per batch and stay fixed through the simulation, the map
+ * and the solve (F is not in J); the running statistics are updated once per
  * training batch (the authors' code does it twice: its save/restore is a
  * no-op), the parameter VJP goes through the batch statistics, prediction
  * uses the running ones.  Spike input: the statistics are those of
@@ -59,15 +62,29 @@
  * used by f; unlike the authors' simulation (unbiased variance, eps 1e-8)
  * the normalisation is the layer's own (biased variance, its eps), the same
  * as in f, so constant frames reproduce the static path exactly.
+ * S_k's (AlexNet-F), the authors' three modes: the simulation uses the
+ * running statistics (BN_k is a fixed affine map of every step's current);
+ * the training map f_t at a_T uses the batch statistics of S_k a_{k-1} + b_k
+ * and updates the running statistics once; J is taken of the map with the
+ * (updated) running statistics, and beta^T df_t/dtheta goes through the
+ * batch statistics.  So with S_k batchnorm the gradient is the authors'
+ * mixture, not the exact gradient of one map; without it it is exact.
  *
- * Spectral norm (ide_sn): W = clamp(alpha, -c, c) w / sigma, sigma = u^T w v
- * after one power iteration v = w^T u / |.|, u = w v / |.| per training
+ * Variational dropout (ide_dropout = p, notes 2.6: VariationalHidDropout2d,
+ * spatial=False): in training one mask of 0 or 1/(1-p) per element of the
+ * outputs of F (after its batchnorm), of every S_k (after its batchnorm) and
+ * of W, drawn once per batch from the training rng and used at every step,
+ * in f and in J; prediction uses none.  p = 0 draws nothing and multiplies
+ * by nothing (the path without dropout, bit for bit).
+ *
+ * Spectral norm (ide_sn): W = clamp(alpha, -c, c) w / sigma, sigma = u^T W v
+ * after one power iteration v = W^T u / |.|, u = W v / |.| per training
  * batch (u, v persistent buffers, no gradient through them); alpha starts
  * at sigma(w) (10 power iterations).  Predict reuses u, v unchanged.  Conv
- * form: the power iteration runs on the conv operator (forward and its
- * adjoint), so sigma is its operator norm (the authors': the reshaped
- * kernel's norm, which does not bound the operator).
- * Every product goes through soma_gemm / soma_dense_*.
+ * forms: the power iteration runs on the operator (the conv or transposed
+ * conv and its adjoint), so sigma is its operator norm (the authors': the
+ * reshaped kernel's norm, which does not bound the operator).
+ * Every product goes through soma_gemm / soma_dense_* / soma_conv2d_*.
  */
 #include "ide.h"
 #include <math.h>
@@ -85,26 +102,35 @@ void soma_ide_config_default(soma_rule_config *c)
     c->ide_sn = 1;
     c->ide_sn_c = 1.0f;
     c->ide_fb_k = 0;
+    c->ide_dropout = 0.0f;
 }
 
 static soma_status check_config(const soma_rule_config *c)
 {
     if (c->T < 1) return soma__fail(SOMA_ERR_ARG, "IDE needs T >= 1 simulation steps, got %d", c->T);
     if (!(c->ide_vth > 0.0f) || !isfinite(c->ide_vth))
-        return soma__fail(SOMA_ERR_ARG, "IDE threshold V_th must be > 0 and finite, got %g", c->ide_vth);
+        return soma__fail(SOMA_ERR_ARG, "IDE threshold V_th (ide-vth) must be > 0 and finite, got %g",
+                          c->ide_vth);
     if (!(c->ide_leak > 0.0f && c->ide_leak <= 1.0f))
-        return soma__fail(SOMA_ERR_ARG, "IDE leak lambda must be in (0, 1] (1 = IF), got %g", c->ide_leak);
+        return soma__fail(SOMA_ERR_ARG, "IDE leak lambda (ide-leak) must be in (0, 1] (1 = IF), got %g",
+                          c->ide_leak);
     if (c->ide_max_iter < 1)
-        return soma__fail(SOMA_ERR_ARG, "IDE solver iterations must be >= 1, got %d", c->ide_max_iter);
+        return soma__fail(SOMA_ERR_ARG, "IDE solver iterations (ide-max-iter) must be >= 1, got %d",
+                          c->ide_max_iter);
     if (!(c->ide_tol > 0.0f) || !isfinite(c->ide_tol))
-        return soma__fail(SOMA_ERR_ARG, "IDE solver tolerance must be > 0, got %g", c->ide_tol);
+        return soma__fail(SOMA_ERR_ARG, "IDE solver tolerance (ide-tol) must be > 0, got %g", c->ide_tol);
     if (!(c->ide_damp > 0.0f && c->ide_damp <= 1.0f))
-        return soma__fail(SOMA_ERR_ARG, "IDE fixed-point damping must be in (0, 1], got %g", c->ide_damp);
+        return soma__fail(SOMA_ERR_ARG, "IDE fixed-point damping (ide-damp) must be in (0, 1], got %g",
+                          c->ide_damp);
     if (c->ide_sn && (!(c->ide_sn_c > 0.0f) || !isfinite(c->ide_sn_c)))
-        return soma__fail(SOMA_ERR_ARG, "IDE spectral-norm clip c must be > 0, got %g", c->ide_sn_c);
+        return soma__fail(SOMA_ERR_ARG, "IDE spectral-norm clip c (ide-sn-c) must be > 0, got %g",
+                          c->ide_sn_c);
     if (c->ide_fb_k < 0 || (c->ide_fb_k > 0 && c->ide_fb_k % 2 == 0))
-        return soma__fail(SOMA_ERR_ARG, "IDE conv feedback kernel must be odd (same-size output "
-                          "with pad K/2), or 0 for F's kernel; got %d", c->ide_fb_k);
+        return soma__fail(SOMA_ERR_ARG, "IDE conv feedback kernel (ide-fb-k) must be odd (pad "
+                          "(K-1)/2), or 0 for F's kernel; got %d", c->ide_fb_k);
+    if (!(c->ide_dropout >= 0.0f && c->ide_dropout < 1.0f))
+        return soma__fail(SOMA_ERR_ARG, "IDE dropout rate (ide-dropout) must be in [0, 1), got %g",
+                          c->ide_dropout);
     return SOMA_OK;
 }
 
@@ -154,19 +180,31 @@ static soma_conv_shape one_sample(soma_conv_shape s)
 /* One power iteration on the feedback operator: v = W^T u / |.|, u = W v / |.|.
  * Dense: W = w (m, n).  Conv: W is the convolution by the kernel w on a
  * (C, OH, OW) map and W^T its adjoint, the transposed convolution, i.e. the
- * conv backward's dx path (so sigma is the operator norm of the conv, not
- * the norm of the reshaped kernel as in the authors' code, notes 2.4). */
+ * conv backward's dx path.  Transposed conv: W = A^T for the conv A of
+ * e->wcs (layer 1's map -> layer H's), so W^T = A is the conv forward and W
+ * its dx path.  So sigma is the operator norm, not the norm of the reshaped
+ * kernel as in the authors' code (notes 2.4). */
 static void power_iter(ide_state *e, const float *w, float *u, float *v)
 {
     int m = e->n[1], n = e->n[e->H];
-    if (e->conv) {
-        soma_conv_shape s = one_sample(e->wcs);
+    soma_conv_shape s = one_sample(e->wcs);
+    switch (e->fbk) {
+    case IDE_FB_CONV:
         memset(v, 0, (size_t)n * sizeof(float));
         soma_conv2d_backward(v, NULL, NULL, e->cws, u, NULL, w, &s);
         normalize(v, n);
         soma_conv2d_forward(u, e->cws, v, w, NULL, &s);
         normalize(u, m);
         return;
+    case IDE_FB_CONVT:
+        soma_conv2d_forward(v, e->cws, u, w, NULL, &s);
+        normalize(v, n);
+        memset(u, 0, (size_t)m * sizeof(float));
+        soma_conv2d_backward(u, NULL, NULL, e->cws, v, NULL, w, &s);
+        normalize(u, m);
+        return;
+    case IDE_FB_DENSE:
+        break;
     }
     soma_gemv(1, m, n, 1.0f, w, n, u, 0.0f, v);
     normalize(v, n);
@@ -174,14 +212,19 @@ static void power_iter(ide_state *e, const float *w, float *u, float *v)
     normalize(u, m);
 }
 
-/* sigma = u^T W v, in double (conv: W v into the scratch e->cfb) */
+/* sigma = u^T W v, in double (conv forms: W v into the scratch e->cfb) */
 static double sn_sigma(ide_state *e, const float *w, const float *u, const float *v)
 {
     int m = e->n[1], n = e->n[e->H];
     double s = 0;
-    if (e->conv) {
-        soma_conv_shape cs = one_sample(e->wcs);
-        soma_conv2d_forward(e->cfb, e->cws, v, w, NULL, &cs);
+    soma_conv_shape cs = one_sample(e->wcs);
+    if (e->fbk != IDE_FB_DENSE) {
+        if (e->fbk == IDE_FB_CONV) {
+            soma_conv2d_forward(e->cfb, e->cws, v, w, NULL, &cs);
+        } else {
+            memset(e->cfb, 0, (size_t)m * sizeof(float));
+            soma_conv2d_backward(e->cfb, NULL, NULL, e->cws, v, NULL, w, &cs);
+        }
         for (int i = 0; i < m; i++) s += (double)u[i] * e->cfb[i];
         return s;
     }
@@ -209,8 +252,9 @@ void soma__ide_weight(soma_rule *r, int do_iter)
 }
 
 /* W_eff = gc w / sigma:  dw = (gc/sigma) G - (gc <G,w> / sigma^2) dsigma/dw,
- * dsigma/dw = u v^T (dense) or the conv kernel gradient of <u, conv(v; w)>
- * (the conv backward's dw with dy = u, x = v);
+ * dsigma/dw = u v^T (dense); conv: the kernel gradient of <u, conv(v; w)>
+ * (the conv backward's dw with dy = u, x = v); transposed conv: of
+ * <u, A^T v> = <A u, v> (dw with dy = v, x = u);
  * dalpha = <G,w> / sigma where |alpha| <= c (clamp passes on the closed interval). */
 static void sn_backward(soma_rule *r)
 {
@@ -225,10 +269,11 @@ static void sn_backward(soma_rule *r)
     double sig = e->sigma, gw = 0;
     for (size_t i = 0; i < e->wn; i++) gw += (double)e->gweff[i] * w[i];
     double k1 = gc / sig, k2 = gc * gw / (sig * sig);
-    if (e->conv) {
+    if (e->fbk != IDE_FB_DENSE) {
         soma_conv_shape s = one_sample(e->wcs);
         memset(e->dsig, 0, e->wn * sizeof(float));
-        soma_conv2d_backward(NULL, e->dsig, NULL, e->cws, u, v, w, &s);
+        if (e->fbk == IDE_FB_CONV) soma_conv2d_backward(NULL, e->dsig, NULL, e->cws, u, v, w, &s);
+        else soma_conv2d_backward(NULL, e->dsig, NULL, e->cws, v, u, w, &s);
         for (size_t q = 0; q < e->wn; q++) dw[q] += (float)(k1 * e->gweff[q] - k2 * e->dsig[q]);
     } else for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
@@ -239,6 +284,145 @@ static void sn_backward(soma_rule *r)
 }
 
 /* ---- init / release ------------------------------------------------------ */
+
+/* Layer k's batchnorm from net layer l */
+static void set_bn(ide_state *e, int k, const soma_layer *l)
+{
+    e->bn_g[k] = l->w;
+    e->bn_b[k] = l->b;
+    e->bn_rm[k] = l->run_mean;
+    e->bn_rv[k] = l->run_var;
+    e->bn_c[k] = l->in_c;
+    e->bn_s[k] = l->in_h * l->in_w;
+    e->bn_eps[k] = l->eps;
+    e->bn_mom[k] = l->momentum;
+}
+
+/* Reads the net: dense form D_1 [bn] D_2 [bn] .. D_L (hidden layers 1..L-1,
+ * the readout D_L); conv forms conv [bn] conv [bn] .. flatten D (the conv
+ * layers are the hidden layers, one dense readout).  Fills H, n, w, b,
+ * cs, the batchnorms; *first is the net index of the first layer. */
+static soma_status read_net(ide_state *e, soma_net *net, int max_batch, int *first)
+{
+    int L = 0, nconv = 0, bn_k = 0;   /* bn_k: the layer a bn would follow, 0 = none */
+    *first = -1;
+    for (int i = 0; i < net->n_layers; i++) {
+        const soma_layer *l = &net->layers[i];
+        if (l->kind == SOMA_LAYER_ACT || l->kind == SOMA_LAYER_FLATTEN) continue;
+        if (l->kind == SOMA_LAYER_CONV) {
+            if (L > 0)
+                return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide: conv layer %d of '%s' follows a "
+                                  "dense layer; the conv forms take conv layers (F, then the S_k), "
+                                  "then one dense readout", i, soma_net_spec(net));
+            if (nconv == IDE_MAXH)
+                return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide takes at most %d conv layers "
+                                  "(layer %d of '%s')", IDE_MAXH, i, soma_net_spec(net));
+            int k = ++nconv;
+            if (*first < 0) *first = i;
+            e->conv = 1;
+            e->w[k] = l->w;
+            e->b[k] = l->b;
+            e->n[k] = (int)l->out_size;
+            soma_status st = soma_conv_shape_init(&e->cs[k], max_batch, l->in_c, l->in_h, l->in_w,
+                                                  l->out_c, l->k, l->k, l->stride, l->pad);
+            if (st) return st;
+            bn_k = k;
+            continue;
+        }
+        if (l->kind == SOMA_LAYER_BATCHNORM) {
+            if (bn_k == 0 || e->bn_g[bn_k] >= 0)
+                return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide: batchnorm only right after F or "
+                                  "a feed-forward map S_k (a hidden layer's dense / conv layer), not "
+                                  "after the readout; layer %d of '%s'", i, soma_net_spec(net));
+            set_bn(e, bn_k, l);
+            continue;
+        }
+        if (l->kind != SOMA_LAYER_DENSE)
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide runs over dense layers, or conv layers "
+                              "and a dense readout; layer %d of '%s' is neither (pooling, dropout "
+                              "layers are not implemented: see ide-dropout)", i, soma_net_spec(net));
+        if (l->rec >= 0)
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide: layer %d has a recurrent weight; the "
+                              "feedback matrix is the rule's own", i);
+        if (e->conv && L == 1)
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide: the convolutional forms take one "
+                              "dense readout after the conv layers; '%s' has more (layer %d)",
+                              soma_net_spec(net), i);
+        if (L == IDE_MAXH + 1)
+            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide takes at most %d dense layers", IDE_MAXH + 1);
+        L++;
+        if (*first < 0) *first = i;
+        int k = e->conv ? nconv + 1 : L;
+        e->w[k] = l->w;
+        e->b[k] = l->b;
+        if (!e->conv && L <= IDE_MAXH) e->n[L] = l->out_c;
+        bn_k = e->conv ? 0 : L;   /* after the conv forms' readout: none */
+    }
+    if (e->conv ? L != 1 : L < 2)
+        return soma__fail(SOMA_ERR_ARG, "rule ide needs a feedback (hidden) layer and a readout: "
+                          "'%s' has %d dense layer (e.g. 784-400-10, conv5x64s2p2-bn-10)",
+                          soma_net_spec(net), L);
+    e->H = e->conv ? nconv : L - 1;
+    if (e->bn_g[e->H + 1] >= 0)
+        return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide: batchnorm only right after F or a "
+                          "feed-forward map S_k, not after the readout ('%s')", soma_net_spec(net));
+    for (int k = 1; k <= e->H; k++)
+        if (e->bn_g[k] >= 0 && e->bn_c[k] * e->bn_s[k] != e->n[k])
+            return soma__fail(SOMA_ERR_SHAPE, "rule ide: the batchnorm of hidden layer %d has %d x %d "
+                              "values, the layer %d", k, e->bn_c[k], e->bn_s[k], e->n[k]);
+    for (int k = 2; k <= e->H; k++) e->sbn |= e->bn_g[k] >= 0;
+    return SOMA_OK;
+}
+
+/* The feedback operator's kind and shape from the layers: dense (n1, nH);
+ * single conv layer: a same-size conv (C, C, K, K); several: the transposed
+ * conv (C_H, C_1, K, K) of the conv layer 1 -> layer H with stride s =
+ * h_1 / h_H and pad (K-1)/2 (output padding s - 1: h_1 = s h_H exactly). */
+static soma_status feedback_shape(ide_state *e, const soma_rule_config *c, int max_batch,
+                                  int64_t shape[4], int *ndim)
+{
+    int H = e->H;
+    if (!e->conv) {
+        e->fbk = IDE_FB_DENSE;
+        e->wn = (size_t)e->n[1] * e->n[H];
+        shape[0] = e->n[1];
+        shape[1] = e->n[H];
+        *ndim = 2;
+        return SOMA_OK;
+    }
+    const soma_conv_shape *f = &e->cs[1], *h = &e->cs[H];
+    int K = c->ide_fb_k ? c->ide_fb_k : f->KH;
+    if (K % 2 == 0)
+        return soma__fail(SOMA_ERR_ARG, "rule ide: the conv feedback kernel takes F's size %d, "
+                          "which is even (no pad (K-1)/2); set ide-fb-k to an odd size", K);
+    int C1 = f->O, h1 = f->OH, w1 = f->OW;
+    soma_status st;
+    if (H == 1) {
+        e->fbk = IDE_FB_CONV;
+        if ((st = soma_conv_shape_init(&e->wcs, max_batch, C1, h1, w1, C1, K, K, 1, K / 2))) return st;
+        shape[0] = shape[1] = C1;
+    } else {
+        e->fbk = IDE_FB_CONVT;
+        int CH = h->O, hH = h->OH, wH = h->OW, s = hH > 0 ? h1 / hH : 0;
+        if (s < 1 || h1 != s * hH || w1 != s * wH)
+            return soma__fail(SOMA_ERR_SHAPE, "rule ide: the transposed-conv feedback maps the last "
+                              "hidden layer's %dx%dx%d rates back to layer 1's %dx%dx%d, so layer 1's "
+                              "map must be the same integer multiple of layer %d's in height and width",
+                              CH, hH, wH, C1, h1, w1, H);
+        if ((st = soma_conv_shape_init(&e->wcs, max_batch, C1, h1, w1, CH, K, K, s, (K - 1) / 2)))
+            return st;
+        if (e->wcs.OH != hH || e->wcs.OW != wH)
+            return soma__fail(SOMA_ERR_SHAPE, "rule ide: transposed-conv feedback %dx%d stride %d "
+                              "gives %dx%d, not layer %d's %dx%d", K, K, s, e->wcs.OH, e->wcs.OW, H,
+                              hH, wH);
+        shape[0] = CH;
+        shape[1] = C1;
+    }
+    shape[2] = shape[3] = K;
+    *ndim = 4;
+    e->wn = (size_t)shape[0] * shape[1] * K * K;
+    return SOMA_OK;
+}
 
 static soma_status ide_init(soma_rule *r, int max_batch)
 {
@@ -253,73 +437,12 @@ static soma_status ide_init(soma_rule *r, int max_batch)
     if (!e) return SOMA_ERR_NOMEM;
     r->state = e;
     e->fb = e->sn_g = e->sn_u = e->sn_v = -1;
-    e->bn_g = e->bn_b = e->bn_rm = e->bn_rv = -1;
-    /* dense form: D_1 [bn] D_2 .. D_L;  conv form: conv [bn] flatten D (the readout) */
-    int L = 0, first = -1, last_param = -1;
-    const soma_layer *cl = NULL;
-    for (int i = 0; i < net->n_layers; i++) {
-        const soma_layer *l = &net->layers[i];
-        if (l->kind == SOMA_LAYER_ACT || l->kind == SOMA_LAYER_FLATTEN) continue;
-        if (l->kind == SOMA_LAYER_CONV) {
-            if (first >= 0)
-                return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide: the convolutional form takes one "
-                                  "conv layer, first (the input map F), then the dense readout; layer "
-                                  "%d of '%s' is another conv", i, soma_net_spec(net));
-            first = last_param = i;
-            cl = l;
-            e->conv = 1;
-            e->w[1] = l->w;
-            e->b[1] = l->b;
-            e->n[1] = (int)l->out_size;
-            continue;
-        }
-        if (l->kind == SOMA_LAYER_BATCHNORM) {
-            if (last_param != first || first < 0 || e->bn_g >= 0 || (!e->conv && L != 1))
-                return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide: batchnorm only right after the "
-                                  "input map F (the first dense / conv layer); layer %d of '%s'", i,
-                                  soma_net_spec(net));
-            e->bn_g = l->w;
-            e->bn_b = l->b;
-            e->bn_rm = l->run_mean;
-            e->bn_rv = l->run_var;
-            e->bn_c = l->in_c;
-            e->bn_s = l->in_h * l->in_w;
-            e->bn_eps = l->eps;
-            e->bn_mom = l->momentum;
-            last_param = -2;
-            continue;
-        }
-        if (l->kind != SOMA_LAYER_DENSE)
-            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide runs over dense layers, or one conv "
-                              "layer and a dense readout; layer %d of '%s' is neither (pooling, "
-                              "dropout are not implemented)", i, soma_net_spec(net));
-        if (l->rec >= 0)
-            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide: layer %d has a recurrent weight; the "
-                              "feedback matrix is the rule's own", i);
-        if (e->conv && L == 1)
-            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide: the convolutional form takes one "
-                              "dense readout after the conv layer; '%s' has more", soma_net_spec(net));
-        if (L == IDE_MAXH + 1)
-            return soma__fail(SOMA_ERR_UNSUPPORTED, "rule ide takes at most %d dense layers", IDE_MAXH + 1);
-        L++;
-        last_param = i;
-        if (first < 0) first = i;
-        int k = e->conv ? 2 : L;
-        e->w[k] = l->w;
-        e->b[k] = l->b;
-        if (!e->conv && L <= IDE_MAXH) e->n[L] = l->out_c;
-    }
-    if (e->conv ? L != 1 : L < 2)
-        return soma__fail(SOMA_ERR_ARG, "rule ide needs a feedback (hidden) layer and a readout: "
-                          "'%s' has %d dense layer (e.g. 784-400-10, conv5x64s2p2-bn-10)",
-                          soma_net_spec(net), L);
-    e->H = e->conv ? 1 : L - 1;
+    for (int k = 0; k < IDE_MAXH + 2; k++) e->bn_g[k] = e->bn_b[k] = e->bn_rm[k] = e->bn_rv[k] = -1;
+    int first;
+    if ((st = read_net(e, net, max_batch, &first))) return st;
     e->n[0] = soma_net_inputs(net);
     e->C = soma_net_outputs(net);
     int H = e->H, n1 = e->n[1], nH = e->n[H];
-    if (e->bn_g >= 0 && e->bn_c * e->bn_s != n1)
-        return soma__fail(SOMA_ERR_SHAPE, "rule ide: F's batchnorm has %d x %d values, F %d",
-                          e->bn_c, e->bn_s, n1);
     /* the input: a static current (encoding direct) or T spike frames a sample */
     int64_t n0 = e->n[0], want = (int64_t)c->T * n0;
     if (c->encoding == SOMA_ENC_FRAMES) {
@@ -343,43 +466,48 @@ static soma_status ide_init(soma_rule *r, int max_batch)
                           c->sample_size);
     }
 
-    int K = 0, Cc = 0;
-    if (e->conv) {
-        Cc = cl->out_c;
-        K = c->ide_fb_k ? c->ide_fb_k : cl->k;
-        if (K % 2 == 0)
-            return soma__fail(SOMA_ERR_ARG, "rule ide: the conv feedback kernel takes F's size %d, "
-                              "which is even (no same-size output); set ide-fb-k to an odd size", K);
-        if ((st = soma_conv_shape_init(&e->fcs, max_batch, cl->in_c, cl->in_h, cl->in_w, cl->out_c,
-                                       cl->k, cl->k, cl->stride, cl->pad)))
-            return st;
-        if ((st = soma_conv_shape_init(&e->wcs, max_batch, Cc, cl->out_h, cl->out_w, Cc, K, K, 1,
-                                       K / 2)))
-            return st;
-        e->wn = (size_t)Cc * Cc * K * K;
-    } else {
-        e->wn = (size_t)n1 * nH;
-    }
-
-    /* the feedback weight W, (n1, nH) or (C, C, K, K), and the spectral norm's tensors */
+    /* the feedback weight W, (n1, nH), (C, C, K, K) or (C_H, C_1, K, K), and
+     * the spectral norm's tensors */
+    int64_t shape[4] = { 0, 0, 0, 0 };
+    int ndim = 0;
+    if ((st = feedback_shape(e, c, max_batch, shape, &ndim))) return st;
     soma_rng rng;
     soma_rng_seed(&rng, net->opts.seed ^ 0x49444546424bull);   /* "IDEFBK": its own stream */
     char name[48];
     snprintf(name, sizeof name, "%d.weight_fb", first);
-    int64_t shape2[2] = { n1, nH }, shape4[4] = { Cc, Cc, K, K };
     int created;
-    int idx = find_or_add(net, 1, name, e->conv ? 4 : 2, e->conv ? shape4 : shape2, &created);
+    int idx = find_or_add(net, 1, name, ndim, shape, &created);
     if (idx < 0) return (soma_status)idx;
     e->fb = idx;
     if (created) {
-        /* the authors' init: U(-1, 1), every output unit's row (a dense row,
-         * an output channel's filter) scaled to unit L2 norm */
-        int rows = e->conv ? Cc : n1, cols = (int)(e->wn / (size_t)rows);
+        /* the authors' init: U(-1, 1), every output unit's weights (a dense
+         * row, an output channel's filter; of the transposed conv the
+         * weight[:, j] of output channel j) scaled to unit L2 norm */
         float *w = soma__param_value(net, idx);
-        for (int i = 0; i < rows; i++) {
-            float *row = w + (size_t)i * cols;
-            for (int j = 0; j < cols; j++) row[j] = 2.0f * soma_rng_uniform(&rng) - 1.0f;
-            normalize(row, cols);
+        if (e->fbk == IDE_FB_CONVT) {
+            int CH = (int)shape[0], C1 = (int)shape[1], KK = (int)(shape[2] * shape[3]);
+            for (size_t i = 0; i < e->wn; i++) w[i] = 2.0f * soma_rng_uniform(&rng) - 1.0f;
+            for (int j = 0; j < C1; j++) {
+                double ss = 0;
+                for (int ci = 0; ci < CH; ci++)
+                    for (int q = 0; q < KK; q++) {
+                        double x = w[((size_t)ci * C1 + j) * KK + q];
+                        ss += x * x;
+                    }
+                double inv = 1.0 / (sqrt(ss) > 1e-12 ? sqrt(ss) : 1e-12);
+                for (int ci = 0; ci < CH; ci++)
+                    for (int q = 0; q < KK; q++) {
+                        float *x = &w[((size_t)ci * C1 + j) * KK + q];
+                        *x = (float)(*x * inv);
+                    }
+            }
+        } else {
+            int rows = (int)shape[0], cols = (int)(e->wn / (size_t)rows);
+            for (int i = 0; i < rows; i++) {
+                float *row = w + (size_t)i * cols;
+                for (int j = 0; j < cols; j++) row[j] = 2.0f * soma_rng_uniform(&rng) - 1.0f;
+                normalize(row, cols);
+            }
         }
     }
     int init_alpha = 0;
@@ -411,18 +539,26 @@ static soma_status ide_init(soma_rule *r, int max_batch)
     size_t B = (size_t)max_batch, S = 0;
     for (int k = 1; k <= H; k++) S += (size_t)e->n[k];
     e->mem = c->ide_max_iter < IDE_MEM ? c->ide_max_iter : IDE_MEM;
+    e->drop_alloc = c->ide_dropout > 0.0f;
     size_t wn = e->wn, cws = 0;
     if (e->conv) {
         e->cws_threads = soma_get_threads();
-        size_t a = soma_conv2d_workspace(&e->fcs, e->cws_threads);
-        size_t b = soma_conv2d_workspace(&e->wcs, e->cws_threads);
-        cws = a > b ? a : b;
+        cws = soma_conv2d_workspace(&e->wcs, e->cws_threads);
+        for (int k = 1; k <= H; k++) {
+            size_t a = soma_conv2d_workspace(&e->cs[k], e->cws_threads);
+            if (a > cws) cws = a;
+        }
     }
-    size_t nbn = e->bn_g >= 0 ? 2 * B * n1 + 2 * (size_t)e->bn_c : 0;
+    size_t nbn = 0;   /* F's: its input, xhat, mean, invstd; S_k's: xhat, 2 x (mean, invstd) */
+    if (e->bn_g[1] >= 0) nbn += 2 * B * n1 + 2 * (size_t)e->bn_c[1];
+    for (int k = 2; k <= H; k++)
+        if (e->bn_g[k] >= 0) nbn += B * e->n[k] + 4 * (size_t)e->bn_c[k];
     size_t nfr = e->frames ? 2 * B * (size_t)n0 + B * n1 : 0;   /* x-bar, a frame, its current */
-    e->floats = 4 * B * S + B * n1 + 10 * B * nH + 2 * B * (size_t)e->mem * nH + 2 * B * maxn +
-                3 * B * e->C + (c->ide_sn ? 2 * wn : 0) + cws + (e->conv ? B * n1 : 0) +
-                (e->conv && c->ide_sn ? wn : 0) + nbn + nfr;
+    int need_cfb = e->conv || e->drop_alloc;
+    e->floats = 4 * B * S + (e->sbn ? 2 * B * S : 0) + B * n1 + 10 * B * nH +
+                2 * B * (size_t)e->mem * nH + 3 * B * maxn + 3 * B * e->C + (c->ide_sn ? 2 * wn : 0) +
+                cws + (need_cfb ? B * n1 : 0) + (e->conv && c->ide_sn ? wn : 0) + nbn + nfr +
+                (e->drop_alloc ? B * S + B * n1 : 0);
     float *p = soma__malloc_aligned(e->floats * sizeof(float));
     if (!p) return SOMA_ERR_NOMEM;
     memset(p, 0, e->floats * sizeof(float));
@@ -433,6 +569,13 @@ static soma_status ide_init(soma_rule *r, int max_batch)
         e->s[k] = p; p += m;
         e->pre[k] = p; p += m;
         e->act[k] = p; p += m;
+        if (e->sbn) {
+            e->pre_t[k] = p; p += m;
+            e->act_t[k] = p; p += m;
+        } else {
+            e->pre_t[k] = e->pre[k];
+            e->act_t[k] = e->act[k];
+        }
     }
     e->fx = p; p += B * n1;
     float **vec[] = { &e->acc, &e->a, &e->gA, &e->beta, &e->best, &e->G, &e->Gn, &e->dx, &e->dg, &e->jt };
@@ -441,6 +584,7 @@ static soma_status ide_init(soma_rule *r, int max_batch)
     e->V = p; p += B * e->mem * nH;
     e->d0 = p; p += B * maxn;
     e->d1 = p; p += B * maxn;
+    e->d2 = p; p += B * maxn;
     e->logits = p; p += B * e->C;
     e->probs = p; p += B * e->C;
     e->dl = p; p += B * e->C;
@@ -450,21 +594,31 @@ static soma_status ide_init(soma_rule *r, int max_batch)
     } else {
         e->weff = soma__param_value(net, e->fb);   /* stable: nothing is added after init */
     }
-    if (e->conv) {
-        e->cws = p; p += cws;
-        e->cfb = p; p += B * n1;
-        if (c->ide_sn) { e->dsig = p; p += wn; }
-    }
-    if (e->bn_g >= 0) {
+    if (e->conv) { e->cws = p; p += cws; }
+    if (need_cfb) { e->cfb = p; p += B * n1; }
+    if (e->conv && c->ide_sn) { e->dsig = p; p += wn; }
+    if (e->bn_g[1] >= 0) {
         e->fpre = p; p += B * n1;
-        e->bnc.xhat = p; p += B * n1;
-        e->bnc.mean = p; p += e->bn_c;
-        e->bnc.invstd = p; p += e->bn_c;
+        e->bnc[1].xhat = p; p += B * n1;
+        e->bnc[1].mean = p; p += e->bn_c[1];
+        e->bnc[1].invstd = p; p += e->bn_c[1];
+    }
+    for (int k = 2; k <= H; k++) {
+        if (e->bn_g[k] < 0) continue;
+        e->bnc[k].xhat = p; p += B * e->n[k];
+        e->bnc[k].mean = p; p += e->bn_c[k];
+        e->bnc[k].invstd = p; p += e->bn_c[k];
+        e->bne[k].mean = p; p += e->bn_c[k];
+        e->bne[k].invstd = p; p += e->bn_c[k];
     }
     if (e->frames) {
         e->xbar = p; p += B * n0;
         e->xt = p; p += B * n0;
         e->fstep = p; p += B * n1;
+    }
+    if (e->drop_alloc) {
+        for (int k = 1; k <= H; k++) { e->drop[k] = p; p += B * e->n[k]; }
+        e->drop_fb = p; p += B * n1;
     }
     if (init_alpha) {   /* alpha = sigma(W): 10 power iterations (from u, v, which they refine) */
         const float *w = soma__param_value(net, e->fb);
@@ -493,6 +647,15 @@ static void ide_plan(const soma_rule *r, soma_mem_plan *p)
     p->workspace = e->floats * sizeof(float) - p->activations;
 }
 
+void soma__ide_draw_masks(soma_rule *r, soma_rng *rng, int B)
+{
+    ide_state *e = r->state;
+    float p = r->cfg.ide_dropout;
+    if (!(p > 0.0f) || !e->drop_alloc) return;
+    for (int k = 1; k <= e->H; k++) soma_dropout_mask(e->drop[k], (size_t)B * e->n[k], p, rng);
+    soma_dropout_mask(e->drop_fb, (size_t)B * e->n[1], p, rng);
+}
+
 /* ---- forward: the spiking simulation ------------------------------------- */
 
 static void spike_step(float *restrict u, float *restrict s, size_t m, float V, float lam)
@@ -506,21 +669,60 @@ static void spike_step(float *restrict u, float *restrict s, size_t m, float V, 
     }
 }
 
-/* out (B, n1) <- F x + b_1 for x (B, n0): dense or conv */
-static void linear_map(soma_rule *r, float *out, const float *x, int B)
+/* x *= mask, elementwise (a dropout mask) */
+static void mul_into(float *restrict x, const float *restrict mask, size_t m)
+{
+    _Pragma("omp simd")
+    for (size_t i = 0; i < m; i++) x[i] *= mask[i];
+}
+
+/* u += c; acc = lam acc + s: vector loops (the state's buffers never alias) */
+static void add_into(float *restrict u, const float *restrict c, size_t m)
+{
+    _Pragma("omp simd")
+    for (size_t i = 0; i < m; i++) u[i] += c[i];
+}
+
+/* u += mask c */
+static void add_masked(float *restrict u, const float *restrict c, const float *restrict mask, size_t m)
+{
+    _Pragma("omp simd")
+    for (size_t i = 0; i < m; i++) u[i] += mask[i] * c[i];
+}
+
+static void leaky_add(float *restrict acc, const float *restrict s, size_t m, float lam)
+{
+    _Pragma("omp simd")
+    for (size_t i = 0; i < m; i++) acc[i] = lam * acc[i] + s[i];
+}
+
+/* out (B, n[k]) <- layer k's linear map with its bias on in (B, n[k-1]):
+ * F (k = 1, from the input) or S_k; dense or conv */
+static void lin_map(soma_rule *r, int k, float *out, const float *in, int B)
 {
     ide_state *e = r->state;
     soma_net *net = r->net;
-    int n1 = e->n[1];
     if (e->conv) {
-        soma_conv_shape s = e->fcs;
+        soma_conv_shape s = e->cs[k];
         s.B = B;
-        soma_conv2d_forward(out, e->cws, x, soma__param_value(net, e->w[1]),
-                            soma__param_value(net, e->b[1]), &s);
+        soma_conv2d_forward(out, e->cws, in, soma__param_value(net, e->w[k]),
+                            soma__param_value(net, e->b[k]), &s);
     } else {
-        soma_dense_forward(out, x, soma__param_value(net, e->w[1]), soma__param_value(net, e->b[1]),
-                           B, e->n[0], n1);
+        soma_dense_forward(out, in, soma__param_value(net, e->w[k]), soma__param_value(net, e->b[k]),
+                           B, e->n[k - 1], e->n[k]);
     }
+}
+
+/* layer k's batchnorm (k >= 2) with its running statistics, in place on
+ * x (B, n[k]); cache (may be NULL) keeps the mean and 1/std used */
+static void bn_running(soma_rule *r, int k, float *x, soma_bn_cache *cache, int B)
+{
+    ide_state *e = r->state;
+    soma_net *net = r->net;
+    soma_batchnorm_forward(x, cache, soma__buffer_value(net, e->bn_rm[k]),
+                           soma__buffer_value(net, e->bn_rv[k]), x, soma__param_value(net, e->bn_g[k]),
+                           soma__param_value(net, e->bn_b[k]), B, e->bn_c[k], e->bn_s[k], e->bn_eps[k],
+                           e->bn_mom[k], 0);
 }
 
 /* e->fx (B, n1) <- F x: dense or conv (+ bias), then F's batchnorm if any:
@@ -528,33 +730,50 @@ static void linear_map(soma_rule *r, float *out, const float *x, int B)
  * running ones, 2 batch statistics only.  The statistics are those of F x
  * itself (spike input: x = x-bar), fixed for the whole simulation, the rate
  * map and the implicit solve (constant input: F x is the same at every
- * step; notes 2.5); e->bnc keeps the mean and 1/std used. */
+ * step; notes 2.5); e->bnc[1] keeps the mean and 1/std used.  Then F's
+ * dropout mask (in training). */
 static void input_map(soma_rule *r, const float *x, int B, int mode)
 {
     ide_state *e = r->state;
     soma_net *net = r->net;
-    float *out = e->bn_g >= 0 ? e->fpre : e->fx;
-    linear_map(r, out, x, B);
-    if (e->bn_g < 0) return;
-    int upd = mode == 1;
-    soma_batchnorm_forward(e->fx, &e->bnc, upd || !mode ? soma__buffer_value(net, e->bn_rm) : NULL,
-                           upd || !mode ? soma__buffer_value(net, e->bn_rv) : NULL, e->fpre,
-                           soma__param_value(net, e->bn_g), soma__param_value(net, e->bn_b), B,
-                           e->bn_c, e->bn_s, e->bn_eps, e->bn_mom, mode != 0);
+    float *out = e->bn_g[1] >= 0 ? e->fpre : e->fx;
+    lin_map(r, 1, out, x, B);
+    if (e->bn_g[1] >= 0) {
+        int upd = mode == 1;
+        soma_batchnorm_forward(e->fx, &e->bnc[1], upd || !mode ? soma__buffer_value(net, e->bn_rm[1]) : NULL,
+                               upd || !mode ? soma__buffer_value(net, e->bn_rv[1]) : NULL, e->fpre,
+                               soma__param_value(net, e->bn_g[1]), soma__param_value(net, e->bn_b[1]), B,
+                               e->bn_c[1], e->bn_s[1], e->bn_eps[1], e->bn_mom[1], mode != 0);
+    }
+    if (e->drop_on) mul_into(e->fx, e->drop[1], (size_t)B * e->n[1]);
 }
 
-/* out (B, n1) += W a: the feedback (conv form: through the scratch e->cfb) */
+/* out (B, n1) += D_W (W a): the feedback (through the scratch e->cfb for the
+ * conv forms and with dropout) */
 static void feedback_add(ide_state *e, float *out, const float *a, int B)
 {
     int n1 = e->n[1], nH = e->n[e->H];
-    if (e->conv) {
-        soma_conv_shape s = e->wcs;
-        s.B = B;
+    size_t m1 = (size_t)B * n1;
+    soma_conv_shape s = e->wcs;
+    s.B = B;
+    switch (e->fbk) {
+    case IDE_FB_DENSE:
+        if (!e->drop_on) {
+            soma_gemm(0, 1, B, n1, nH, 1.0f, a, nH, e->weff, nH, 1.0f, out, n1);
+            return;
+        }
+        soma_gemm(0, 1, B, n1, nH, 1.0f, a, nH, e->weff, nH, 0.0f, e->cfb, n1);
+        break;
+    case IDE_FB_CONV:
         soma_conv2d_forward(e->cfb, e->cws, a, e->weff, NULL, &s);
-        for (size_t i = 0; i < (size_t)B * n1; i++) out[i] += e->cfb[i];
-        return;
+        break;
+    case IDE_FB_CONVT:   /* the transposed conv: the dx path of the conv layer 1 -> H */
+        memset(e->cfb, 0, m1 * sizeof(float));
+        soma_conv2d_backward(e->cfb, NULL, NULL, e->cws, a, NULL, e->weff, &s);
+        break;
     }
-    soma_gemm(0, 1, B, n1, nH, 1.0f, a, nH, e->weff, nH, 1.0f, out, n1);
+    if (e->drop_on) add_masked(out, e->cfb, e->drop_fb, m1);
+    else add_into(out, e->cfb, m1);
 }
 
 /* xbar (B, n0) <- sum_t lambda^(T-1-t) x_t / sum_{k<T} lambda^k for the
@@ -587,7 +806,7 @@ static void spike_average(soma_rule *r, float *xbar, const float *x, int B)
 /* e->fstep (B, n1) <- the input current of frame t of x (B, T, n0):
  * F x_t + b_1, then F's batchnorm with the statistics fixed by the last
  * input_map (those of F x-bar, or the running ones), the same arithmetic
- * as soma_batchnorm_forward. */
+ * as soma_batchnorm_forward, then F's dropout mask (in training). */
 static void frame_current(soma_rule *r, const float *x, int t, int B)
 {
     ide_state *e = r->state;
@@ -595,32 +814,21 @@ static void frame_current(soma_rule *r, const float *x, int t, int B)
     int T = r->cfg.T, n0 = e->n[0];
     for (int s = 0; s < B; s++)
         memcpy(e->xt + (size_t)s * n0, x + ((size_t)s * T + t) * n0, (size_t)n0 * sizeof(float));
-    linear_map(r, e->fstep, e->xt, B);
-    if (e->bn_g < 0) return;
-    const float *g = soma__param_value(net, e->bn_g), *bt = soma__param_value(net, e->bn_b);
-    int C = e->bn_c, S = e->bn_s;
-    for (int s = 0; s < B; s++)
-        for (int ch = 0; ch < C; ch++) {
-            float *y = e->fstep + ((size_t)s * C + ch) * S;
-            const float m = e->bnc.mean[ch], is = e->bnc.invstd[ch];
-            for (int q = 0; q < S; q++) {
-                float h = (y[q] - m) * is;
-                y[q] = g[ch] * h + bt[ch];
+    lin_map(r, 1, e->fstep, e->xt, B);
+    if (e->bn_g[1] >= 0) {
+        const float *g = soma__param_value(net, e->bn_g[1]), *bt = soma__param_value(net, e->bn_b[1]);
+        int C = e->bn_c[1], S = e->bn_s[1];
+        for (int s = 0; s < B; s++)
+            for (int ch = 0; ch < C; ch++) {
+                float *y = e->fstep + ((size_t)s * C + ch) * S;
+                const float m = e->bnc[1].mean[ch], is = e->bnc[1].invstd[ch];
+                for (int q = 0; q < S; q++) {
+                    float h = (y[q] - m) * is;
+                    y[q] = g[ch] * h + bt[ch];
+                }
             }
-        }
-}
-
-/* u += c; acc = lam acc + s: vector loops (the state's buffers never alias) */
-static void add_into(float *restrict u, const float *restrict c, size_t m)
-{
-    _Pragma("omp simd")
-    for (size_t i = 0; i < m; i++) u[i] += c[i];
-}
-
-static void leaky_add(float *restrict acc, const float *restrict s, size_t m, float lam)
-{
-    _Pragma("omp simd")
-    for (size_t i = 0; i < m; i++) acc[i] = lam * acc[i] + s[i];
+    }
+    if (e->drop_on) mul_into(e->fstep, e->drop[1], (size_t)B * e->n[1]);
 }
 
 void soma__ide_simulate(soma_rule *r, const float *x, int B)
@@ -649,17 +857,25 @@ void soma__ide_simulate(soma_rule *r, const float *x, int B)
             cur = e->fstep;
         }
         add_into(e->u[1], cur, m1);
-        if (t > 0)   /* u_1 += W s_H(t-1) */
+        if (t > 0)   /* u_1 += D_W (W s_H(t-1)) */
             feedback_add(e, e->u[1], e->s[H], B);
         spike_step(e->u[1], e->s[1], m1, V, lam);
         for (int k = 2; k <= H; k++) {
             int nk = e->n[k], np = e->n[k - 1];
-            const float *bk = soma__param_value(net, e->b[k]);
-            soma_gemm(0, 1, B, nk, np, 1.0f, e->s[k - 1], np, soma__param_value(net, e->w[k]), np,
-                      1.0f, e->u[k], nk);
-            for (int i = 0; i < B; i++)
-                for (int j = 0; j < nk; j++) e->u[k][(size_t)i * nk + j] += bk[j];
-            spike_step(e->u[k], e->s[k], (size_t)B * nk, V, lam);
+            size_t mk = (size_t)B * nk;
+            if (!e->conv && e->bn_g[k] < 0 && !e->drop_on) {   /* u_k += S_k s + b_k in place */
+                const float *bk = soma__param_value(net, e->b[k]);
+                soma_gemm(0, 1, B, nk, np, 1.0f, e->s[k - 1], np, soma__param_value(net, e->w[k]), np,
+                          1.0f, e->u[k], nk);
+                for (int i = 0; i < B; i++)
+                    for (int j = 0; j < nk; j++) e->u[k][(size_t)i * nk + j] += bk[j];
+            } else {   /* u_k += D_k BN_k(S_k s + b_k), BN_k with the running statistics */
+                lin_map(r, k, e->d0, e->s[k - 1], B);
+                if (e->bn_g[k] >= 0) bn_running(r, k, e->d0, NULL, B);
+                if (e->drop_on) add_masked(e->u[k], e->d0, e->drop[k], mk);
+                else add_into(e->u[k], e->d0, mk);
+            }
+            spike_step(e->u[k], e->s[k], mk, V, lam);
         }
         leaky_add(e->acc, e->s[H], mH, lam);
     }
@@ -681,22 +897,47 @@ static void clamp_layer(float *pre, float *act, size_t m, float invV)
     }
 }
 
-void soma__ide_map(soma_rule *r, float *out, const float *a, int B)
+/* f at a (B, n[H]) into e->pre / e->act (train == 0: S_k's batchnorm with
+ * the running statistics, the map of the simulation and of J) or into
+ * e->pre_t / e->act_t (train != 0: S_k's batchnorm with the batch
+ * statistics, kept in e->bnc[k] for the VJP; the running statistics move
+ * once when e->sbn_update).  Without S_k batchnorm both are the same map
+ * in the same buffers. */
+static void map_at(soma_rule *r, const float *a, int B, int train)
 {
     ide_state *e = r->state;
     soma_net *net = r->net;
-    int H = e->H, n1 = e->n[1], nH = e->n[H];
+    int H = e->H, n1 = e->n[1];
     float invV = 1.0f / r->cfg.ide_vth;
-    /* pre_1 = (W a + F x + b_1) / V */
-    memcpy(e->pre[1], e->fx, (size_t)B * n1 * sizeof(float));
-    feedback_add(e, e->pre[1], a, B);
-    clamp_layer(e->pre[1], e->act[1], (size_t)B * n1, invV);
+    float **pre = train ? e->pre_t : e->pre, **act = train ? e->act_t : e->act;
+    /* pre_1 = (D_W (W a) + F x) / V, F x with its batchnorm and mask */
+    memcpy(pre[1], e->fx, (size_t)B * n1 * sizeof(float));
+    feedback_add(e, pre[1], a, B);
+    clamp_layer(pre[1], act[1], (size_t)B * n1, invV);
     for (int k = 2; k <= H; k++) {
-        soma_dense_forward(e->pre[k], e->act[k - 1], soma__param_value(net, e->w[k]),
-                           soma__param_value(net, e->b[k]), B, e->n[k - 1], e->n[k]);
-        clamp_layer(e->pre[k], e->act[k], (size_t)B * e->n[k], invV);
+        size_t mk = (size_t)B * e->n[k];
+        lin_map(r, k, pre[k], act[k - 1], B);
+        if (e->bn_g[k] >= 0) {
+            if (train) {
+                int upd = e->sbn_update;
+                soma_batchnorm_forward(pre[k], &e->bnc[k], upd ? soma__buffer_value(net, e->bn_rm[k]) : NULL,
+                                       upd ? soma__buffer_value(net, e->bn_rv[k]) : NULL, pre[k],
+                                       soma__param_value(net, e->bn_g[k]), soma__param_value(net, e->bn_b[k]),
+                                       B, e->bn_c[k], e->bn_s[k], e->bn_eps[k], e->bn_mom[k], 1);
+            } else {
+                bn_running(r, k, pre[k], &e->bne[k], B);
+            }
+        }
+        if (e->drop_on) mul_into(pre[k], e->drop[k], mk);
+        clamp_layer(pre[k], act[k], mk, invV);
     }
-    if (out) memcpy(out, e->act[H], (size_t)B * nH * sizeof(float));
+}
+
+void soma__ide_map(soma_rule *r, float *out, const float *a, int B)
+{
+    ide_state *e = r->state;
+    map_at(r, a, B, 0);
+    if (out) memcpy(out, e->act[e->H], (size_t)B * e->n[e->H] * sizeof(float));
 }
 
 /* e (B, n) <- [0 <= pre <= 1] d / V  (clamp passes the gradient on the closed interval) */
@@ -705,73 +946,123 @@ static void mask_layer(float *eo, const float *d, const float *pre, size_t m, fl
     for (size_t i = 0; i < m; i++) eo[i] = pre[i] >= 0.0f && pre[i] <= 1.0f ? d[i] * invV : 0.0f;
 }
 
-/* Backward through layers H..2 from d_H = v: returns e_1 = dL/d(pre_1 V) in
- * e->d0 or e->d1; with grads != 0 accumulates the S_k, b_k gradients. */
+/* Backward through layers H..2 from d_H = v: returns e_1 = dL/d(pre_1 V)
+ * in e->d0 or e->d1 (e->d2 is scratch).  grads == 0: through the J map
+ * (e->pre, S_k's batchnorm as the running statistics' affine map);
+ * grads != 0: through the training map (e->pre_t, the batch statistics),
+ * accumulating the S_k, b_k and S_k batchnorm gradients. */
 static float *chain_back(soma_rule *r, const float *v, int B, int grads)
 {
     ide_state *e = r->state;
     soma_net *net = r->net;
     float invV = 1.0f / r->cfg.ide_vth;
     float *cur = e->d0, *nxt = e->d1;
+    float **pre = grads ? e->pre_t : e->pre, **act = grads ? e->act_t : e->act;
     int H = e->H;
-    mask_layer(cur, v, e->pre[H], (size_t)B * e->n[H], invV);
+    mask_layer(cur, v, pre[H], (size_t)B * e->n[H], invV);
     for (int k = H; k >= 2; k--) {
         int nk = e->n[k], np = e->n[k - 1];
+        size_t mk = (size_t)B * nk;
+        /* cur = dL/dz_k, z_k = D_k BN_k(S_k a_{k-1} + b_k) */
+        if (e->drop_on) mul_into(cur, e->drop[k], mk);
+        const float *dlin = cur;
+        if (e->bn_g[k] >= 0) {
+            memset(e->d2, 0, mk * sizeof(float));
+            soma_batchnorm_backward(e->d2, grads ? soma__param_grad(net, e->bn_g[k]) : NULL,
+                                    grads ? soma__param_grad(net, e->bn_b[k]) : NULL, cur,
+                                    grads ? &e->bnc[k] : &e->bne[k], soma__param_value(net, e->bn_g[k]),
+                                    B, e->bn_c[k], e->bn_s[k], grads);
+            dlin = e->d2;
+        }
         memset(nxt, 0, (size_t)B * np * sizeof(float));
-        soma_dense_backward(nxt, grads ? soma__param_grad(net, e->w[k]) : NULL,
-                            grads ? soma__param_grad(net, e->b[k]) : NULL, cur, e->act[k - 1],
-                            soma__param_value(net, e->w[k]), B, np, nk);
-        mask_layer(nxt, nxt, e->pre[k - 1], (size_t)B * np, invV);
+        if (e->conv) {
+            soma_conv_shape s = e->cs[k];
+            s.B = B;
+            soma_conv2d_backward(nxt, grads ? soma__param_grad(net, e->w[k]) : NULL,
+                                 grads ? soma__param_grad(net, e->b[k]) : NULL, e->cws, dlin, act[k - 1],
+                                 soma__param_value(net, e->w[k]), &s);
+        } else {
+            soma_dense_backward(nxt, grads ? soma__param_grad(net, e->w[k]) : NULL,
+                                grads ? soma__param_grad(net, e->b[k]) : NULL, dlin, act[k - 1],
+                                soma__param_value(net, e->w[k]), B, np, nk);
+        }
+        mask_layer(nxt, nxt, pre[k - 1], (size_t)B * np, invV);
         float *t = cur; cur = nxt; nxt = t;
     }
     return cur;
 }
 
-void soma__ide_jt(soma_rule *r, float *out, const float *v, int B)
+/* out (B, nH) <- W^T e1 for e1 (B, n1) (e1 already carries D_W) */
+static void feedback_t(ide_state *e, float *out, const float *e1, int B)
 {
-    ide_state *e = r->state;
     int n1 = e->n[1], nH = e->n[e->H];
-    const float *e1 = chain_back(r, v, B, 0);
-    if (e->conv) {   /* from pre_1 = W a: d a = W^T e_1, the transposed conv */
-        soma_conv_shape s = e->wcs;
-        s.B = B;
+    soma_conv_shape s = e->wcs;
+    s.B = B;
+    switch (e->fbk) {
+    case IDE_FB_CONV:    /* from pre_1 = conv(a): d a = its dx path, the transposed conv */
         memset(out, 0, (size_t)B * nH * sizeof(float));
         soma_conv2d_backward(out, NULL, NULL, e->cws, e1, NULL, e->weff, &s);
         return;
+    case IDE_FB_CONVT:   /* from pre_1 = A^T a: d a = A e1, the conv forward */
+        soma_conv2d_forward(out, e->cws, e1, e->weff, NULL, &s);
+        return;
+    case IDE_FB_DENSE:   /* from pre_1 = a W^T: d a = e_1 W */
+        soma_gemm(0, 0, B, nH, n1, 1.0f, e1, n1, e->weff, nH, 0.0f, out, nH);
+        return;
     }
-    /* from pre_1 = a W^T: d a = e_1 W */
-    soma_gemm(0, 0, B, nH, n1, 1.0f, e1, n1, e->weff, nH, 0.0f, out, nH);
 }
 
-/* beta^T df/dtheta at the last map point a: every parameter of f. */
+void soma__ide_jt(soma_rule *r, float *out, const float *v, int B)
+{
+    ide_state *e = r->state;
+    float *e1 = chain_back(r, v, B, 0);
+    if (e->drop_on) mul_into(e1, e->drop_fb, (size_t)B * e->n[1]);
+    feedback_t(e, out, e1, B);
+}
+
+/* beta^T df/dtheta at the last training-map point a: every parameter of f. */
 static void ide_vjp(soma_rule *r, const float *beta, const float *x, const float *a, int B)
 {
     ide_state *e = r->state;
     soma_net *net = r->net;
     int n1 = e->n[1], nH = e->n[e->H];
-    const float *e1 = chain_back(r, beta, B, 1);
-    const float *dF = e1;   /* dL/d(F x) before F's batchnorm */
-    if (e->bn_g >= 0) {
+    size_t m1 = (size_t)B * n1;
+    float *e1 = chain_back(r, beta, B, 1);
+    float *other = e1 == e->d0 ? e->d1 : e->d0;
+    /* F's path: dL/d(F x) = BN_1' (D_F e_1) */
+    const float *dF = e1;
+    if (e->drop_on) {
+        for (size_t i = 0; i < m1; i++) e->d2[i] = e1[i] * e->drop[1][i];
+        dF = e->d2;
+    }
+    if (e->bn_g[1] >= 0) {
         /* batch statistics in the backward graph (notes 2.5: the differentiable
          * f(a_T) has every batchnorm in training mode) */
-        float *d = e1 == e->d0 ? e->d1 : e->d0;
-        memset(d, 0, (size_t)B * n1 * sizeof(float));
-        soma_batchnorm_backward(d, soma__param_grad(net, e->bn_g), soma__param_grad(net, e->bn_b), e1,
-                                &e->bnc, soma__param_value(net, e->bn_g), B, e->bn_c, e->bn_s, 1);
-        dF = d;
+        memset(other, 0, m1 * sizeof(float));
+        soma_batchnorm_backward(other, soma__param_grad(net, e->bn_g[1]), soma__param_grad(net, e->bn_b[1]),
+                                dF, &e->bnc[1], soma__param_value(net, e->bn_g[1]), B, e->bn_c[1],
+                                e->bn_s[1], 1);
+        dF = other;
     }
-    float *gw = e->sn_g >= 0 ? e->gweff : soma__param_grad(net, e->fb);
-    if (e->sn_g >= 0) memset(gw, 0, e->wn * sizeof(float));
     if (e->conv) {
-        soma_conv_shape fs = e->fcs, ws = e->wcs;
-        fs.B = ws.B = B;
+        soma_conv_shape fs = e->cs[1];
+        fs.B = B;
         soma_conv2d_backward(NULL, soma__param_grad(net, e->w[1]), soma__param_grad(net, e->b[1]),
                              e->cws, dF, x, soma__param_value(net, e->w[1]), &fs);
-        soma_conv2d_backward(NULL, gw, NULL, e->cws, e1, a, e->weff, &ws);
     } else {
         soma_dense_backward(NULL, soma__param_grad(net, e->w[1]), soma__param_grad(net, e->b[1]), dF, x,
                             soma__param_value(net, e->w[1]), B, e->n[0], n1);
-        soma_dense_backward(NULL, gw, NULL, e1, a, e->weff, B, nH, n1);
+    }
+    /* W's path: dL/d(W a) = D_W e_1 */
+    if (e->drop_on) mul_into(e1, e->drop_fb, m1);
+    float *gw = e->sn_g >= 0 ? e->gweff : soma__param_grad(net, e->fb);
+    if (e->sn_g >= 0) memset(gw, 0, e->wn * sizeof(float));
+    soma_conv_shape ws = e->wcs;
+    ws.B = B;
+    switch (e->fbk) {
+    case IDE_FB_CONV: soma_conv2d_backward(NULL, gw, NULL, e->cws, e1, a, e->weff, &ws); break;
+    case IDE_FB_CONVT: soma_conv2d_backward(NULL, gw, NULL, e->cws, a, e1, e->weff, &ws); break;
+    case IDE_FB_DENSE: soma_dense_backward(NULL, gw, NULL, e1, a, e->weff, B, nH, n1); break;
     }
     if (e->sn_g >= 0) sn_backward(r);
 }
@@ -910,7 +1201,7 @@ double soma__ide_solve(soma_rule *r, const float *g, int B, int *iters)
 /* ---- gradient, train, predict ------------------------------------------- */
 
 /* The conv workspace was sized for cws_threads; spike frames for T; batch
- * statistics need more than one value per channel. */
+ * statistics need more than one value per channel; dropout needs its masks. */
 static soma_status check_run(soma_rule *r, int B, int train)
 {
     ide_state *e = r->state;
@@ -921,9 +1212,15 @@ static soma_status check_run(soma_rule *r, int B, int train)
     if (e->frames && (int64_t)r->cfg.T * e->n[0] != r->cfg.sample_size)
         return soma__fail(SOMA_ERR_ARG, "rule ide: T = %d no longer matches the %d-value spike "
                           "samples it was built for", r->cfg.T, r->cfg.sample_size);
-    if (train && e->bn_g >= 0 && (int64_t)B * e->bn_s < 2)
-        return soma__fail(SOMA_ERR_ARG, "rule ide: F's batchnorm needs more than one value per "
-                          "channel in training (batch %d x %d)", B, e->bn_s);
+    for (int k = 1; train && k <= e->H; k++)
+        if (e->bn_g[k] >= 0 && (int64_t)B * e->bn_s[k] < 2)
+            return soma__fail(SOMA_ERR_ARG, "rule ide: the batchnorm of hidden layer %d needs more "
+                              "than one value per channel in training (batch %d x %d)", k, B, e->bn_s[k]);
+    if (train && r->cfg.ide_dropout != 0.0f && (!e->drop_alloc || !(r->cfg.ide_dropout > 0.0f) ||
+                                                !(r->cfg.ide_dropout < 1.0f)))
+        return soma__fail(SOMA_ERR_ARG, "rule ide: ide-dropout %g, but the rule was built with %s",
+                          r->cfg.ide_dropout, e->drop_alloc ? "dropout (the rate must stay in (0, 1))"
+                                                            : "none (no mask buffers)");
     return SOMA_OK;
 }
 
@@ -936,27 +1233,43 @@ static void readout(soma_rule *r, const float *a, int B)
                        B, e->n[e->H], e->C);
 }
 
+static soma_status grad_at(soma_rule *r, const soma_batch *b, const float *a, soma_step_stats *st);
+
 soma_status soma__ide_grad(soma_rule *r, const soma_batch *b, int power_iter_on, soma_step_stats *st)
 {
     ide_state *e = r->state;
     soma_status s = check_run(r, b->n, 1);
     if (s) return s;
     soma__ide_weight(r, power_iter_on);
+    e->drop_on = r->cfg.ide_dropout > 0.0f;
     e->sim_mode = 1;   /* F's batchnorm: batch statistics, running ones updated once here */
     soma__ide_simulate(r, b->x, b->n);
     e->sim_mode = 0;
-    return soma__ide_grad_at(r, b, e->a, st);
+    e->sbn_update = 1; /* S_k's batchnorm: the running statistics move once, in the training map */
+    s = grad_at(r, b, e->a, st);
+    e->sbn_update = 0;
+    e->drop_on = 0;
+    return s;
 }
 
 soma_status soma__ide_grad_at(soma_rule *r, const soma_batch *b, const float *a, soma_step_stats *st)
+{
+    ide_state *e = r->state;
+    soma_status s = check_run(r, b->n, 1);
+    if (s) return s;
+    e->drop_on = r->cfg.ide_dropout > 0.0f;
+    s = grad_at(r, b, a, st);
+    e->drop_on = 0;
+    return s;
+}
+
+static soma_status grad_at(soma_rule *r, const soma_batch *b, const float *a, soma_step_stats *st)
 {
     ide_state *e = r->state;
     soma_net *net = r->net;
     const soma_rule_config *c = &r->cfg;
     int B = b->n, nH = e->n[e->H], L = e->H + 1;
     size_t mH = (size_t)B * nH;
-    soma_status s = check_run(r, B, 1);
-    if (s) return s;
     const float *x = b->x;   /* f's input: x, or x-bar of the frames */
     if (e->frames) {
         spike_average(r, e->xbar, b->x, B);
@@ -964,17 +1277,21 @@ soma_status soma__ide_grad_at(soma_rule *r, const soma_batch *b, const float *a,
     }
     input_map(r, x, B, 2);
     readout(r, a, B);
-    s = soma__loss_and_grad_t(e->dl, e->probs, e->logits, b->y, b->target, B, e->C, c->loss, st);
+    soma_status s = soma__loss_and_grad_t(e->dl, e->probs, e->logits, b->y, b->target, B, e->C, c->loss, st);
     if (s) return s;
     soma_net_zero_grad(net);
     /* readout: its own gradient, and g = dL/da */
     memset(e->gA, 0, mH * sizeof(float));
     soma_dense_backward(e->gA, soma__param_grad(net, e->w[L]), soma__param_grad(net, e->b[L]), e->dl,
                         a, soma__param_value(net, e->w[L]), B, nH, e->C);
+    /* S_k batchnorm: the training map first (batch statistics; its running
+     * update comes before J, as the authors' twin copies the updated ones) */
+    if (e->sbn) map_at(r, a, B, 1);
     /* the equilibrium map at a: Jacobian point and the gap to the simulation */
-    soma__ide_map(r, e->Gn, a, B);
+    map_at(r, a, B, 0);
+    const float *fa = e->act[e->H];
     double gap = 0;
-    for (size_t i = 0; i < mH; i++) gap += ((double)e->Gn[i] - a[i]) * ((double)e->Gn[i] - a[i]);
+    for (size_t i = 0; i < mH; i++) gap += ((double)fa[i] - a[i]) * ((double)fa[i] - a[i]);
     e->gap = sqrt(gap / (double)mH);
     int iters;
     double res = soma__ide_solve(r, e->gA, B, &iters);
@@ -997,7 +1314,13 @@ soma_status soma__ide_grad_at(soma_rule *r, const soma_batch *b, const float *a,
 static soma_status ide_train_batch(soma_rule *r, const soma_batch *b, float lr, soma_rng *rng,
                                    soma_step_stats *st)
 {
-    (void)rng;
+    if (r->cfg.ide_dropout > 0.0f) {   /* one mask per layer output for the whole batch */
+        if (!rng) return soma__fail(SOMA_ERR_ARG, "rule ide: ide-dropout draws its masks from the "
+                                    "rng of soma_rule_train_batch, which is NULL");
+        soma_status s = check_run(r, b->n, 1);
+        if (s) return s;
+        soma__ide_draw_masks(r, rng, b->n);
+    }
     soma_step_stats local = { 0 };
     soma_status s = soma__ide_grad(r, b, 1, &local);
     if (s) return s;
@@ -1016,6 +1339,7 @@ static soma_status ide_predict(soma_rule *r, const soma_batch *b, const float **
     ide_state *e = r->state;
     soma_status s = check_run(r, b->n, 0);
     if (s) return s;
+    e->drop_on = 0;   /* no dropout at prediction */
     soma__ide_weight(r, 0);
     soma__ide_simulate(r, b->x, b->n);
     readout(r, e->a, b->n);
