@@ -1255,6 +1255,9 @@ typedef struct soma_train_config {
     const char *init_from;    /* warm start: weights of this checkpoint, everything else
                                  fresh (any rule; shapes must match the net) */
     const char *metrics;      /* JSONL log path (required) */
+    int      warmup_steps;    /* > 0: the rate is scaled by (i + 1) / N over the run's
+                                 first N training steps i (the IDE CIFAR scripts' warm-up);
+                                 with --warmup, the product */
     int      diag_every;      /* also log the rule's diagnostics every N training steps
                                  (rules ep, ide; 0 = with each epoch only) */
     const char *git;          /* commit recorded in the log, may be NULL */

@@ -75,6 +75,10 @@ expect 0 "test accuracy" -- $SOMA train $D --net 784-32-10 --epochs 1 --batch 32
 [ -f "$T/a.st.tmp" ] && bad "temporary checkpoint left behind" || ok
 grep -q '"type":"run"' "$T/m.jsonl" && grep -q '"type":"epoch"' "$T/m.jsonl" && ok || bad "metrics log lacks run/epoch lines"
 expect 0 "1.weight" -- $SOMA info $T/a.st
+# --warmup-steps: 20 batches of 32 in the epoch, N = 40: the last step runs at 20/40 of the rate
+expect 2 "--warmup-steps" -- $SOMA train $D --net 784-10 --warmup-steps -1
+expect 0 "test accuracy" -- $SOMA train $D --net 784-10 --epochs 1 --batch 32 --lr 0.05 --warmup-steps 40 --metrics $T/w.jsonl
+grep -q '"type":"epoch".*"lr":0.025,' "$T/w.jsonl" && ok || bad "warmup-steps: last lr is not 0.025: $(grep epoch "$T/w.jsonl")"
 expect 0 "confusion matrix" -- $SOMA eval --ckpt $T/a.st --data mnist --data-dir $T/d --no-verify
 if /usr/bin/python3 -c "import numpy" 2>/dev/null; then
     expect 0 "1.weight" -- /usr/bin/python3 tests/st_check.py "$T/a.st" --expect 1.weight:32x784 --expect 3.weight:10x32

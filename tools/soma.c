@@ -87,7 +87,7 @@ enum {
     O_NEURON, O_T, O_ENCODING, O_GAIN, O_READOUT, O_REDUCE, O_ALPHA, O_TAU, O_THRESHOLD,
     O_RESET, O_DETACH_RESET, O_RHO, O_BETA_A, O_SURROGATE, O_SLOPE, O_WIDTH, O_READOUT_ALPHA,
     O_TRUNC, O_ENC_SEED, O_BINARY_FRAMES, O_NO_NORMALIZE, O_LR_MIN, O_RHO_MAX,
-    O_LTC_NEURON, O_LTC_THRESHOLD, O_LTC_BETA_A, O_INIT_FROM, O_LTC_INIT, O_AUTOENCODER, O_DIAG_EVERY,
+    O_LTC_NEURON, O_LTC_THRESHOLD, O_LTC_BETA_A, O_INIT_FROM, O_LTC_INIT, O_AUTOENCODER, O_DIAG_EVERY, O_WARMUP_STEPS,
     O_RULE_OPT = 1000   /* + index of soma_rule_option_key */
 };
 
@@ -100,6 +100,7 @@ static const struct option train_opts[] = {
     { "beta1", 1, 0, O_BETA1 }, { "beta2", 1, 0, O_BETA2 }, { "eps", 1, 0, O_EPS },
     { "sched", 1, 0, O_SCHED }, { "step-size", 1, 0, O_STEP_SIZE }, { "gamma", 1, 0, O_GAMMA },
     { "milestones", 1, 0, O_MILESTONES }, { "warmup", 1, 0, O_WARMUP },
+    { "warmup-steps", 1, 0, O_WARMUP_STEPS },
     { "min-lr", 1, 0, O_MIN_LR }, { "clip", 1, 0, O_CLIP }, { "epochs", 1, 0, O_EPOCHS },
     { "batch", 1, 0, O_BATCH }, { "seed", 1, 0, O_SEED }, { "threads", 1, 0, O_THREADS },
     { "train-limit", 1, 0, O_TRAIN_LIMIT }, { "test-limit", 1, 0, O_TEST_LIMIT },
@@ -198,6 +199,7 @@ static void train_help(void)
            "  --milestones A,B,..  multistep epochs\n"
            "  --min-lr F           cosine floor (default 0)\n"
            "  --warmup F           linear warmup epochs (default 0)\n"
+           "  --warmup-steps N     rate x (i+1)/N over the first N steps i (default 0)\n"
            "  --clip F             clip the global gradient norm (default 0 = off)\n"
            "  --epochs N           (default 1)\n"
            "  --batch N            (default 64)\n"
@@ -354,6 +356,7 @@ static int apply_train_option(train_cli *t, int code, const char *name, const ch
         break;
     }
     case O_WARMUP: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->sched.warmup = f; break;
+    case O_WARMUP_STEPS: if (!parse_long(opt, arg, 0, INT_MAX, &v)) return EXIT_USAGE; c->warmup_steps = (int)v; break;
     case O_MIN_LR: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->sched.min_lr = f; break;
     case O_CLIP: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->rule_cfg.clip_norm = f; break;
     case O_EPOCHS: if (!parse_long(opt, arg, LONG_MIN, LONG_MAX, &v)) return EXIT_USAGE;

@@ -73,6 +73,8 @@ soma_status soma_train_config_check(const soma_train_config *c)
                           "input as the target, pixels in [0,1])");
     if (c->autoencoder && !strcmp(c->data, "adding"))
         return soma__fail(SOMA_ERR_ARG, "--autoencoder does not apply to --data adding");
+    if (c->warmup_steps < 0)
+        return soma__fail(SOMA_ERR_ARG, "--warmup-steps must be >= 0, got %d", c->warmup_steps);
     soma_schedule sc = c->sched;
     if (sc.kind == SOMA_SCHED_COSINE && sc.t_max <= 0) sc.t_max = (float)c->epochs;
     soma_status st = soma_schedule_check(&sc);
@@ -513,6 +515,8 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
         float lr = c->sched.base_lr;
         while (soma_loader_next(r.ltrain, &b)) {
             lr = soma_schedule_lr(&sched, e + (double)step / (double)steps);
+            int64_t gstep = (int64_t)e * steps + step;   /* counted from epoch 0: a resume continues it */
+            if (gstep < c->warmup_steps) lr *= (float)((double)(gstep + 1) / c->warmup_steps);
             st = soma_rule_train_batch(r.rule, &b, lr, &rng, &ts);
             if (st == SOMA_ERR_NUMERIC) {
                 st = soma__fail(SOMA_ERR_NUMERIC, "epoch %d step %lld: %s; training stopped%s%s%s",
