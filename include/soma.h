@@ -1178,6 +1178,14 @@ typedef struct soma_ide_diag {
     int64_t batches, unconverged;     /* batches seen; solves ending above ide_tol */
 } soma_ide_diag;
 soma_status soma_ide_diagnostics(soma_rule *r, soma_ide_diag *d, int reset);
+/* IDE (rule "ide", static input): the supplement's Fig. 2 on batch b.  The
+ * fixed point a* of the rate map (iterated from the rates of the longest
+ * simulation until no rate moves by 1e-7, at most 10,000 maps; *fp_change,
+ * may be NULL, receives the last largest move), then for each T of Ts the
+ * RMS gap |a[T] - a*| of the T-step simulation's rates into gaps[q].  No
+ * dropout; batchnorms at their running statistics; changes no parameter. */
+soma_status soma_ide_rate_gap(soma_rule *r, const soma_batch *b, const int *Ts, int nT,
+                              double *gaps, double *fp_change);
 /* EP diagnostics (r must be rule "ep"): alignment tr(W_fwd W_bwd) per layer
  * pair with a feedback matrix (the 2018 paper's Fig. 3; classic: |W|^2) and
  * its cosine, and
@@ -1324,6 +1332,10 @@ typedef struct soma_eval_result {
 soma_status soma_evaluate(const char *checkpoint, const char *data, const char *data_dir,
                           int batch, int limit, int verify, double prune, int prune_per_layer,
                           soma_eval_result *res);
+/* soma_ide_rate_gap of an IDE checkpoint on the first test batch of data. */
+soma_status soma_evaluate_ide_gap(const char *checkpoint, const char *data, const char *data_dir,
+                                  int batch, int verify, const int *Ts, int nT, double *gaps,
+                                  double *fp_change);
 
 
 #ifdef __cplusplus

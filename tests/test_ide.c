@@ -501,6 +501,15 @@ static void double_checks(void)
         printf("  IF rates vs fixed point, T = %4d: RMS gap %.3g\n", Ts[q], gaps[q]);
     }
     CHECK(gaps[1] < gaps[0] && gaps[2] < gaps[1] && gaps[2] < 5e-3);
+    /* the public curve (its own fixed point, from a_1000) gives the same gaps */
+    {
+        double g2[3], change = 1;
+        CHECK(soma_ide_rate_gap(r, &b, Ts, 3, g2, &change) == SOMA_OK);
+        CHECK(change < 1e-6 && r->cfg.T == Ts[2]);   /* T as it was */
+        for (int q = 0; q < 3; q++) CHECK(fabs(g2[q] - gaps[q]) < 1e-5 + 1e-3 * gaps[q]);
+        int bad[1] = { 0 };
+        CHECK(soma_ide_rate_gap(r, &b, bad, 1, g2, NULL) == SOMA_ERR_ARG);
+    }
     /* Theorem 2: with the leak (LIF 0.95) the gap to the same fixed point stays bounded */
     r->cfg.ide_leak = 0.95f;
     double worst = 0;

@@ -577,8 +577,9 @@ static int cmd_eval(int argc, char **argv)
         { "ckpt", 1, 0, 'c' }, { "data", 1, 0, 'd' }, { "data-dir", 1, 0, 'D' },
         { "batch", 1, 0, 'b' }, { "test-limit", 1, 0, 'l' }, { "threads", 1, 0, 't' },
         { "no-verify", 0, 0, 'n' }, { "help", 0, 0, 'h' }, { "prune", 1, 0, 'p' },
-        { "prune-per-layer", 0, 0, 'P' }, { 0, 0, 0, 0 }
+        { "prune-per-layer", 0, 0, 'P' }, { "ide-gap", 1, 0, 'g' }, { 0, 0, 0, 0 }
     };
+    int gapT[32], ngap = 0;
     const char *ckpt = NULL, *data = "mnist", *dir = NULL;
     float prune = 0;
     int per_layer = 0;
@@ -600,6 +601,19 @@ static int cmd_eval(int argc, char **argv)
             if (!(prune >= 0 && prune <= 1)) return usage_error("--prune: must be a fraction in [0, 1], got %s%s", optarg, "");
             break;
         case 'P': per_layer = 1; break;
+        case 'g': {
+            char buf[256];
+            snprintf(buf, sizeof buf, "%s", optarg);
+            ngap = 0;
+            for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+                long v;
+                if (ngap == 32) return usage_error("--ide-gap: more than %s values%s", "32", "");
+                if (!parse_long("--ide-gap", tok, 1, 100000, &v)) return EXIT_USAGE;
+                gapT[ngap++] = (int)v;
+            }
+            if (!ngap) return usage_error("--ide-gap: no T given%s%s", "", "");
+            break;
+        }
         case 'h':
             printf("usage: soma eval --ckpt PATH [--data NAME] [options]\n"
                    "Evaluates a checkpoint on the test split: accuracy, loss, confusion matrix.\n"
@@ -614,7 +628,10 @@ static int cmd_eval(int argc, char **argv)
                    "  --no-verify          skip the SHA-256 check of the data files\n"
                    "  --prune F            first zero the fraction F of dense/conv weights with the\n"
                    "                       smallest |w| (global; no fine-tuning)\n"
-                   "  --prune-per-layer    prune F of each layer instead\n");
+                   "  --prune-per-layer    prune F of each layer instead\n"
+                   "  --ide-gap T1,T2,..   rule ide: instead, the RMS gap |a[T] - a*| between the\n"
+                   "                       T-step average rates and the fixed point of the rate map,\n"
+                   "                       on the first test batch (the supplement's Fig. 2)\n");
             return 0;
         case ':': return usage_error("eval: option '%s' needs a value%s", argv[optind - 1], "");
         default: return usage_error("eval: unknown option '%s'%s", argv[optind - 1], "");
@@ -623,6 +640,15 @@ static int cmd_eval(int argc, char **argv)
     if (optind < argc) return usage_error("eval: unexpected argument '%s'%s", argv[optind], "");
     if (!ckpt) return usage_error("eval: --ckpt is required%s%s", "", "");
     soma_set_threads((int)threads);
+    if (ngap) {
+        double gaps[32], change = 0;
+        soma_status st = soma_evaluate_ide_gap(ckpt, data, dir, (int)batch, verify, gapT, ngap, gaps, &change);
+        if (st) return runtime_error(st);
+        printf("fixed point: largest rate change of the last map %.3g\n", change);
+        printf("%8s %12s\n", "T", "rms_gap");
+        for (int q = 0; q < ngap; q++) printf("%8d %12.6g\n", gapT[q], gaps[q]);
+        return 0;
+    }
     soma_eval_result *r = malloc(sizeof *r);
     if (!r) return EXIT_RUNTIME;
     soma_status st = soma_evaluate(ckpt, data, dir, (int)batch, (int)limit, verify, prune, per_layer, r);

@@ -1364,6 +1364,56 @@ soma_status soma_ide_diagnostics(soma_rule *r, soma_ide_diag *d, int reset)
     return SOMA_OK;
 }
 
+soma_status soma_ide_rate_gap(soma_rule *r, const soma_batch *b, const int *Ts, int nT,
+                              double *gaps, double *fp_change)
+{
+    if (!r || r->ops != &soma__rule_ide)
+        return soma__fail(SOMA_ERR_ARG, "rule is '%s', not 'ide'", r ? r->ops->name : "(null)");
+    ide_state *e = r->state;
+    if (e->frames)
+        return soma__fail(SOMA_ERR_UNSUPPORTED, "rate gap: spike-frame input fixes T to its %d frames "
+                          "(static input only)", r->cfg.T);
+    if (nT < 1 || !Ts || !gaps) return soma__fail(SOMA_ERR_ARG, "rate gap: no T given");
+    int tmax = 0;
+    for (int q = 0; q < nT; q++) {
+        if (Ts[q] < 1) return soma__fail(SOMA_ERR_ARG, "rate gap: T must be >= 1, got %d", Ts[q]);
+        if (Ts[q] > tmax) tmax = Ts[q];
+    }
+    int B = b->n, T0 = r->cfg.T;
+    if (B < 1 || B > r->max_batch)
+        return soma__fail(SOMA_ERR_ARG, "batch of %d samples outside 1..%d", B, r->max_batch);
+    soma_status s = check_run(r, B, 0);
+    if (s) return s;
+    e->drop_on = 0;
+    soma__ide_weight(r, 0);
+    size_t m = (size_t)B * e->n[e->H];
+    float *A = e->best, *t = e->G;     /* solver scratch, free outside a solve */
+    /* a*: the rate map iterated from the longest simulation's rates */
+    r->cfg.T = tmax;
+    soma__ide_simulate(r, b->x, B);
+    memcpy(A, e->a, m * sizeof(float));
+    double change = INFINITY;
+    for (int k = 0; k < 10000 && change > 1e-7; k++) {
+        soma__ide_map(r, t, A, B);
+        change = 0;
+        for (size_t i = 0; i < m; i++) {
+            double d = fabs((double)t[i] - A[i]);
+            if (d > change) change = d;
+            A[i] = t[i];
+        }
+    }
+    if (fp_change) *fp_change = change;
+    for (int q = 0; q < nT; q++) {
+        r->cfg.T = Ts[q];
+        soma__ide_simulate(r, b->x, B);
+        double ss = 0;
+        for (size_t i = 0; i < m; i++) ss += ((double)e->a[i] - A[i]) * ((double)e->a[i] - A[i]);
+        gaps[q] = sqrt(ss / (double)m);
+    }
+    r->cfg.T = T0;
+    return SOMA_OK;
+}
+
 const soma_rule_ops soma__rule_ide = {
     .name = "ide",
     .about = "implicit differentiation on the equilibrium of a feedback SNN's firing rates (IF/LIF)",

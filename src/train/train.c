@@ -616,6 +616,60 @@ done:
     return st;
 }
 
+/* Builds the net and rule of a checkpoint for evaluation on data's test
+ * split (c and rule_buf must outlive r). */
+static soma_status eval_build(run *r, soma_train_config *c, char *rule_buf, const char *checkpoint,
+                              const char *data, const char *data_dir, int batch, int limit, int verify)
+{
+    soma_train_config_default(c);
+    c->data = data;
+    c->data_dir = data_dir;
+    c->batch = batch;
+    c->test_limit = limit;
+    c->verify = verify;
+    c->resume = checkpoint;
+    c->epochs = 1;
+    r->c = c;
+    soma_status st;
+    /* The rule only matters for training; inference is the net's forward. */
+    soma_st *probe;
+    if ((st = soma_st_read(&probe, checkpoint))) return st;
+    const char *rule = soma_st_meta(probe, "soma.rule");
+    const char *optim = soma_st_meta(probe, "soma.optim");
+    snprintf(rule_buf, 32, "%s", rule ? rule : "bp");
+    soma_optim_kind ok = SOMA_OPTIM_SGD;
+    if (optim && soma_optim_from_name(&ok, optim)) ok = SOMA_OPTIM_SGD;
+    /* temporal settings the net was trained with */
+    const char *v;
+    if ((v = soma_st_meta(probe, "soma.T"))) c->rule_cfg.T = atoi(v);
+    if ((v = soma_st_meta(probe, "soma.gain"))) c->rule_cfg.gain = strtof(v, NULL);
+    if ((v = soma_st_meta(probe, "soma.enc_seed"))) c->rule_cfg.enc_seed = strtoull(v, NULL, 10);
+    if ((v = soma_st_meta(probe, "soma.encoding")) && soma_encoding_from_name(&c->rule_cfg.encoding, v)) {
+        soma_st_free(probe);
+        return soma__fail(SOMA_ERR_FORMAT, "%s: %s", checkpoint, soma_last_error());
+    }
+    if ((v = soma_st_meta(probe, "soma.reduce")) && soma_reduce_from_name(&c->rule_cfg.reduce, v)) {
+        soma_st_free(probe);
+        return soma__fail(SOMA_ERR_FORMAT, "%s: %s", checkpoint, soma_last_error());
+    }
+    if ((v = soma_st_meta(probe, "soma.loss")) && soma_loss_from_name(&c->rule_cfg.loss, v)) {
+        soma_st_free(probe);
+        return soma__fail(SOMA_ERR_FORMAT, "%s: %s", checkpoint, soma_last_error());
+    }
+    c->spiking = soma_st_meta(probe, "soma.cell") != NULL;
+    if ((v = soma_st_meta(probe, "soma.binary_frames"))) c->binary_frames = !strcmp(v, "1");
+    if ((v = soma_st_meta(probe, "soma.raw_pixels"))) c->raw_pixels = !strcmp(v, "1");
+    if ((v = soma_st_meta(probe, "soma.autoencoder"))) c->autoencoder = !strcmp(v, "1");
+    if ((v = soma_st_meta(probe, "soma.rule_options")) && soma_rule_options_parse(&c->rule_cfg, v)) {
+        soma_st_free(probe);
+        return soma__fail(SOMA_ERR_FORMAT, "%s: %s", checkpoint, soma_last_error());
+    }
+    soma_st_free(probe);
+    c->rule = rule_buf;
+    soma_optim_config_default(&c->rule_cfg.optim, ok);
+    return build(r);
+}
+
 soma_status soma_evaluate(const char *checkpoint, const char *data, const char *data_dir,
                           int batch, int limit, int verify, double prune, int prune_per_layer,
                           soma_eval_result *res)
@@ -624,54 +678,10 @@ soma_status soma_evaluate(const char *checkpoint, const char *data, const char *
     if (batch <= 0) return soma__fail(SOMA_ERR_ARG, "--batch must be > 0, got %d", batch);
     if (limit < 0) return soma__fail(SOMA_ERR_ARG, "--test-limit must be >= 0, got %d", limit);
     soma_train_config c;
-    soma_train_config_default(&c);
-    c.data = data;
-    c.data_dir = data_dir;
-    c.batch = batch;
-    c.test_limit = limit;
-    c.verify = verify;
-    c.resume = checkpoint;
-    c.epochs = 1;
+    char rule_buf[32];
     run r = { .c = &c };
     soma_status st;
-    /* The rule only matters for training; inference is the net's forward. */
-    soma_st *probe;
-    if ((st = soma_st_read(&probe, checkpoint))) return st;
-    const char *rule = soma_st_meta(probe, "soma.rule");
-    const char *optim = soma_st_meta(probe, "soma.optim");
-    char rule_buf[32] = "bp";
-    if (rule) snprintf(rule_buf, sizeof rule_buf, "%s", rule);
-    soma_optim_kind ok = SOMA_OPTIM_SGD;
-    if (optim && soma_optim_from_name(&ok, optim)) ok = SOMA_OPTIM_SGD;
-    /* temporal settings the net was trained with */
-    const char *v;
-    if ((v = soma_st_meta(probe, "soma.T"))) c.rule_cfg.T = atoi(v);
-    if ((v = soma_st_meta(probe, "soma.gain"))) c.rule_cfg.gain = strtof(v, NULL);
-    if ((v = soma_st_meta(probe, "soma.enc_seed"))) c.rule_cfg.enc_seed = strtoull(v, NULL, 10);
-    if ((v = soma_st_meta(probe, "soma.encoding")) && soma_encoding_from_name(&c.rule_cfg.encoding, v)) {
-        soma_st_free(probe);
-        return soma__fail(SOMA_ERR_FORMAT, "%s: %s", checkpoint, soma_last_error());
-    }
-    if ((v = soma_st_meta(probe, "soma.reduce")) && soma_reduce_from_name(&c.rule_cfg.reduce, v)) {
-        soma_st_free(probe);
-        return soma__fail(SOMA_ERR_FORMAT, "%s: %s", checkpoint, soma_last_error());
-    }
-    if ((v = soma_st_meta(probe, "soma.loss")) && soma_loss_from_name(&c.rule_cfg.loss, v)) {
-        soma_st_free(probe);
-        return soma__fail(SOMA_ERR_FORMAT, "%s: %s", checkpoint, soma_last_error());
-    }
-    c.spiking = soma_st_meta(probe, "soma.cell") != NULL;
-    if ((v = soma_st_meta(probe, "soma.binary_frames"))) c.binary_frames = !strcmp(v, "1");
-    if ((v = soma_st_meta(probe, "soma.raw_pixels"))) c.raw_pixels = !strcmp(v, "1");
-    if ((v = soma_st_meta(probe, "soma.autoencoder"))) c.autoencoder = !strcmp(v, "1");
-    if ((v = soma_st_meta(probe, "soma.rule_options")) && soma_rule_options_parse(&c.rule_cfg, v)) {
-        soma_st_free(probe);
-        return soma__fail(SOMA_ERR_FORMAT, "%s: %s", checkpoint, soma_last_error());
-    }
-    soma_st_free(probe);
-    c.rule = rule_buf;
-    soma_optim_config_default(&c.rule_cfg.optim, ok);
-    if ((st = build(&r))) goto done;
+    if ((st = eval_build(&r, &c, rule_buf, checkpoint, data, data_dir, batch, limit, verify))) goto done;
     if (prune > 0 && (st = soma_net_prune(r.net, prune, prune_per_layer, &res->pruned))) goto done;
     res->gini = soma_net_weight_gini(r.net);
     res->classes = r.test->classes;
@@ -687,6 +697,33 @@ soma_status soma_evaluate(const char *checkpoint, const char *data, const char *
     res->n = ts.n;
     res->acc = (double)ts.correct / ts.n;
     res->loss = ts.loss / ts.n;
+done:
+    run_free(&r);
+    return st;
+}
+
+soma_status soma_evaluate_ide_gap(const char *checkpoint, const char *data, const char *data_dir,
+                                  int batch, int verify, const int *Ts, int nT, double *gaps,
+                                  double *fp_change)
+{
+    if (batch <= 0) return soma__fail(SOMA_ERR_ARG, "--batch must be > 0, got %d", batch);
+    soma_train_config c;
+    char rule_buf[32];
+    run r = { .c = &c };
+    soma_status st;
+    soma_batch b;
+    if ((st = eval_build(&r, &c, rule_buf, checkpoint, data, data_dir, batch, batch, verify))) goto done;
+    if (strcmp(rule_buf, "ide")) {
+        st = soma__fail(SOMA_ERR_ARG, "%s was trained with rule '%s': the rate gap needs rule ide",
+                        checkpoint, rule_buf);
+        goto done;
+    }
+    soma_loader_start_epoch(r.ltest, 0);
+    if (!soma_loader_next(r.ltest, &b)) {
+        st = soma__fail(SOMA_ERR_ARG, "%s: the test split is empty", data);
+        goto done;
+    }
+    st = soma_ide_rate_gap(r.rule, &b, Ts, nT, gaps, fp_change);
 done:
     run_free(&r);
     return st;
