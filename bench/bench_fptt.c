@@ -32,7 +32,7 @@
  *   rss-adding RULE T [K] [BATCH] the same on the adding net; K (fptt only)
  *                                 defaults to T/10, or to the divisor of T
  *                                 nearest T/10 when 10 does not divide T.
- *   speed THREADS STEPS REPEATS [T] [BATCH]
+ *   speed THREADS STEPS REPEATS [T] [BATCH] [fptt|bptt|both]
  *                                 whole training sequences of FPTT K = 1 and
  *                                 BPTT on the smnist net, each with its own
  *                                 net (same seed) and rule, on one fixed
@@ -45,6 +45,8 @@
  *                                 (fptt, bptt, fptt, ...) so a noisy machine
  *                                 slows both alike; seq_ms is the median over
  *                                 the repeats of the time per sequence batch.
+ *                                 A last argument fptt or bptt runs that rule
+ *                                 alone (for profiling; no ratio line).
  * Run each rss case in a fresh process (bench/run_fptt.sh does): the peak
  * RSS is the process's.  The same model in PyTorch: bench/torch_fptt.py.
  *
@@ -220,7 +222,8 @@ static int bench_rss_adding(const char *rule, int T, int K, int B)
     return e;
 }
 
-static int bench_speed(int threads, int steps, int repeats, int T, int B)
+/* which: bit 0 fptt, bit 1 bptt (the ratio line needs both). */
+static int bench_speed(int threads, int steps, int repeats, int T, int B, int which)
 {
     soma_set_threads(threads);
     soma_batch b;
@@ -234,6 +237,9 @@ static int bench_speed(int threads, int steps, int repeats, int T, int B)
     smnist_config(&rc, T);
     soma_rng rng[2];
     for (int k = 0; k < 2; k++) {
+        net[k] = NULL;
+        rule[k] = NULL;
+        if (!(which >> k & 1)) continue;
         if (make_smnist_net(&net[k])) return fail("net");
         if (soma_rule_new(&rule[k], names[k], net[k], &rc, B)) return fail("rule");
         soma_rng_seed(&rng[k], 7);
@@ -244,6 +250,7 @@ static int bench_speed(int threads, int steps, int repeats, int T, int B)
     for (int r = -1; r < repeats; r++) {           /* r = -1: one warm-up sequence each */
         int n = r < 0 ? 1 : steps;
         for (int k = 0; k < 2; k++) {
+            if (!rule[k]) continue;
             double t0 = now_s();
             for (int s = 0; s < n; s++) {
                 soma_step_stats st = { 0 };
@@ -255,6 +262,7 @@ static int bench_speed(int threads, int steps, int repeats, int T, int B)
     }
     double seq_s[2];
     for (int k = 0; k < 2; k++) {
+        if (!rule[k]) continue;
         seq_s[k] = sort_median(times[k], repeats);
         soma_mem_plan plan;
         soma_rule_plan(rule[k], &plan);
@@ -265,8 +273,9 @@ static int bench_speed(int threads, int steps, int repeats, int T, int B)
                seq_s[k] * 1e3 / B, B / seq_s[k], k ? 1 : T, seq_s[k] * 1e3 / (k ? 1 : T),
                plan.total / MIB, mean_loss(&last[k]));
     }
-    printf("soma fptt-speed ratio=fptt/bptt batch=%d T=%d threads=%d seq_ratio=%.3f peak_rss_mib=%.1f\n",
-           B, T, threads, seq_s[0] / seq_s[1], peak_rss_mib());
+    if (which == 3)
+        printf("soma fptt-speed ratio=fptt/bptt batch=%d T=%d threads=%d seq_ratio=%.3f peak_rss_mib=%.1f\n",
+               B, T, threads, seq_s[0] / seq_s[1], peak_rss_mib());
     for (int k = 0; k < 2; k++) {
         soma_rule_free(rule[k]);
         soma_net_free(net[k]);
@@ -280,7 +289,8 @@ static int usage(const char *argv0)
 {
     fprintf(stderr, "usage: %s rss fptt|bptt T [BATCH]\n"
                     "       %s rss-adding fptt|bptt T [K] [BATCH]\n"
-                    "       %s speed THREADS STEPS REPEATS [T] [BATCH]\n", argv0, argv0, argv0);
+                    "       %s speed THREADS STEPS REPEATS [T] [BATCH] [fptt|bptt|both]\n",
+            argv0, argv0, argv0);
     return 2;
 }
 
@@ -314,11 +324,14 @@ int main(int argc, char **argv)
         int threads = atoi(argv[2]), steps = atoi(argv[3]), repeats = atoi(argv[4]);
         int T = argc > 5 ? atoi(argv[5]) : 100;
         int B = argc > 6 ? atoi(argv[6]) : 32;
+        const char *which = argc > 7 ? argv[7] : "both";
+        int w = !strcmp(which, "fptt") ? 1 : !strcmp(which, "bptt") ? 2 : !strcmp(which, "both") ? 3 : 0;
+        if (!w) { fprintf(stderr, "bench_fptt: speed RULES must be fptt, bptt or both\n"); return 2; }
         if (threads <= 0 || steps <= 0 || repeats <= 0 || repeats > MAX_REPEATS || T < 2 || B <= 0) {
             fprintf(stderr, "bench_fptt: THREADS, STEPS, BATCH > 0, REPEATS in 1..%d, T >= 2\n", MAX_REPEATS);
             return 2;
         }
-        return bench_speed(threads, steps, repeats, T, B);
+        return bench_speed(threads, steps, repeats, T, B, w);
     }
     return usage(argv[0]);
 }

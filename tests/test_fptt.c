@@ -8,10 +8,14 @@
  *  - K = T with a tiny alpha: one FPTT update equals a BPTT update;
  *  - the memory plan: FPTT's activation bytes do not depend on T, BPTT's grow;
  *  - W <- Wbar at the end of an epoch, Wbar/lam as named net buffers;
- *  - bad input: alpha <= 0, beta outside (0, 1], K < 1, T not a multiple of K.
+ *  - bad input: alpha <= 0, beta outside (0, 1], K < 1, T not a multiple of K;
+ *  - the LTC tau maps' own sigmoid (src/neuron/ltc.c, not libm's expf) against
+ *    the double-precision sigmoid, and its backward.
  */
 #include "check.h"
 #include "rule/rule.h"
+#include "neuron/ltc.h"
+#include <float.h>
 #include <stdio.h>
 
 static const float *fx(const soma_st *st, const char *name, size_t *n)
@@ -315,6 +319,45 @@ static void train_path(void)
     soma_net_free(n);
 }
 
+/* Above 32768 parameters the update's passes (regulariser and norm, lam and
+ * Wbar) are split over threads: two K = 1 batches give the same W, Wbar and
+ * lam, bit for bit, at 1 and at 2 threads (clipping on, so the norm counts). */
+static void threads_agree(void)
+{
+    const int T = 3, D = 2, B = 2;
+    soma_net *n[2] = { ltc_net("2-rltc96-3", D, 8), ltc_net("2-rltc96-3", D, 8) };
+    soma_rule *r[2] = { NULL, NULL };
+    float x[2 * 6];
+    int32_t y[2];
+    fill_batch(x, y, B, T * D, 3, 12);
+    soma_batch b = { .n = B, .c = T * D, .h = 1, .w = 1, .x = x, .y = y };
+    for (int k = 0; k < 2; k++) {
+        if (!n[k]) goto done;
+        soma_rule_config c;
+        rule_cfg(&c, T, 1, D);
+        soma_optim_config_default(&c.optim, SOMA_OPTIM_ADAMAX);
+        c.clip_norm = 0.05f;
+        if (!CHECK(soma_rule_new(&r[k], "fptt", n[k], &c, B) == SOMA_OK)) goto done;
+        CHECK(soma_net_param_floats(n[k]) > 32768);
+        soma_set_threads(k + 1);
+        for (int i = 0; i < 2; i++) CHECK(soma_rule_train_batch(r[k], &b, 3e-3f, NULL, NULL) == SOMA_OK);
+        soma_set_threads(1);
+    }
+    int same = soma_net_tensor_count(n[0]) == soma_net_tensor_count(n[1]);
+    for (int i = 0; same && i < soma_net_tensor_count(n[0]); i++) {
+        int64_t sh[SOMA_MAX_DIMS];
+        int nd;
+        const float *v0 = soma_net_tensor(n[0], i, NULL, &nd, sh, NULL);
+        const float *v1 = soma_net_tensor(n[1], i, NULL, NULL, NULL, NULL);
+        size_t cnt = 1;
+        for (int d = 0; d < nd; d++) cnt *= (size_t)sh[d];
+        same &= memcmp(v0, v1, cnt * sizeof(float)) == 0;
+    }
+    CHECK(same);
+done:
+    for (int k = 0; k < 2; k++) { soma_rule_free(r[k]); soma_net_free(n[k]); }
+}
+
 /* Checkpoints carry Wbar and lam and the LTC cell parameters: save after
  * training, load, create the rule (fresh Wbar = W, lam = 0), restore again
  * as train.c does on --resume: every tensor equals the saved one. */
@@ -534,8 +577,74 @@ static void aux_table(void)
     soma_net_free(n2);
 }
 
+/* The tau maps' sigmoid (ltc.c's vectorised exp): every float z of a dense
+ * sweep of [-100, 100] (and the ends of the range) within 4e-7 relative of the
+ * sigmoid in double where that is >= 2e-38 (below, within 2e-38 absolute),
+ * monotone, in [0, 1], 1 - tau exact as complement, NaN kept; the backward's
+ * dL/dh and dk within the same bound of the double formulas. */
+static void tau_sigmoid(void)
+{
+    enum { M = 200001 };
+    static float h[M], tau[M], ctau[M], dt[M];
+    for (int i = 0; i < M; i++) h[i] = -100.0f + 200.0f * (float)i / (M - 1);
+    h[0] = -FLT_MAX; h[1] = -88.5f; h[2] = -87.0f; h[3] = -86.99f; h[4] = 0.0f; h[5] = -0.0f;
+    h[6] = 1e-30f; h[7] = -1e-30f; h[8] = 16.5f; h[9] = 17.5f; h[10] = FLT_MAX; h[11] = 88.8f;
+    soma__ltc_tau(tau, h, 1.0f, M, 0);
+    soma__ltc_tau(ctau, h, 1.0f, M, 1);
+    double worst = 0, worst_abs = 0;
+    int bad_range = 0, bad_c = 0, bad_mono = 0;
+    for (int i = 0; i < M; i++) {
+        double want = 1.0 / (1.0 + exp(-(double)h[i]));
+        double d = fabs((double)tau[i] - want);
+        if (want >= 2e-38) { if (d / want > worst) worst = d / want; }
+        else if (d > worst_abs) worst_abs = d;
+        bad_range += !(tau[i] >= 0.0f && tau[i] <= 1.0f);
+        bad_c += ctau[i] != 1.0f - tau[i];
+        bad_mono += i > 12 && tau[i] < tau[i - 1];
+    }
+    if (!CHECK(worst <= 4e-7 && worst_abs <= 2e-38))
+        fprintf(stderr, "tau sigmoid: max rel err %.3g, max abs err below 2e-38 %.3g\n", worst, worst_abs);
+    CHECK(bad_range == 0 && bad_c == 0 && bad_mono == 0);
+    CHECK(tau[4] == 0.5f && tau[5] == 0.5f && tau[10] == 1.0f && tau[0] >= 0.0f && tau[0] < 2e-38f);
+    /* the slope: sigmoid(k h) */
+    soma__ltc_tau(tau, h + 100000, -2.5f, 1000, 0);
+    double w2 = 0;
+    for (int i = 0; i < 1000; i++) {
+        double want = 1.0 / (1.0 + exp(-(double)(-2.5f * h[100000 + i])));
+        double r = fabs((double)tau[i] - want) / want;
+        if (r > w2) w2 = r;
+    }
+    CHECK(w2 <= 4e-7);
+    /* backward: dtau -> dL/dh = k dtau t (1 - t), dk = sum dtau t (1 - t) h.  Near
+     * t = 1 the float 1 - t loses digits whatever the exp (libm's too): the
+     * bound is 1e-6 relative plus t's own 4e-7 error carried through 1 - t. */
+    const float k = 0.8f;
+    double dk_want = 0, dk_tol = 0;
+    int bad_b = 0;
+    for (int i = 0; i < M; i++) dt[i] = 1.0f + 0.25f * (float)(i % 7);
+    float dk = 0.5f;
+    soma__ltc_tau_backward(dt, h + 0, k, &dk, 1000);      /* h[0..1000): the far negative end */
+    soma__ltc_tau_backward(dt + 100000 - 5000, h + 100000 - 5000, k, NULL, 10000);
+    for (int i = 0; i < 100000 + 5000; i++) {
+        if (i == 1000) i = 100000 - 5000;
+        /* z = k h rounded to float, as the code forms it */
+        double g = 1.0 + 0.25 * (i % 7), t = 1.0 / (1.0 + exp(-(double)(k * h[i])));
+        double term = g * t * (1 - t), tol = 1e-6 * term + 4e-7 * g * t * t;
+        if (i < 1000) { dk_want += term * h[i]; dk_tol += tol * fabs((double)h[i]); }
+        bad_b += !(fabs((double)dt[i] - k * term) <= k * (tol + 2e-38 * g));   /* 2e-38: the clamp */
+    }
+    CHECK(bad_b == 0);
+    if (!CHECK(fabs(((double)dk - 0.5) - dk_want) <= dk_tol + 1e-30))
+        fprintf(stderr, "tau backward: dk %.9g want %.9g\n", (double)dk - 0.5, dk_want);
+    /* NaN in, NaN out: a bad pre-activation is not hidden */
+    float hn[3] = { NAN, 1.0f, -1.0f }, tn[3];
+    soma__ltc_tau(tn, hn, 1.0f, 3, 0);
+    CHECK(isnan(tn[0]) && tn[1] > 0.73f && tn[2] < 0.27f);
+}
+
 int main(void)
 {
+    tau_sigmoid();
     aux_gradient();
     aux_table();
     tiny_trace();
@@ -545,6 +654,7 @@ int main(void)
     memory_plan();
     bad_input();
     train_path();
+    threads_agree();
     checkpoint_roundtrip();
     init_and_conv();
     return check_report("test_fptt");

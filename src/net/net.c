@@ -704,8 +704,9 @@ static soma_status layer_backward(soma_net *n, int i, float *d, const float *dy,
             /* dR += dy^T s_{t-1};  dL/ds_{t-1} += dy R  (into the cell's previous-step carry) */
             soma_gemm(1, 0, l->out_c, l->out_c, B, 1.0f, dy, l->out_c, sp, l->out_c, 1.0f,
                       soma__param_grad(n, l->rec), l->out_c);
-            soma_gemm(0, 0, B, l->out_c, l->out_c, 1.0f, dy, l->out_c, soma__param_value(n, l->rec),
-                      l->out_c, 1.0f, src->gs[!cur], l->out_c);
+            if (!n->no_carry)
+                soma_gemm(0, 0, B, l->out_c, l->out_c, 1.0f, dy, l->out_c, soma__param_value(n, l->rec),
+                          l->out_c, 1.0f, src->gs[!cur], l->out_c);
         }
         break;
     case SOMA_LAYER_CONV: {
@@ -751,6 +752,7 @@ static soma_status layer_backward(soma_net *n, int i, float *d, const float *dy,
         float *go = l->cell.kind == SOMA_NEURON_LI ? l->gu[cur] : l->gs[cur];
         if (dy) for (size_t k = 0; k < count; k++) go[k] += dy[k];
         soma_cell_state ps, dnext = { l->gu[cur], l->ga[cur], l->gs[cur] }, dprev = { l->gu[!cur], l->ga[!cur], l->gs[!cur] };
+        if (n->no_carry) dprev = (soma_cell_state){ NULL, NULL, NULL };   /* nobody reads them */
         cell_state(&ps, n, l, prev);
         soma_cell_cache cc = { soma__slot(n, l, l->cv, slot), l->cth ? soma__slot(n, l, l->cth, slot) : NULL };
         float *dI = d;
@@ -1079,6 +1081,7 @@ soma_status soma_net_backward_time(soma_net *n, int steps, const float *const *d
         int t = n->t - steps + j;
         int slot = soma__slot_of(n, t), prev = soma__slot_of(n, t - 1);
         zero_carries(n, B, !cur); /* the previous-step carries receive fresh sums */
+        n->no_carry = j == 0;     /* the state entering the window is detached */
         const float *dy = dout ? dout[j] : NULL;
         int bcur = 0;
         for (int i = n->n_layers - 1; i >= lo; i--) {
@@ -1106,6 +1109,7 @@ soma_status soma_net_backward_time(soma_net *n, int steps, const float *const *d
         if (trunc > 0 && t % trunc == 0) zero_carries(n, B, !cur);
         cur ^= 1;
     }
+    n->no_carry = 0;
     if (lo) {
         int slot = soma__slot_of(n, n->t - 1), bcur = 0;
         const float *dy = n->psum;

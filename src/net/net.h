@@ -85,6 +85,7 @@ typedef struct soma_layer {
 } soma_layer;
 
 struct soma_net {
+    int no_carry;   /* backward of a window's first step: its state gradients are discarded */
     char       *spec;
     int         in_c, in_h, in_w;
     soma_act    act;            /* hidden activation */

@@ -62,8 +62,17 @@ typedef struct fptt_state {
     int     wbar, lam;          /* buffer index of the first fptt.wbar.* / fptt.lam.* tensor */
     int     pest;               /* buffer index of "fptt.pest" (C, P, C), -1 without --fptt-aux */
     float  *oracle;             /* (B, C) the oracle rows of this window */
+    double *ss_part;            /* (ceil(params / SS_BLOCK)) the norm pass's block sums */
     size_t  xs_bytes;
 } fptt_state;
+
+/* The per-parameter work of an update (fptt_update) goes over the flat array
+ * in blocks of SS_BLOCK; above PAR_MIN parameters the blocks are split over
+ * the OpenMP threads in one parallel region per update (on 2 shared cores
+ * every extra region costs a wake-up and a barrier).  The sum of squares is
+ * summed per block, then over the blocks in order, and every other step is
+ * elementwise, so the results do not depend on the thread count. */
+enum { SS_BLOCK = 8192, PAR_MIN = 1 << 15 };
 
 static float *wbar_of(soma_rule *r) { return soma__buffer_value(r->net, ((fptt_state *)r->state)->wbar); }
 static float *lam_of(soma_rule *r) { return soma__buffer_value(r->net, ((fptt_state *)r->state)->lam); }
@@ -130,7 +139,8 @@ static soma_status fptt_init(soma_rule *r, int max_batch)
     s->probs = soma__malloc(bc * sizeof(float));
     s->dstep = soma__malloc(bc * sizeof(float));
     s->dout = soma__calloc((size_t)K, sizeof *s->dout);
-    if (!s->scores || !s->probs || !s->dstep || !s->dout) return SOMA_ERR_NOMEM;
+    s->ss_part = soma__malloc((soma_net_param_floats(net) + SS_BLOCK - 1) / SS_BLOCK * sizeof(double));
+    if (!s->scores || !s->probs || !s->dstep || !s->dout || !s->ss_part) return SOMA_ERR_NOMEM;
     /* W-bar, lambda (and the class table) in one allocation */
     soma_status e = soma__net_reserve(net, 0, 2 * soma_net_param_floats(net) +
                                       (c->fptt_aux ? (size_t)C * (size_t)(c->T / K) * (size_t)C : 0));
@@ -157,6 +167,7 @@ static void fptt_release(soma_rule *r)
     soma__free(s->probs);
     soma__free(s->dstep);
     soma__free(s->oracle);
+    soma__free(s->ss_part);
     soma__free((void *)s->dout);
     soma__free(s);
 }
@@ -172,38 +183,83 @@ static soma_status step_once(soma_rule *r, const soma_batch *b, int t, soma_rng 
 /* After the optimizer step, in this order (notes 2.6):
  *   lam  <- lam - alpha (W - Wbar)                          (old Wbar)
  *   Wbar <- (1 - beta) Wbar + beta W - (beta/alpha) lam     (new lam) */
-void soma__fptt_post_update(float *restrict lam, float *restrict wbar, const float *restrict w, size_t n,
-                            float alpha, float beta)
+static void post_range(float *restrict lam, float *restrict wbar, const float *restrict w, size_t lo,
+                       size_t hi, float alpha, float beta)
 {
     const float ba = beta / alpha;
     _Pragma("omp simd")
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = lo; i < hi; i++) {
         lam[i] -= alpha * (w[i] - wbar[i]);
         wbar[i] = (1.0f - beta) * wbar[i] + beta * w[i] - ba * lam[i];
     }
 }
 
-/* g += alpha (W - Wbar) - lam; check; clip; optimizer; then lam and Wbar. */
+void soma__fptt_post_update(float *lam, float *wbar, const float *w, size_t n, float alpha, float beta)
+{
+    post_range(lam, wbar, w, 0, n, alpha, beta);
+}
+
+/* g += alpha (W - Wbar) - lam over blocks [b0, b1), each block's sum of
+ * squares (in double) into part[b]. */
+static void reg_blocks(float *restrict g, const float *restrict w, const float *restrict wb,
+                       const float *restrict lam, double *part, size_t np, size_t b0, size_t b1,
+                       float alpha)
+{
+    for (size_t b = b0; b < b1; b++) {
+        const size_t lo = b * SS_BLOCK, hi = np - lo < SS_BLOCK ? np : lo + SS_BLOCK;
+        double ss = 0;
+        _Pragma("omp simd reduction(+:ss)")
+        for (size_t i = lo; i < hi; i++) {
+            g[i] += alpha * (w[i] - wb[i]) - lam[i];
+            ss += (double)g[i] * g[i];
+        }
+        part[b] = ss;
+    }
+}
+
+/* g += alpha (W - Wbar) - lam; check; clip; optimizer; then lam and Wbar.
+ * One pass over the parameters for the regulariser and the norm (which is
+ * finite, in double, exactly when every gradient is), then per block range
+ * the clip, the optimizer (soma__optim_range, the kinds' own step) and the
+ * lam/Wbar update, in the same parallel region.  MQ scales whole matrices:
+ * it takes the whole array at once (soma_optim_step). */
 static soma_status fptt_update(soma_rule *r, float lr)
 {
     const soma_rule_config *c = &r->cfg;
+    fptt_state *s = r->state;
     soma_net *net = r->net;
-    size_t np = soma_net_param_floats(net);
+    const size_t np = soma_net_param_floats(net), nb = (np + SS_BLOCK - 1) / SS_BLOCK;
     float *w = soma_net_param_values(net), *g = soma_net_param_grads(net);
     float *wb = wbar_of(r), *lam = lam_of(r);
-    const float alpha = c->fptt_alpha;
-    /* one pass: the regulariser's gradient and the sum of squares, which is
-     * finite (in double) exactly when every gradient is */
+    const float alpha = c->fptt_alpha, beta = c->fptt_beta;
+    const int ranges = c->optim.kind != SOMA_OPTIM_MQ;
     double ss = 0;
-    _Pragma("omp simd reduction(+:ss)")
-    for (size_t i = 0; i < np; i++) {
-        g[i] += alpha * (w[i] - wb[i]) - lam[i];
-        ss += (double)g[i] * g[i];
+    int ok = 0;
+#pragma omp parallel if (np >= PAR_MIN)
+    {
+        size_t b0, b1;
+        soma__thread_range(nb, &b0, &b1);
+        reg_blocks(g, w, wb, lam, s->ss_part, np, b0, b1, alpha);
+#pragma omp barrier
+#pragma omp single
+        {
+            for (size_t b = 0; b < nb; b++) ss += s->ss_part[b];
+            ok = isfinite(ss);
+            if (ok && ranges) soma__optim_begin(r->optim);
+        }
+        const size_t lo = b0 * SS_BLOCK, hi = b1 * SS_BLOCK < np ? b1 * SS_BLOCK : np;
+        if (ok && ranges && hi > lo) {
+            if (c->clip_norm > 0) soma__clip_scale(g + lo, hi - lo, c->clip_norm, ss);
+            soma__optim_range(r->optim, w, g + lo, lr, lo, hi - lo);
+            post_range(lam, wb, w, lo, hi, alpha, beta);
+        }
     }
-    if (!isfinite(ss)) return soma__fail(SOMA_ERR_NUMERIC, "gradient contains NaN or Inf");
-    if (c->clip_norm > 0) soma__clip_scale(g, np, c->clip_norm, ss);
-    soma_optim_step(r->optim, w, g, lr);
-    soma__fptt_post_update(lam, wb, w, np, alpha, c->fptt_beta);
+    if (!ok) return soma__fail(SOMA_ERR_NUMERIC, "gradient contains NaN or Inf");
+    if (!ranges) {
+        if (c->clip_norm > 0) soma__clip_scale(g, np, c->clip_norm, ss);
+        soma_optim_step(r->optim, w, g, lr);
+        post_range(lam, wb, w, 0, np, alpha, beta);
+    }
     return SOMA_OK;
 }
 
