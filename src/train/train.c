@@ -502,6 +502,12 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
     soma_schedule sched = c->sched;
     if (sched.kind == SOMA_SCHED_COSINE && sched.t_max <= 0) sched.t_max = (float)c->epochs;
     res->epochs_done = r.start_epoch;
+    if (c->diag_every > 0 && r.start_epoch == 0) {   /* the untrained net, step 0 */
+        fputs("{\"type\":\"diag\",\"epoch\":1,\"step\":0", log);
+        log_rule_diag(log, &r);
+        fputs("}\n", log);
+        fflush(log);
+    }
     for (int e = r.start_epoch; e < c->epochs; e++) {
         soma_loader_start_epoch(r.ltrain, e);
         /* parameter sign changes over the epoch (the LFP paper's measure) */
