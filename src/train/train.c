@@ -410,56 +410,69 @@ static FILE *open_metrics(const soma_train_config *c, const run *r)
  * test batch, the angle between its update and the true gradient (dense nets);
  * IDE's implicit-solve residual and rate gap.  Counters cover the batches
  * since the previous record (read with reset). */
+/* ,"key":v */
+static void json_field(FILE *f, const char *key, double v)
+{
+    fprintf(f, ",\"%s\":", key);
+    json_num(f, v);
+}
+
+static void json_array(FILE *f, const char *key, const double *v, int n)
+{
+    fprintf(f, "\"%s\":[", key);
+    for (int i = 0; i < n; i++) {
+        if (i) fputc(',', f);
+        json_num(f, v[i]);
+    }
+    fputc(']', f);
+}
+
 static void log_rule_diag(FILE *f, run *r)
 {
     const char *name = soma_rule_name(r->rule);
     if (!strcmp(name, "ep")) {
         soma_ep_diag d;
         if (soma_ep_diagnostics(r->rule, &d, 1)) return;
-        fputs(",\"ep\":{\"align\":[", f);
-        for (int i = 0; i < d.pairs; i++) {
-            if (i) fputc(',', f);
-            json_num(f, d.align[i]);
-        }
-        fputs("],\"align_cos\":[", f);
-        for (int i = 0; i < d.pairs; i++) {
-            if (i) fputc(',', f);
-            json_num(f, d.align_cos[i]);
-        }
-        fputs("],\"res_free\":", f);
-        json_num(f, d.res_free);
-        fputs(",\"res_free_max\":", f);
-        json_num(f, d.res_free_max);
-        fputs(",\"res_nudge\":", f);
-        json_num(f, d.res_nudge);
-        fprintf(f, ",\"batches\":%lld,\"unconverged\":%lld", (long long)d.batches,
-                (long long)d.unconverged);
-        fputs(",\"steps_free\":", f);
-        json_num(f, d.steps_free);
-        fputs(",\"steps_nudge\":", f);
-        json_num(f, d.steps_nudge);
+        fputs(",\"ep\":{", f);
+        json_array(f, "align", d.align, d.pairs);
+        fputc(',', f);
+        json_array(f, "align_cos", d.align_cos, d.pairs);
+        json_field(f, "res_free", d.res_free);
+        json_field(f, "res_free_max", d.res_free_max);
+        json_field(f, "res_nudge", d.res_nudge);
+        json_field(f, "batches", (double)d.batches);
+        json_field(f, "unconverged", (double)d.unconverged);
+        json_field(f, "steps_free", d.steps_free);
+        json_field(f, "steps_nudge", d.steps_nudge);
         soma_batch b;
         double deg, rbp;
         soma_loader_start_epoch(r->ltest, 0);
         if (soma_loader_next(r->ltest, &b) && soma_ep_grad_angle(r->rule, &b, &deg, &rbp) == SOMA_OK) {
-            fputs(",\"angle_deg\":", f);
-            json_num(f, deg);
-            fputs(",\"rbp_residual\":", f);
-            json_num(f, rbp);
+            json_field(f, "angle_deg", deg);
+            json_field(f, "rbp_residual", rbp);
         }
         fputc('}', f);
     } else if (!strcmp(name, "ide")) {
         soma_ide_diag d;
         if (soma_ide_diagnostics(r->rule, &d, 1)) return;
-        fputs(",\"ide\":{\"residual\":", f);
-        json_num(f, d.residual);
-        fputs(",\"residual_max\":", f);
-        json_num(f, d.residual_max);
-        fputs(",\"rate_gap\":", f);
-        json_num(f, d.rate_gap);
-        fprintf(f, ",\"iters\":%d,\"batches\":%lld,\"unconverged\":%lld}", d.iters,
-                (long long)d.batches, (long long)d.unconverged);
+        fprintf(f, ",\"ide\":{\"iters\":%d", d.iters);
+        json_field(f, "residual", d.residual);
+        json_field(f, "residual_max", d.residual_max);
+        json_field(f, "rate_gap", d.rate_gap);
+        json_field(f, "batches", (double)d.batches);
+        json_field(f, "unconverged", (double)d.unconverged);
+        fputc('}', f);
     }
+}
+
+/* A "diag" record: the rule's diagnostics after step steps of epoch e (0-based). */
+static void log_diag_record(FILE *f, run *r, int e, int64_t step, double train_loss)
+{
+    fprintf(f, "{\"type\":\"diag\",\"epoch\":%d,\"step\":%lld", e + 1, (long long)step);
+    if (isfinite(train_loss)) json_field(f, "train_loss", train_loss);
+    log_rule_diag(f, r);
+    fputs("}\n", f);
+    fflush(f);
 }
 
 soma_status soma_train_plan(const soma_train_config *c, soma_mem_plan *plan, char *describe,
@@ -502,12 +515,7 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
     soma_schedule sched = c->sched;
     if (sched.kind == SOMA_SCHED_COSINE && sched.t_max <= 0) sched.t_max = (float)c->epochs;
     res->epochs_done = r.start_epoch;
-    if (c->diag_every > 0 && r.start_epoch == 0) {   /* the untrained net, step 0 */
-        fputs("{\"type\":\"diag\",\"epoch\":1,\"step\":0", log);
-        log_rule_diag(log, &r);
-        fputs("}\n", log);
-        fflush(log);
-    }
+    if (c->diag_every > 0 && r.start_epoch == 0) log_diag_record(log, &r, 0, 0, NAN);   /* untrained */
     for (int e = r.start_epoch; e < c->epochs; e++) {
         soma_loader_start_epoch(r.ltrain, e);
         /* parameter sign changes over the epoch (the LFP paper's measure) */
@@ -539,14 +547,8 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
             }
             if (st) goto done;
             step++;
-            if (c->diag_every > 0 && step % c->diag_every == 0 && step < steps) {
-                fprintf(log, "{\"type\":\"diag\",\"epoch\":%d,\"step\":%lld,\"train_loss\":", e + 1,
-                        (long long)step);
-                json_num(log, ts.n ? ts.loss / ts.n : NAN);
-                log_rule_diag(log, &r);
-                fputs("}\n", log);
-                fflush(log);
-            }
+            if (c->diag_every > 0 && step % c->diag_every == 0 && step < steps)
+                log_diag_record(log, &r, e, step, ts.n ? ts.loss / ts.n : NAN);
             double t = now_s();
             if (progress && (t - last_report > 0.1 || step == steps)) {
                 last_report = t;
