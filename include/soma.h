@@ -1180,7 +1180,7 @@ typedef struct soma_ide_diag {
 soma_status soma_ide_diagnostics(soma_rule *r, soma_ide_diag *d, int reset);
 /* IDE (rule "ide", static input): the supplement's Fig. 2 on batch b.  The
  * fixed point a* of the rate map (iterated from the rates of the longest
- * simulation until no rate moves by 1e-7, at most 10,000 maps; *fp_change,
+ * simulation until no rate moves by 1e-6, at most 2,000 maps; *fp_change,
  * may be NULL, receives the last largest move), then for each T of Ts the
  * RMS gap |a[T] - a*| of the T-step simulation's rates into gaps[q].  No
  * dropout; batchnorms at their running statistics; changes no parameter. */
