@@ -447,9 +447,15 @@ static void log_rule_diag(FILE *f, run *r)
         soma_batch b;
         double deg, rbp;
         soma_loader_start_epoch(r->ltest, 0);
-        if (soma_loader_next(r->ltest, &b) && soma_ep_grad_angle(r->rule, &b, &deg, &rbp) == SOMA_OK) {
-            json_field(f, "angle_deg", deg);
-            json_field(f, "rbp_residual", rbp);
+        if (soma_loader_next(r->ltest, &b)) {
+            soma_status st = soma_ep_grad_angle(r->rule, &b, &deg, &rbp);
+            if (st == SOMA_OK) {
+                json_field(f, "angle_deg", deg);
+                json_field(f, "rbp_residual", rbp);
+            } else if (st != SOMA_ERR_UNSUPPORTED) {   /* conv nets: no angle */
+                fputs(",\"angle_error\":", f);
+                json_str(f, soma_last_error());
+            }
         }
         fputc('}', f);
     } else if (!strcmp(name, "ide")) {
