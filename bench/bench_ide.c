@@ -26,11 +26,12 @@
  *                ide.c has no timing hooks, so the phases are timed from
  *                outside through the internal entry points of src/rule/ide.h
  *                (as tests/test_ide.c calls them), in ide_train_batch's
- *                order: sim = soma__ide_weight (one power iteration, W_eff)
- *                + soma__ide_simulate in training mode (F x and its batch
- *                statistics, the running ones updated once, T LIF steps,
- *                a_T); backward = soma__ide_grad_at at that a_T (readout,
- *                loss, f(a_T), the Broyden solve, the parameter VJPs);
+ *                order: sim = soma__ide_grad_forward (one power iteration,
+ *                W_eff, soma__ide_simulate in training mode: F x and its
+ *                batch statistics, the running ones updated once, T LIF
+ *                steps, a_T); backward = soma__ide_grad_backward at that a_T
+ *                (readout, loss, f(a_T), the Broyden solve, the parameter
+ *                VJPs), the two halves of soma__ide_grad;
  *                update = the finite check and the optimizer step.  The
  *                split iterations are real training iterations on the same
  *                net (STEPS of them per repeat, after the whole ones);
@@ -67,7 +68,8 @@
  * split_replica.  Exit 1 if the replica is not exact.
  *
  * usage: bench_ide THREADS STEPS REPEATS [T...]   (default T: 5 30 100;
- *                                                  one line per T)
+ *                                                  one line per T;
+ *                                                  IDE_CLOCK=cpu: CPU time)
  *        bench_ide rss T [THREADS]
  *        bench_ide check FILE [T]
  */
@@ -99,6 +101,20 @@ typedef struct variant {
 } variant;
 
 static const char *data_name = "fashion";
+
+/* IDE_CLOCK=cpu: every time below is the process's CPU time instead of the
+ * monotonic clock (clock= in the output says which).  On a loaded machine
+ * the wall clock also counts the other processes' turns; at one thread the
+ * CPU clock does not.  Use it at one thread only (with two it adds them). */
+static int cpu_clock;
+
+static double clock_s(void)
+{
+    if (!cpu_clock) return now_s();
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 /* Fashion-MNIST, or MNIST when data/fashion cannot be opened. */
 static int open_data(soma_dataset **train)
@@ -179,21 +195,17 @@ static int run_whole(variant *v, int n, int keep_diag)
 static int split_iteration(variant *v, const soma_batch *b, double *t, soma_step_stats *st)
 {
     soma_rule *r = v->r;
-    ide_state *e = r->state;
-    double t0 = now_s();
-    soma__ide_weight(r, 1);
-    e->sim_mode = 1;   /* F's batchnorm: batch statistics, running ones updated once */
-    soma__ide_simulate(r, b->x, b->n);
-    e->sim_mode = 0;
-    double t1 = now_s();
-    if (soma__ide_grad_at(r, b, e->a, st)) return fail("ide grad");
-    double t2 = now_s();
+    double t0 = clock_s();
+    if (soma__ide_grad_forward(r, b, 1)) return fail("ide grad forward");
+    double t1 = clock_s();
+    if (soma__ide_grad_backward(r, b, st)) return fail("ide grad backward");
+    double t2 = clock_s();
     size_t np = soma_net_param_floats(r->net);
     float *g = soma_net_param_grads(r->net);
     if (!soma__all_finite(g, np)) { fprintf(stderr, "bench_ide: gradient not finite\n"); return 1; }
     if (r->cfg.clip_norm > 0) soma__clip_norm(g, np, r->cfg.clip_norm);
     soma_optim_step(soma_rule_optim(r), soma_net_param_values(r->net), g, LR);
-    double t3 = now_s();
+    double t3 = clock_s();
     t[0] += t1 - t0;
     t[1] += t2 - t1;
     t[2] += t3 - t2;
@@ -235,9 +247,9 @@ static int bench(int threads, int steps, int repeats, const int *Ts, int nT, som
     for (int r = 0; r < repeats; r++)
         for (int i = 0; i < nT; i++) {
             variant *v = &vs[i];
-            double t0 = now_s();
+            double t0 = clock_s();
             if (run_whole(v, steps, 1)) return 1;
-            v->total[r] = (now_s() - t0) / steps;
+            v->total[r] = (clock_s() - t0) / steps;
             double t[3] = { 0 };
             if (run_split(v, steps, t, 1)) return 1;
             v->sim[r] = t[0] / steps;
@@ -256,11 +268,11 @@ static int bench(int threads, int steps, int repeats, const int *Ts, int nT, som
                "step_ms=%.3f min_ms=%.3f sim_ms=%.3f backward_ms=%.3f update_ms=%.3f "
                "split_ms=%.3f samples_per_s=%.1f iters=%.1f residual=%.3g rate_gap=%.4f "
                "plan_bytes=%zu plan_mib=%.2f plan_activation_bytes=%zu proc_peak_rss_mib=%.1f "
-               "loss=%.4f\n",
+               "loss=%.4f clock=%s\n",
                SPEC, data_name, BATCH, threads, v->T, steps, repeats, step * 1e3,
                v->total[0] * 1e3, sim * 1e3, bwd * 1e3, upd * 1e3, (sim + bwd + upd) * 1e3,
                BATCH / step, v->sum_iters / nd, v->sum_res / nd, v->sum_gap / nd, p.total,
-               plan / MIB, p.activations, peak, v->last_loss);
+               plan / MIB, p.activations, peak, v->last_loss, cpu_clock ? "cpu" : "wall");
     }
     for (int i = 0; i < nT; i++) release(&vs[i]);
     free(vs);
@@ -438,6 +450,8 @@ int main(int argc, char **argv)
     if (threads <= 0) { fprintf(stderr, "bench_ide: THREADS must be > 0\n"); return 2; }
     for (int i = 0; i < (mode ? 1 : nT); i++)
         if (Ts[i] <= 0) { fprintf(stderr, "bench_ide: T must be > 0\n"); return 2; }
+    const char *clk = getenv("IDE_CLOCK");
+    cpu_clock = clk && !strcmp(clk, "cpu");
     soma_dataset *train;
     if (open_data(&train)) return 1;
     int rc = mode == 1 ? check_dump(argv[2], Ts[0], train)

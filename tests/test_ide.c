@@ -170,7 +170,10 @@ static void fixed_point(soma_rule *r, float *a, int B, int iters)
     free(t);
 }
 
-static void golden(const char *name)
+/* event: the simulation's products (ide.h's e->event): 0 by the spike
+ * count, 1 always event-driven, -1 always the GEMM (dense forms; the conv
+ * forms always take the conv kernels) */
+static void golden_ev(const char *name, int event)
 {
     char path[256];
     snprintf(path, sizeof path, "tests/fixtures/ide_%s.safetensors", name);
@@ -186,13 +189,19 @@ static void golden(const char *name)
     soma_rule *r;
     if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
     ide_state *e = r->state;
+    e->event = event;
     int ic, ih, iw, nf = is_frames(st) ? rc.T : 1;
     in_shape(st, &ic, &ih, &iw);
     CHECK((size_t)ic * ih * iw * B * nf == nx);
     soma_batch b = { .n = B, .c = ic * nf, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
-    char lab[128];
+    char lab[192];
     soma_step_stats sst = { 0 };
     CHECK(soma__ide_grad(r, &b, 1, &sst) == SOMA_OK);
+    if (event > 0) CHECK(e->ev_products > 0 && e->gemm_products == 0);
+    if (event < 0) CHECK(e->ev_products == 0);
+    char tag[48];
+    snprintf(tag, sizeof tag, "%s%s", name, event > 0 ? " (events)" : event < 0 ? " (gemm)" : "");
+    name = tag;
     if (nf > 1) {   /* spike input: the weighted average input f sees */
         CHECK(e->frames == 1);
         snprintf(lab, sizeof lab, "%s x-bar", name);
@@ -265,6 +274,8 @@ static void golden(const char *name)
     soma_net_free(net);
     soma_st_free(st);
 }
+
+static void golden(const char *name) { golden_ev(name, 0); }
 
 /* ---- double-precision single-layer model (the test's own) ---------------- */
 
@@ -1131,6 +1142,235 @@ static void conv_training(void)
 
 /* 1 when every buffer (running statistics, spectral-norm vectors) of a and b
  * holds the same bits */
+/* ---- the Broyden solver ----------------------------------------------------- */
+
+/* J^T v in double for the single-layer form at the last map point (pre_1):
+ * (J^T v)_j = sum_i W_ij [0 <= pre_i <= 1] v_i / V */
+static void djt(const ide_state *e, double V, const double *v, double *out, int B)
+{
+    int n1 = e->n[1], nH = e->n[e->H];
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < nH; j++) {
+            double acc = 0;
+            for (int i = 0; i < n1; i++) {
+                float p = e->pre[1][(size_t)b * n1 + i];
+                if (p >= 0.0f && p <= 1.0f) acc += (double)e->weff[(size_t)i * nH + j] * v[(size_t)b * n1 + i] / V;
+            }
+            out[(size_t)b * nH + j] = acc;
+        }
+}
+
+/* The solver's Broyden (next step from the last one, one pass over the pairs)
+ * against the textbook form in double (every product with the current
+ * inverse estimate -I + sum u v^T taken directly), through the circular
+ * memory: 3 pairs, N iterations, so the oldest pair is replaced N - 3 times
+ * (N = 6: still far from the solution; N = 14: at float's floor). */
+static void broyden_memory(int N)
+{
+    soma_st *st;
+    if (!CHECK(soma_st_read(&st, "tests/fixtures/ide_if.safetensors") == SOMA_OK)) return;
+    soma_rule_config rc;
+    config_from_meta(&rc, st);
+    size_t nx, ny;
+    const float *x = fx(st, "x", &nx);
+    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
+    int B = (int)ny;
+    soma_net *net;
+    soma_rule *r;
+    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
+    ide_state *e = r->state;
+    soma_batch b = { .n = B, .c = (int)(nx / ny), .h = 1, .w = 1, .x = (float *)x, .y = (int32_t *)y };
+    CHECK(e->H == 1 && soma__ide_grad(r, &b, 0, NULL) == SOMA_OK);   /* the map point, g = e->gA */
+    enum { M = 3 };
+    int D = e->n[1];
+    size_t m = (size_t)B * D;
+    e->mem = M;
+    r->cfg.ide_max_iter = N;
+    r->cfg.ide_tol = 1e-30f;   /* all N iterations */
+    int iters;
+    double res = soma__ide_solve(r, e->gA, B, &iters);
+    CHECK(iters == N);
+    /* the reference: the same iteration, Binv products formed directly */
+    double *g = malloc(m * sizeof(double)), *beta = calloc(m, sizeof(double)), *G = malloc(m * sizeof(double));
+    double *Gn = malloc(m * sizeof(double)), *dx = malloc(m * sizeof(double)), *jt = malloc(m * sizeof(double));
+    double *U = calloc(m * M, sizeof(double)), *Vv = calloc(m * M, sizeof(double)), *best = calloc(m, sizeof(double));
+    double gn = 0, bres = 1;
+    for (size_t i = 0; i < m; i++) { g[i] = e->gA[i]; G[i] = dx[i] = g[i]; gn += g[i] * g[i]; }
+    gn = sqrt(gn);
+    for (int k = 0; k < N; k++) {
+        for (size_t i = 0; i < m; i++) beta[i] += dx[i];
+        djt(e, rc.ide_vth, beta, jt, B);
+        double ss = 0;
+        for (size_t i = 0; i < m; i++) { Gn[i] = jt[i] - beta[i] + g[i]; ss += Gn[i] * Gn[i]; }
+        if (sqrt(ss) / gn < bres) { bres = sqrt(ss) / gn; memcpy(best, beta, m * sizeof(double)); }
+        int have = k < M ? k : M, slot = k % M;
+        for (int s2 = 0; s2 < B; s2++) {
+            double *u = U + (size_t)s2 * M * D, *v = Vv + (size_t)s2 * M * D;
+            double vT[64], Bdg[64], dg[64], BG[64];
+            if (D > 64) { CHECK(D <= 64); break; }
+            for (int j = 0; j < D; j++) {
+                dg[j] = Gn[(size_t)s2 * D + j] - G[(size_t)s2 * D + j];
+                vT[j] = -dx[(size_t)s2 * D + j];
+                Bdg[j] = -dg[j];
+            }
+            for (int q = 0; q < have; q++) {
+                double a = 0, c = 0;
+                for (int j = 0; j < D; j++) {
+                    a += u[q * D + j] * dx[(size_t)s2 * D + j];
+                    c += v[q * D + j] * dg[j];
+                }
+                for (int j = 0; j < D; j++) { vT[j] += a * v[q * D + j]; Bdg[j] += c * u[q * D + j]; }
+            }
+            double den = 0;
+            for (int j = 0; j < D; j++) den += vT[j] * dg[j];
+            for (int j = 0; j < D; j++) {
+                u[slot * D + j] = (dx[(size_t)s2 * D + j] - Bdg[j]) / den;
+                v[slot * D + j] = vT[j];
+            }
+            int kk = k + 1 < M ? k + 1 : M;
+            for (int j = 0; j < D; j++) BG[j] = -Gn[(size_t)s2 * D + j];
+            for (int q = 0; q < kk; q++) {
+                double c = 0;
+                for (int j = 0; j < D; j++) c += v[q * D + j] * Gn[(size_t)s2 * D + j];
+                for (int j = 0; j < D; j++) BG[j] += c * u[q * D + j];
+            }
+            for (int j = 0; j < D; j++) dx[(size_t)s2 * D + j] = -BG[j];
+        }
+        memcpy(G, Gn, m * sizeof(double));
+    }
+    float *want = malloc(m * sizeof(float));
+    for (size_t i = 0; i < m; i++) want[i] = (float)best[i];
+    char lab[96];
+    snprintf(lab, sizeof lab, "broyden, 3 pairs, %d iterations: the solver vs the direct double one", N);
+    check_close_f(lab, e->beta, want, m, 1e-4, 1e-6);
+    printf("  Broyden with 3 pairs, %d iterations: relative residual %.3g (double, direct: %.3g)\n", N, res,
+           bres);
+    CHECK(fabs(res - bres) <= 1e-2 * bres + 1e-7);
+    free(g); free(beta); free(G); free(Gn); free(dx); free(jt); free(U); free(Vv); free(best); free(want);
+    soma_rule_free(r);
+    soma_net_free(net);
+    soma_st_free(st);
+}
+
+/* ---- event-driven simulation ------------------------------------------------ */
+
+/* The simulation's products taken event-driven (dense: the rows of W^T,
+ * S_k^T of the units that fired; conv: each spike's kernel slice scattered)
+ * against the GEMM / conv kernels: the same spikes and rates bit for bit,
+ * membranes within float rounding, with and without dropout masks; the
+ * threshold moved so that the automatic choice takes both paths within one
+ * simulation.  The nets have every kind of product: dense feedback, S_k in
+ * place and through a batchnorm; conv feedback; transposed-conv feedback,
+ * strided conv S_k with and without a batchnorm. */
+static void event_paths(const char *spec, int c, int h, int w, int dropout)
+{
+    enum { B = 6, T = 16 };
+    soma_net *net;
+    if (!CHECK(new_net_shape(&net, spec, c, h, w))) return;
+    soma_rule_config rc;
+    soma_rule_config_default(&rc);
+    soma_optim_config_default(&rc.optim, SOMA_OPTIM_SGD);
+    rc.T = T;
+    rc.ide_vth = 1.0f;
+    rc.ide_leak = 0.95f;
+    rc.ide_dropout = dropout ? 0.2f : 0.0f;
+    soma_rule *r;
+    if (!CHECK(soma_rule_new(&r, "ide", net, &rc, B) == SOMA_OK)) { soma_net_free(net); return; }
+    ide_state *e = r->state;
+    int H = e->H, n0 = e->n[0];
+    /* F's bias spread so that some units fire at every step, some rarely; the
+     * batchnorms' running statistics a non-trivial affine map */
+    soma_rng g;
+    soma_rng_seed(&g, 7);
+    float *x = malloc((size_t)B * n0 * sizeof(float));
+    for (int i = 0; i < B * n0; i++) x[i] = soma_rng_normal(&g);
+    for (int i = 0; i < soma_net_tensor_count(net); i++) {
+        const char *name;
+        int nd;
+        int64_t shape[4];
+        float *v = soma_net_tensor(net, i, &name, &nd, shape, NULL);
+        size_t n = 1;
+        for (int d = 0; d < nd; d++) n *= (size_t)shape[d];
+        int fb = !strcmp(name, "0.bias"), rmean = strstr(name, "running_mean") != NULL;
+        int rvar = strstr(name, "running_var") != NULL;
+        for (size_t j = 0; j < n && (fb || rmean || rvar); j++)
+            v[j] = fb ? 0.9f * soma_rng_normal(&g) : rmean ? 0.2f * soma_rng_normal(&g) : 0.5f;
+    }
+    if (dropout) {
+        soma__ide_draw_masks(r, &g, B);
+        e->drop_on = 1;
+    }
+    soma__ide_weight(r, 0);
+    size_t ms = 0, off[IDE_MAXH + 2];
+    for (int k = 1; k <= H; k++) { off[k] = ms; ms += (size_t)B * e->n[k]; }
+    size_t mH = (size_t)B * e->n[H];
+    float *u0 = malloc(ms * sizeof(float)), *s0 = malloc(ms * sizeof(float)), *a0 = malloc(mH * sizeof(float));
+    /* the GEMM everywhere: the reference */
+    e->event = -1;
+    soma__ide_simulate(r, x, B);
+    CHECK(e->ev_products == 0 && e->gemm_products == (int64_t)(T - 1) + (int64_t)T * (H - 1));
+    for (int k = 1; k <= H; k++) {
+        memcpy(u0 + off[k], e->u[k], (size_t)B * e->n[k] * sizeof(float));
+        memcpy(s0 + off[k], e->s[k], (size_t)B * e->n[k] * sizeof(float));
+    }
+    memcpy(a0, e->a, mH * sizeof(float));
+    double lo = 1, hi = 0;   /* the rates' spread: the layers' mean rates */
+    for (int k = 1; k <= H; k++) {
+        double sum = 0;
+        for (size_t i = 0; i < (size_t)B * e->n[k]; i++) sum += e->s[k][i];
+        sum /= (double)B * e->n[k];
+        if (sum < lo) lo = sum;
+        if (sum > hi) hi = sum;
+    }
+    int mixed = 0;
+    for (int mode = 0; mode < 3; mode++) {
+        char lab[160];
+        if (mode == 0) { e->event = 1; }
+        else if (mode == 1) { e->event = 0; e->ev_density = IDE_EVENT_DENSITY; }
+        else {   /* a threshold between the sparsest and densest steps: both paths */
+            e->event = 0;
+            int64_t best = -1;
+            double pick = IDE_EVENT_DENSITY;
+            for (double d = 0.02; d < 1.0; d += 0.02) {
+                e->ev_density = d;
+                soma__ide_simulate(r, x, B);
+                int64_t both = e->ev_products < e->gemm_products ? e->ev_products : e->gemm_products;
+                if (both > best) { best = both; pick = d; }
+            }
+            e->ev_density = pick;
+        }
+        soma__ide_simulate(r, x, B);
+        if (mode == 0) CHECK(e->gemm_products == 0 && e->ev_products > 0);
+        if (mode == 2) {
+            mixed = e->ev_products > 0 && e->gemm_products > 0;
+            CHECK(mixed);
+            printf("  event-driven simulation, %s%s: layer rates %.2f-%.2f; threshold %.2f: %lld "
+                   "event, %lld GEMM products\n", spec, dropout ? " (dropout)" : "", lo, hi,
+                   e->ev_density, (long long)e->ev_products, (long long)e->gemm_products);
+        }
+        int same = 1;
+        for (int k = 1; k <= H; k++) {
+            size_t mk = (size_t)B * e->n[k];
+            same &= !memcmp(e->s[k], s0 + off[k], mk * sizeof(float));
+            snprintf(lab, sizeof lab, "events %s (mode %d%s) layer %d membranes", spec, mode,
+                     dropout ? ", dropout" : "", k);
+            check_close_f(lab, e->u[k], u0 + off[k], mk, 1e-5, 1e-6);
+        }
+        CHECK(same);
+        CHECK(!memcmp(e->a, a0, mH * sizeof(float)));
+    }
+    e->ev_density = IDE_EVENT_DENSITY;
+    e->event = 0;
+    e->drop_on = 0;
+    (void)mixed;
+    free(x);
+    free(u0);
+    free(s0);
+    free(a0);
+    soma_rule_free(r);
+    soma_net_free(net);
+}
+
 static int same_buffers(soma_net *a, soma_net *b)
 {
     if (soma_net_tensor_count(a) != soma_net_tensor_count(b)) return 0;
@@ -1489,6 +1729,22 @@ int main(void)
     soma_set_threads(1);
     golden("if");
     golden("lif_ml");
+    for (int ev = -1; ev <= 1; ev += 2) {   /* through either product */
+        golden_ev("if", ev);
+        golden_ev("lif_ml", ev);
+        golden_ev("drop", ev);
+        golden_ev("conv_bn", ev);
+        golden_ev("spike", ev);
+        golden_ev("mlconv", ev);
+        golden_ev("mlconv_bn", ev);
+    }
+    broyden_memory(6);
+    broyden_memory(14);
+    for (int drop = 0; drop <= 1; drop++) {
+        event_paths("16-40-30-bn-20-5", 16, 1, 1, drop);
+        event_paths("conv3x4s2p1-bn-3", 1, 8, 8, drop);
+        event_paths("conv3x4s2p1-bn-conv3x6s2p1-bn-conv3x5s1p1-3", 1, 8, 8, drop);
+    }
     golden("conv_bn");
     golden("spike");
     golden("drop");

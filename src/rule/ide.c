@@ -84,7 +84,12 @@
  * forms: the power iteration runs on the operator (the conv or transposed
  * conv and its adjoint), so sigma is its operator norm (the authors': the
  * reshaped kernel's norm, which does not bound the operator).
- * Every product goes through soma_gemm / soma_dense_* / soma_conv2d_*.
+ * Every product goes through soma_gemm / soma_dense_* / soma_conv2d_*,
+ * except the simulation's on sparse spikes: a product whose input spikes are
+ * at most IDE_EVENT_DENSITY of its inputs sums the weights of the units that
+ * fired instead (spike_gather, spike_conv: the same terms in another order
+ * of the float sums).  Broyden takes its next step from the last one
+ * (soma__ide_solve), one pass over each sample's pairs per iteration.
  */
 #include "ide.h"
 #include <math.h>
@@ -168,6 +173,12 @@ static double normalize(float *x, int n)
     double inv = 1.0 / (nrm > 1e-12 ? nrm : 1e-12);   /* torch F.normalize eps */
     for (int i = 0; i < n; i++) x[i] = (float)(x[i] * inv);
     return nrm;
+}
+
+/* Floats of a conv's kernel (O, C, KH, KW) */
+static size_t conv_wn(const soma_conv_shape *s)
+{
+    return (size_t)s->O * s->C * s->KH * s->KW;
 }
 
 /* The conv feedback operator on one sample (B = 1) */
@@ -437,6 +448,7 @@ static soma_status ide_init(soma_rule *r, int max_batch)
     if (!e) return SOMA_ERR_NOMEM;
     r->state = e;
     e->fb = e->sn_g = e->sn_u = e->sn_v = -1;
+    e->ev_density = IDE_EVENT_DENSITY;
     for (int k = 0; k < IDE_MAXH + 2; k++) e->bn_g[k] = e->bn_b[k] = e->bn_rm[k] = e->bn_rv[k] = -1;
     int first;
     if ((st = read_net(e, net, max_batch, &first))) return st;
@@ -555,7 +567,20 @@ static soma_status ide_init(soma_rule *r, int max_batch)
         if (e->bn_g[k] >= 0) nbn += B * e->n[k] + 4 * (size_t)e->bn_c[k];
     size_t nfr = e->frames ? 2 * B * (size_t)n0 + B * n1 : 0;   /* x-bar, a frame, its current */
     int need_cfb = e->conv || e->drop_alloc;
-    e->floats = 4 * B * S + (e->sbn ? 2 * B * S : 0) + B * n1 + 10 * B * nH +
+    size_t nwt = 0;   /* the transposes of the event-driven simulation */
+    int maxh = 0;     /* widest hidden layer */
+    for (int k = 1; k <= H; k++) if (e->n[k] > maxh) maxh = e->n[k];
+    size_t nzev = 0;  /* conv forms: the channel-last accumulators, one per thread */
+    if (!e->conv) {
+        nwt = wn;
+        for (int k = 2; k <= H; k++) nwt += (size_t)e->n[k - 1] * e->n[k];
+    } else {
+        nwt = wn;
+        for (int k = 2; k <= H; k++) nwt += conv_wn(&e->cs[k]);
+        e->nzev = (size_t)maxh;
+        nzev = e->nzev * (size_t)e->cws_threads;
+    }
+    e->floats = 4 * B * S + (e->sbn ? 2 * B * S : 0) + B * n1 + 10 * B * nH + nwt + nzev +
                 2 * B * (size_t)e->mem * nH + 3 * B * maxn + 3 * B * e->C + (c->ide_sn ? 2 * wn : 0) +
                 cws + (need_cfb ? B * n1 : 0) + (e->conv && c->ide_sn ? wn : 0) + nbn + nfr +
                 (e->drop_alloc ? B * S + B * n1 : 0);
@@ -620,6 +645,18 @@ static soma_status ide_init(soma_rule *r, int max_batch)
         for (int k = 1; k <= H; k++) { e->drop[k] = p; p += B * e->n[k]; }
         e->drop_fb = p; p += B * n1;
     }
+    e->wt_fb = p; p += wn;
+    for (int k = 2; k <= H; k++) {
+        e->wt[k] = p;
+        p += e->conv ? conv_wn(&e->cs[k]) : (size_t)e->n[k - 1] * e->n[k];
+    }
+    if (e->conv) {
+        e->zev = p; p += nzev;
+    } else {
+        e->nsidx = B * (size_t)maxh;
+        e->sidx = soma__malloc_aligned(e->nsidx * sizeof(int));
+        if (!e->sidx) return SOMA_ERR_NOMEM;
+    }
     if (init_alpha) {   /* alpha = sigma(W): 10 power iterations (from u, v, which they refine) */
         const float *w = soma__param_value(net, e->fb);
         float *u = soma__buffer_value(net, e->sn_u), *v = soma__buffer_value(net, e->sn_v);
@@ -634,6 +671,7 @@ static void ide_release(soma_rule *r)
     ide_state *e = r->state;
     if (!e) return;
     soma__free_aligned(e->block);
+    soma__free_aligned(e->sidx);
     soma__free(e);
 }
 
@@ -644,7 +682,7 @@ static void ide_plan(const soma_rule *r, soma_mem_plan *p)
     for (int k = 1; k <= e->H; k++) S += (size_t)e->n[k];
     /* activations: membranes, spikes, rates (flat in T); the rest is the solver's */
     p->activations = (2 * B * S + 2 * B * e->n[e->H]) * sizeof(float);
-    p->workspace = e->floats * sizeof(float) - p->activations;
+    p->workspace = e->floats * sizeof(float) - p->activations + e->nsidx * sizeof(int);
 }
 
 void soma__ide_draw_masks(soma_rule *r, soma_rng *rng, int B)
@@ -658,15 +696,193 @@ void soma__ide_draw_masks(soma_rule *r, soma_rng *rng, int B)
 
 /* ---- forward: the spiking simulation ------------------------------------- */
 
-static void spike_step(float *restrict u, float *restrict s, size_t m, float V, float lam)
+/* returns the number of spikes; acc (the last layer's rate accumulator, or
+ * NULL): acc = lam acc + s in the same pass */
+static int64_t spike_step(float *restrict u, float *restrict s, float *restrict acc, size_t m,
+                          float V, float lam)
 {
-    _Pragma("omp simd")
+    int64_t n = 0;
+    if (acc) {
+        _Pragma("omp simd reduction(+:n)")
+        for (size_t i = 0; i < m; i++) {
+            const float ui = u[i];
+            const int fire = ui >= V;
+            const float sp = fire ? 1.0f : 0.0f;
+            s[i] = sp;
+            u[i] = (ui - V * sp) * lam;
+            acc[i] = lam * acc[i] + sp;
+            n += fire;
+        }
+        return n;
+    }
+    _Pragma("omp simd reduction(+:n)")
     for (size_t i = 0; i < m; i++) {
         const float ui = u[i];
-        const float sp = ui >= V ? 1.0f : 0.0f;   /* test >= (the authors' code) */
+        const int fire = ui >= V;                 /* test >= (the authors' code) */
+        const float sp = fire ? 1.0f : 0.0f;
         s[i] = sp;
         u[i] = (ui - V * sp) * lam;            /* reset by subtraction, then the leak */
+        n += fire;
     }
+    return n;
+}
+
+/* dst (cols, rows) <- src (rows, cols)^T, in tiles */
+static void transpose(float *restrict dst, const float *restrict src, int rows, int cols)
+{
+    enum { TB = 32 };
+    for (int i0 = 0; i0 < rows; i0 += TB)
+        for (int j0 = 0; j0 < cols; j0 += TB) {
+            int i1 = i0 + TB < rows ? i0 + TB : rows, j1 = j0 + TB < cols ? j0 + TB : cols;
+            for (int j = j0; j < j1; j++)
+                for (int i = i0; i < i1; i++) dst[(size_t)j * rows + i] = src[(size_t)i * cols + j];
+        }
+}
+
+/* y (B, O) += c + s (B, I) w^T for spikes s (every entry 0 or 1), from wt =
+ * w^T (I, O); c (B, O) may be NULL: y + c is added first (the same sum as
+ * add_into before, in the same pass as the first rows).  Each sample adds
+ * the rows of wt of its inputs that fired, in index order, eight rows a
+ * pass (y + w_j1 + w_j2 + ..., evaluated left to right: the same sums as
+ * one row at a time).  These are exactly the dense product's nonzero terms
+ * (1 * w = w), so the result differs from soma_gemm's only by the order of
+ * the float sums.  idx: B * I ints. */
+static void spike_gather(float *y, const float *c, const float *s, const float *wt, int B, int I,
+                         int O, int *idx)
+{
+    #pragma omp parallel for schedule(static) if ((size_t)B * I >= 8192 && soma_get_threads() > 1)
+    for (int b = 0; b < B; b++) {
+        const float *sb = s + (size_t)b * I;
+        float *restrict yb = y + (size_t)b * O;
+        int *ib = idx + (size_t)b * I, n = 0;
+        for (int j = 0; j < I; j++) {   /* branch-free compaction of the spike list */
+            ib[n] = j;
+            n += sb[j] != 0.0f;
+        }
+        int q = 0;
+        if (c) {   /* y + c, with the first eight rows when there are as many */
+            const float *cb = c + (size_t)b * O;
+            if (n >= 8) {
+                const float *w0 = wt + (size_t)ib[0] * O, *w1 = wt + (size_t)ib[1] * O;
+                const float *w2 = wt + (size_t)ib[2] * O, *w3 = wt + (size_t)ib[3] * O;
+                const float *w4 = wt + (size_t)ib[4] * O, *w5 = wt + (size_t)ib[5] * O;
+                const float *w6 = wt + (size_t)ib[6] * O, *w7 = wt + (size_t)ib[7] * O;
+                _Pragma("omp simd")
+                for (int o = 0; o < O; o++)
+                    yb[o] = yb[o] + cb[o] + w0[o] + w1[o] + w2[o] + w3[o] + w4[o] + w5[o] + w6[o] + w7[o];
+                q = 8;
+            } else {
+                _Pragma("omp simd")
+                for (int o = 0; o < O; o++) yb[o] += cb[o];
+            }
+        }
+        for (; q + 8 <= n; q += 8) {
+            const float *w0 = wt + (size_t)ib[q] * O, *w1 = wt + (size_t)ib[q + 1] * O;
+            const float *w2 = wt + (size_t)ib[q + 2] * O, *w3 = wt + (size_t)ib[q + 3] * O;
+            const float *w4 = wt + (size_t)ib[q + 4] * O, *w5 = wt + (size_t)ib[q + 5] * O;
+            const float *w6 = wt + (size_t)ib[q + 6] * O, *w7 = wt + (size_t)ib[q + 7] * O;
+            _Pragma("omp simd")
+            for (int o = 0; o < O; o++)
+                yb[o] = yb[o] + w0[o] + w1[o] + w2[o] + w3[o] + w4[o] + w5[o] + w6[o] + w7[o];
+        }
+        for (; q < n; q++) {
+            const float *w0 = wt + (size_t)ib[q] * O;
+            _Pragma("omp simd")
+            for (int o = 0; o < O; o++) yb[o] += w0[o];
+        }
+    }
+}
+
+static int thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* The kernel w (O, C, KH, KW) of the conv s laid out for spike_conv:
+ * transposed == 0 (the conv itself, input channel c -> every output
+ * channel): wt (C, KH, KW, O); transposed != 0 (its dx path, the transposed
+ * conv, output channel o -> every input channel): wt (O, KH, KW, C). */
+static void conv_layout(float *restrict wt, const float *restrict w, const soma_conv_shape *s,
+                        int transposed)
+{
+    int O = s->O, C = s->C, KK = s->KH * s->KW;
+    for (int o = 0; o < O; o++)
+        for (int c = 0; c < C; c++)
+            for (int q = 0; q < KK; q++) {
+                float v = w[((size_t)o * C + c) * KK + q];
+                if (transposed) wt[((size_t)o * KK + q) * C + c] = v;
+                else wt[((size_t)c * KK + q) * O + o] = v;
+            }
+}
+
+/* y += mask (conv of the spikes in), every entry of `in` 0 or 1, no bias,
+ * event-driven.  transposed == 0: the conv s itself, in (B, C, H, W) -> y
+ * (B, O, OH, OW); transposed != 0: its dx path (the transposed conv), in (B,
+ * O, OH, OW) -> y (B, C, H, W).  wt: conv_layout's.  Each spike adds its
+ * kernel slice (a run of every output channel) at each output position it
+ * reaches, into a channel-last accumulator (one map per thread, zev, nzev
+ * floats apart), added into y (times mask, which may be NULL) at the end:
+ * the dense conv's nonzero terms, in another order of the float sums. */
+static void spike_conv(float *y, const float *mask, const float *in, const float *wt,
+                       const soma_conv_shape *s, int transposed, int B, float *zev, size_t nzev)
+{
+    const int KH = s->KH, KW = s->KW, st = s->stride, pd = s->pad;
+    const int ci = transposed ? s->O : s->C, hi = transposed ? s->OH : s->H, wi = transposed ? s->OW : s->W;
+    const int co = transposed ? s->C : s->O, ho = transposed ? s->H : s->OH, wo = transposed ? s->W : s->OW;
+    const size_t nin = (size_t)ci * hi * wi, P = (size_t)ho * wo, nout = (size_t)co * P;
+    #pragma omp parallel if (B > 1 && soma_get_threads() > 1)
+    {
+        size_t lo, hi_b;
+        soma__thread_range((size_t)B, &lo, &hi_b);
+        float *z = zev + (size_t)thread_id() * nzev;
+        for (size_t b = lo; b < hi_b; b++) {
+            const float *sb = in + b * nin;
+            memset(z, 0, nout * sizeof(float));
+            for (int c = 0; c < ci; c++)
+                for (int yi = 0; yi < hi; yi++)
+                    for (int xi = 0; xi < wi; xi++) {
+                        if (sb[((size_t)c * hi + yi) * wi + xi] == 0.0f) continue;
+                        /* the kernel taps (dy, dx) and output positions (yo, xo) the
+                         * spike reaches: transposed, yo = yi st + dy - pd for every dy;
+                         * else yo st + dy - pd = yi, i.e. dy = (yi + pd) mod st, + st,
+                         * ..., with yo = (yi + pd) / st, - 1, ... */
+                        int dy0 = transposed ? 0 : (yi + pd) % st, dys = transposed ? 1 : st;
+                        int dx0 = transposed ? 0 : (xi + pd) % st, dxs = transposed ? 1 : st;
+                        int yo0 = transposed ? yi * st - pd : (yi + pd) / st;
+                        int xo0 = transposed ? xi * st - pd : (xi + pd) / st, dir = transposed ? 1 : -1;
+                        for (int dy = dy0, yo = yo0; dy < KH; dy += dys, yo += dir) {
+                            if (yo < 0 || yo >= ho) continue;
+                            for (int dx = dx0, xo = xo0; dx < KW; dx += dxs, xo += dir) {
+                                if (xo < 0 || xo >= wo) continue;
+                                float *restrict zr = z + ((size_t)yo * wo + xo) * co;
+                                const float *restrict wr = wt + (((size_t)c * KH + dy) * KW + dx) * co;
+                                _Pragma("omp simd")
+                                for (int o = 0; o < co; o++) zr[o] += wr[o];
+                            }
+                        }
+                    }
+            float *yb = y + b * nout;
+            const float *mb = mask ? mask + b * nout : NULL;
+            for (int o = 0; o < co; o++) {
+                float *yr = yb + (size_t)o * P;
+                if (mb)
+                    for (size_t q = 0; q < P; q++) yr[q] += mb[(size_t)o * P + q] * z[q * co + o];
+                else
+                    for (size_t q = 0; q < P; q++) yr[q] += z[q * co + o];
+            }
+        }
+    }
+}
+
+/* Takes a product on `count` spikes of B x n inputs the event-driven path? */
+static int use_events(ide_state *e, int64_t count, int B, int n)
+{
+    if (e->event < 0) return 0;
+    return e->event > 0 || (double)count <= e->ev_density * (double)B * n;
 }
 
 /* x *= mask, elementwise (a dropout mask) */
@@ -676,7 +892,7 @@ static void mul_into(float *restrict x, const float *restrict mask, size_t m)
     for (size_t i = 0; i < m; i++) x[i] *= mask[i];
 }
 
-/* u += c; acc = lam acc + s: vector loops (the state's buffers never alias) */
+/* u += c: a vector loop (the state's buffers never alias) */
 static void add_into(float *restrict u, const float *restrict c, size_t m)
 {
     _Pragma("omp simd")
@@ -688,12 +904,6 @@ static void add_masked(float *restrict u, const float *restrict c, const float *
 {
     _Pragma("omp simd")
     for (size_t i = 0; i < m; i++) u[i] += mask[i] * c[i];
-}
-
-static void leaky_add(float *restrict acc, const float *restrict s, size_t m, float lam)
-{
-    _Pragma("omp simd")
-    for (size_t i = 0; i < m; i++) acc[i] = lam * acc[i] + s[i];
 }
 
 /* out (B, n[k]) <- layer k's linear map with its bias on in (B, n[k-1]):
@@ -850,34 +1060,86 @@ void soma__ide_simulate(soma_rule *r, const float *x, int B)
     }
     memset(e->acc, 0, (size_t)B * nH * sizeof(float));
     size_t m1 = (size_t)B * n1, mH = (size_t)B * nH;
+    int64_t cnt[IDE_MAXH + 1] = { 0 };   /* spikes of each layer in the last step */
+    memset(e->wt_ok, 0, sizeof e->wt_ok);
+    e->ev_products = e->gemm_products = 0;
     for (int t = 0; t < c->T; t++) {
         const float *cur = e->fx;   /* constant current, or frame t's */
         if (e->frames) {
             frame_current(r, x, t, B);
             cur = e->fstep;
         }
-        add_into(e->u[1], cur, m1);
-        if (t > 0)   /* u_1 += D_W (W s_H(t-1)) */
-            feedback_add(e, e->u[1], e->s[H], B);
-        spike_step(e->u[1], e->s[1], m1, V, lam);
+        /* u_1 += current, then (t > 0) += D_W (W s_H(t-1)) */
+        if (t > 0 && use_events(e, cnt[H], B, nH) && e->conv) {
+            if (!e->wt_ok[1]) {
+                conv_layout(e->wt_fb, e->weff, &e->wcs, e->fbk == IDE_FB_CONVT);
+                e->wt_ok[1] = 1;
+            }
+            add_into(e->u[1], cur, m1);
+            spike_conv(e->u[1], e->drop_on ? e->drop_fb : NULL, e->s[H], e->wt_fb, &e->wcs,
+                       e->fbk == IDE_FB_CONVT, B, e->zev, e->nzev);
+            e->ev_products++;
+        } else if (t > 0 && use_events(e, cnt[H], B, nH)) {
+            if (!e->wt_ok[1]) { transpose(e->wt_fb, e->weff, n1, nH); e->wt_ok[1] = 1; }
+            if (e->drop_on) {
+                add_into(e->u[1], cur, m1);
+                memset(e->cfb, 0, m1 * sizeof(float));
+                spike_gather(e->cfb, NULL, e->s[H], e->wt_fb, B, nH, n1, e->sidx);
+                add_masked(e->u[1], e->cfb, e->drop_fb, m1);
+            } else {   /* (u_1 + current) + the rows, in one pass */
+                spike_gather(e->u[1], cur, e->s[H], e->wt_fb, B, nH, n1, e->sidx);
+            }
+            e->ev_products++;
+        } else {
+            add_into(e->u[1], cur, m1);
+            if (t > 0) {
+                feedback_add(e, e->u[1], e->s[H], B);
+                e->gemm_products++;
+            }
+        }
+        cnt[1] = spike_step(e->u[1], e->s[1], H == 1 ? e->acc : NULL, m1, V, lam);
         for (int k = 2; k <= H; k++) {
             int nk = e->n[k], np = e->n[k - 1];
             size_t mk = (size_t)B * nk;
+            int ev = use_events(e, cnt[k - 1], B, np);
+            if (ev && !e->wt_ok[k]) {
+                if (e->conv) conv_layout(e->wt[k], soma__param_value(net, e->w[k]), &e->cs[k], 0);
+                else transpose(e->wt[k], soma__param_value(net, e->w[k]), nk, np);
+                e->wt_ok[k] = 1;
+            }
+            e->ev_products += ev;
+            e->gemm_products += !ev;
+            const float *bk = soma__param_value(net, e->b[k]);
             if (!e->conv && e->bn_g[k] < 0 && !e->drop_on) {   /* u_k += S_k s + b_k in place */
-                const float *bk = soma__param_value(net, e->b[k]);
-                soma_gemm(0, 1, B, nk, np, 1.0f, e->s[k - 1], np, soma__param_value(net, e->w[k]), np,
-                          1.0f, e->u[k], nk);
+                if (ev) spike_gather(e->u[k], NULL, e->s[k - 1], e->wt[k], B, np, nk, e->sidx);
+                else soma_gemm(0, 1, B, nk, np, 1.0f, e->s[k - 1], np, soma__param_value(net, e->w[k]),
+                               np, 1.0f, e->u[k], nk);
                 for (int i = 0; i < B; i++)
                     for (int j = 0; j < nk; j++) e->u[k][(size_t)i * nk + j] += bk[j];
             } else {   /* u_k += D_k BN_k(S_k s + b_k), BN_k with the running statistics */
-                lin_map(r, k, e->d0, e->s[k - 1], B);
+                if (ev && e->conv) {   /* lin_map's conv + bias, event-driven */
+                    int O = e->cs[k].O, P = e->cs[k].OH * e->cs[k].OW;
+                    memset(e->d0, 0, mk * sizeof(float));
+                    spike_conv(e->d0, NULL, e->s[k - 1], e->wt[k], &e->cs[k], 0, B, e->zev, e->nzev);
+                    for (int i = 0; i < B; i++)
+                        for (int o = 0; o < O; o++) {
+                            float *d = e->d0 + ((size_t)i * O + o) * P;
+                            for (int q = 0; q < P; q++) d[q] += bk[o];
+                        }
+                } else if (ev) {   /* lin_map's S_k s + b_k, the product event-driven */
+                    memset(e->d0, 0, mk * sizeof(float));
+                    spike_gather(e->d0, NULL, e->s[k - 1], e->wt[k], B, np, nk, e->sidx);
+                    for (int i = 0; i < B; i++)
+                        for (int j = 0; j < nk; j++) e->d0[(size_t)i * nk + j] += bk[j];
+                } else {
+                    lin_map(r, k, e->d0, e->s[k - 1], B);
+                }
                 if (e->bn_g[k] >= 0) bn_running(r, k, e->d0, NULL, B);
                 if (e->drop_on) add_masked(e->u[k], e->d0, e->drop[k], mk);
                 else add_into(e->u[k], e->d0, mk);
             }
-            spike_step(e->u[k], e->s[k], mk, V, lam);
+            cnt[k] = spike_step(e->u[k], e->s[k], k == H ? e->acc : NULL, mk, V, lam);
         }
-        leaky_add(e->acc, e->s[H], mH, lam);
     }
     /* IF: / T;  LIF: / sum_{k<T} lambda^k = (1 - lambda^T) / (1 - lambda) */
     double norm = 0, pw = 1;
@@ -940,10 +1202,16 @@ void soma__ide_map(soma_rule *r, float *out, const float *a, int B)
     if (out) memcpy(out, e->act[e->H], (size_t)B * e->n[e->H] * sizeof(float));
 }
 
-/* e (B, n) <- [0 <= pre <= 1] d / V  (clamp passes the gradient on the closed interval) */
+/* e (B, n) <- [0 <= pre <= 1] d / V  (clamp passes the gradient on the closed interval);
+ * eo may be d.  Branch-free, so it vectorises (the && form compiled to two
+ * unpredictable branches per element: a tenth of a training iteration). */
 static void mask_layer(float *eo, const float *d, const float *pre, size_t m, float invV)
 {
-    for (size_t i = 0; i < m; i++) eo[i] = pre[i] >= 0.0f && pre[i] <= 1.0f ? d[i] * invV : 0.0f;
+    _Pragma("omp simd")
+    for (size_t i = 0; i < m; i++) {
+        const float p = pre[i], v = d[i] * invV;
+        eo[i] = (p >= 0.0f) & (p <= 1.0f) ? v : 0.0f;
+    }
 }
 
 /* Backward through layers H..2 from d_H = v: returns e_1 = dL/d(pre_1 V)
@@ -1091,33 +1359,41 @@ static double residual(soma_rule *r, float *G, const float *beta, const float *g
     return ss;
 }
 
-/* Binv x for one sample, Binv = -I + sum_i U_i V_i^T (k pairs); out may not alias x */
-static void bro_matvec(float *out, const float *U, const float *Vv, int k, const float *x, int D)
+/* x . y in double, one sample's vectors of D */
+static double bro_dot(const float *x, const float *y, int D)
 {
-    for (int j = 0; j < D; j++) out[j] = -x[j];
-    for (int i = 0; i < k; i++) {
-        const float *ui = U + (size_t)i * D, *vi = Vv + (size_t)i * D;
-        double dot = 0;
-        _Pragma("omp simd reduction(+:dot)")
-        for (int j = 0; j < D; j++) dot += (double)vi[j] * x[j];
-        const float df = (float)dot;
-        _Pragma("omp simd")
-        for (int j = 0; j < D; j++) out[j] += df * ui[j];
-    }
+    double s = 0;
+    _Pragma("omp simd reduction(+:s)")
+    for (int j = 0; j < D; j++) s += (double)x[j] * y[j];
+    return s;
 }
 
-/* x^T Binv for one sample */
-static void bro_rmatvec(float *out, const float *U, const float *Vv, int k, const float *x, int D)
+/* With Binv = -I + sum_i U_i V_i^T (k pairs) of one sample, in one pass over
+ * the pairs (each read once): vT = x^T Binv and bd = Binv d.  The outputs
+ * may not alias the inputs. */
+static void bro_pass(float *restrict vT, float *restrict bd, const float *restrict U,
+                     const float *restrict Vv, int k, const float *restrict x,
+                     const float *restrict d, int D)
 {
-    for (int j = 0; j < D; j++) out[j] = -x[j];
+    _Pragma("omp simd")
+    for (int j = 0; j < D; j++) {
+        vT[j] = -x[j];
+        bd[j] = -d[j];
+    }
     for (int i = 0; i < k; i++) {
         const float *ui = U + (size_t)i * D, *vi = Vv + (size_t)i * D;
-        double dot = 0;
-        _Pragma("omp simd reduction(+:dot)")
-        for (int j = 0; j < D; j++) dot += (double)ui[j] * x[j];
-        const float df = (float)dot;
+        double a = 0, c = 0;
+        _Pragma("omp simd reduction(+:a, c)")
+        for (int j = 0; j < D; j++) {
+            a += (double)ui[j] * x[j];
+            c += (double)vi[j] * d[j];
+        }
+        const float fa = (float)a, fc = (float)c;
         _Pragma("omp simd")
-        for (int j = 0; j < D; j++) out[j] += df * vi[j];
+        for (int j = 0; j < D; j++) {
+            vT[j] += fa * vi[j];
+            bd[j] += fc * ui[j];
+        }
     }
 }
 
@@ -1160,36 +1436,51 @@ double soma__ide_solve(soma_rule *r, const float *g, int B, int *iters)
             if (!isfinite(res) || res > 1e6) break;   /* diverging: keep the best */
             if (res < best) { best = res; memcpy(e->best, e->beta, bytes); }
             if (res <= tol) break;
-            int slot = k % M, kk = k + 1 < M ? k + 1 : M;
+            int slot = k % M, have = k < M ? k : M;
             /* samples are independent (each its own low-rank inverse): split across threads */
-            #pragma omp parallel for schedule(static) if ((size_t)B * D * (size_t)(kk + 1) >= 65536)
+            #pragma omp parallel for schedule(static) if ((size_t)B * D * (size_t)(have + 1) >= 65536)
             for (int b = 0; b < B; b++) {
                 size_t o = (size_t)b * D;
                 float *Ub = e->U + (size_t)b * M * D, *Vb = e->V + (size_t)b * M * D;
                 float *dx = e->dx + o, *dg = e->dg + o, *Gb = e->G + o, *Gnb = bn + o;
-                for (int j = 0; j < D; j++) dg[j] = Gnb[j] - Gb[j];
                 float *us = Ub + (size_t)slot * D, *vs = Vb + (size_t)slot * D;
-                float *vT = e->d0 + o, *Bdg = e->d1 + o;   /* free after the residual */
-                int have = k < M ? k : M;
-                /* vT = dx^T Binv, u = (dx - Binv dg) / (vT . dg), with the current Binv;
-                 * then the pair replaces the oldest one (circular memory) */
-                bro_rmatvec(vT, Ub, Vb, have, dx, D);
-                bro_matvec(Bdg, Ub, Vb, have, dg, D);
+                float *vT = e->d0 + o, *t = e->d1 + o;   /* free after the residual */
+                for (int j = 0; j < D; j++) dg[j] = Gnb[j] - Gb[j];
+                /* vT = dx^T Binv and t = Binv dg with the current Binv, one pass over its pairs */
+                bro_pass(vT, t, Ub, Vb, have, dx, dg, D);
                 double den = 0;
                 _Pragma("omp simd reduction(+:den)")
                 for (int j = 0; j < D; j++) den += (double)vT[j] * dg[j];
+                _Pragma("omp simd")
+                for (int j = 0; j < D; j++) t[j] = dx[j] - t[j];   /* dx - Binv dg */
+                /* the next step -Binv' G_new from this one, without another pass over the
+                 * pairs: dx = -Binv G (the last step), so -Binv G_new = dx - Binv dg = t;
+                 * the new pair (u, v) adds -u (v . G_new), the oldest one, when it is
+                 * replaced (k >= M), gives back its +u_old (v_old . G_new) */
+                if (k >= M) {
+                    const float cold = (float)bro_dot(vs, Gnb, D);
+                    _Pragma("omp simd")
+                    for (int j = 0; j < D; j++) dx[j] = t[j] + cold * us[j];
+                } else {
+                    memcpy(dx, t, D * sizeof(float));
+                }
+                /* u = (dx - Binv dg) / (vT . dg), v = vT: the pair goes into the slot of the
+                 * oldest (circular memory); a zero or non-finite denominator skips it */
                 if (fabs(den) > 1e-30 && isfinite(den)) {
+                    const double inv = 1.0 / den;
+                    _Pragma("omp simd")
                     for (int j = 0; j < D; j++) {
-                        us[j] = (float)((dx[j] - Bdg[j]) / den);
+                        us[j] = (float)(t[j] * inv);
                         vs[j] = vT[j];
                     }
+                    const float cnew = (float)bro_dot(vs, Gnb, D);
+                    _Pragma("omp simd")
+                    for (int j = 0; j < D; j++) dx[j] -= cnew * us[j];
                 } else {
                     memset(us, 0, D * sizeof(float));
                     memset(vs, 0, D * sizeof(float));
                 }
                 memcpy(Gb, Gnb, D * sizeof(float));
-                bro_matvec(dx, Ub, Vb, kk, Gb, D);      /* dx = -Binv G */
-                for (int j = 0; j < D; j++) dx[j] = -dx[j];
             }
             k++;
         }
@@ -1233,9 +1524,10 @@ static void readout(soma_rule *r, const float *a, int B)
                        B, e->n[e->H], e->C);
 }
 
-static soma_status grad_at(soma_rule *r, const soma_batch *b, const float *a, soma_step_stats *st);
+static soma_status grad_at(soma_rule *r, const soma_batch *b, const float *a, soma_step_stats *st,
+                           int fx_ready);
 
-soma_status soma__ide_grad(soma_rule *r, const soma_batch *b, int power_iter_on, soma_step_stats *st)
+soma_status soma__ide_grad_forward(soma_rule *r, const soma_batch *b, int power_iter_on)
 {
     ide_state *e = r->state;
     soma_status s = check_run(r, b->n, 1);
@@ -1245,11 +1537,23 @@ soma_status soma__ide_grad(soma_rule *r, const soma_batch *b, int power_iter_on,
     e->sim_mode = 1;   /* F's batchnorm: batch statistics, running ones updated once here */
     soma__ide_simulate(r, b->x, b->n);
     e->sim_mode = 0;
+    return SOMA_OK;
+}
+
+soma_status soma__ide_grad_backward(soma_rule *r, const soma_batch *b, soma_step_stats *st)
+{
+    ide_state *e = r->state;
     e->sbn_update = 1; /* S_k's batchnorm: the running statistics move once, in the training map */
-    s = grad_at(r, b, e->a, st);
+    soma_status s = grad_at(r, b, e->a, st, 1);
     e->sbn_update = 0;
     e->drop_on = 0;
     return s;
+}
+
+soma_status soma__ide_grad(soma_rule *r, const soma_batch *b, int power_iter_on, soma_step_stats *st)
+{
+    soma_status s = soma__ide_grad_forward(r, b, power_iter_on);
+    return s ? s : soma__ide_grad_backward(r, b, st);
 }
 
 soma_status soma__ide_grad_at(soma_rule *r, const soma_batch *b, const float *a, soma_step_stats *st)
@@ -1258,12 +1562,17 @@ soma_status soma__ide_grad_at(soma_rule *r, const soma_batch *b, const float *a,
     soma_status s = check_run(r, b->n, 1);
     if (s) return s;
     e->drop_on = r->cfg.ide_dropout > 0.0f;
-    s = grad_at(r, b, a, st);
+    s = grad_at(r, b, a, st, 0);
     e->drop_on = 0;
     return s;
 }
 
-static soma_status grad_at(soma_rule *r, const soma_batch *b, const float *a, soma_step_stats *st)
+/* fx_ready: the training simulation of this batch has just run, so e->fx
+ * (F x with the batch statistics in e->bnc[1], F's mask) and e->xbar are
+ * what input_map (mode 2) and spike_average would compute again: the same
+ * arithmetic on the same input, so they are reused (bit for bit the same). */
+static soma_status grad_at(soma_rule *r, const soma_batch *b, const float *a, soma_step_stats *st,
+                           int fx_ready)
 {
     ide_state *e = r->state;
     soma_net *net = r->net;
@@ -1272,10 +1581,10 @@ static soma_status grad_at(soma_rule *r, const soma_batch *b, const float *a, so
     size_t mH = (size_t)B * nH;
     const float *x = b->x;   /* f's input: x, or x-bar of the frames */
     if (e->frames) {
-        spike_average(r, e->xbar, b->x, B);
+        if (!fx_ready) spike_average(r, e->xbar, b->x, B);
         x = e->xbar;
     }
-    input_map(r, x, B, 2);
+    if (!fx_ready) input_map(r, x, B, 2);
     readout(r, a, B);
     soma_status s = soma__loss_and_grad_t(e->dl, e->probs, e->logits, b->y, b->target, B, e->C, c->loss, st);
     if (s) return s;
@@ -1393,7 +1702,7 @@ soma_status soma_ide_rate_gap(soma_rule *r, const soma_batch *b, const int *Ts, 
     soma__ide_simulate(r, b->x, B);
     memcpy(A, e->a, m * sizeof(float));
     double change = INFINITY;
-    for (int k = 0; k < 10000 && change > 1e-7; k++) {
+    for (int k = 0; k < 2000 && change > 1e-6; k++) {
         soma__ide_map(r, t, A, B);
         change = 0;
         for (size_t i = 0; i < m; i++) {

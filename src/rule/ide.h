@@ -10,6 +10,14 @@
 
 #define IDE_MAXH 8   /* hidden (spiking) layers at most */
 #define IDE_MEM 27   /* Broyden: rank-1 pairs kept per sample (the authors' min(30, 27)) */
+/* Simulation: a product whose input spikes are at most this fraction of its
+ * input units takes the event-driven path (the rows of the transposed weight
+ * of the units that fired), denser ones the GEMM.  Measured on F400's 400x400
+ * feedback at batch 128, one thread (x86-64-v2 build): events 3x faster than
+ * the GEMM at density 0.1, 1.5-1.9x at 0.2, even at about 0.3-0.4; F64C5's
+ * 64x64x5x5 conv feedback on 14x14 maps: 3.5x at 0.1, 1.75x at 0.2, 1.2x at
+ * 0.3. */
+#define IDE_EVENT_DENSITY 0.3
 
 /* The feedback operator W, from the last hidden layer H back to layer 1 */
 typedef enum ide_fb_kind {
@@ -86,6 +94,28 @@ typedef struct ide_state {
     float *beta, *best, *G, *Gn, *dx, *dg, *jt; /* solver, (B, n[H]) each */
     float *U, *V;                /* Broyden factors (B, mem, n[H]) each */
     float *d0, *d1, *d2;         /* backward scratch (B, max n) */
+    /* event-driven products of the simulation (dense forms): spikes are 0 or
+     * 1, so W s_H and S_k s_{k-1} are sums of the rows of W^T, S_k^T of the
+     * units that fired, taken instead of the GEMM when the step's spikes are
+     * at most IDE_EVENT_DENSITY of the inputs (same values up to the order of
+     * the float sums).  Conv forms: every spike adds its kernel slice (all
+     * output channels) at the output positions it reaches (W, the S_k, the
+     * transposed conv alike).  The transposes are formed once per simulation,
+     * when a step first takes the event path. */
+    float *wt_fb;                /* W_eff^T (n[H], n[1]); conv forms: the kernel with the
+                                    channel it adds into last (spike_conv) */
+    float *wt[IDE_MAXH + 1];     /* k >= 2: S_k^T (n[k-1], n[k]), or S_k's kernel so */
+    int wt_ok[IDE_MAXH + 1];     /* transposes formed in this simulation (index 1: W's) */
+    int *sidx;                   /* dense forms: (B, max n[k]) spike index lists */
+    size_t nsidx;                /* ints of sidx */
+    float *zev;                  /* conv forms: channel-last accumulators, one map of
+                                    max n[k] floats per thread (cws_threads) */
+    size_t nzev;                 /* floats of one thread's accumulator */
+    int event;                   /* test hook: 0 by the spike count, 1 always events,
+                                    -1 always the GEMM */
+    double ev_density;           /* the spike fraction up to which a product takes the
+                                    event path (IDE_EVENT_DENSITY; tests move it) */
+    int64_t ev_products, gemm_products; /* products of the last simulation by path */
     float *logits, *probs, *dl;  /* (B, C) */
     float *block;
     size_t floats;
@@ -126,6 +156,14 @@ double soma__ide_solve(soma_rule *r, const float *g, int B, int *iters);
  * power_iter: advance the spectral norm's power iteration (training).  The
  * running statistics of F's and S_k's batchnorms move once. */
 soma_status soma__ide_grad(soma_rule *r, const soma_batch *b, int power_iter, soma_step_stats *st);
+/* soma__ide_grad in its two halves, to be called in this order on the same
+ * batch (bench/bench_ide.c times them apart): the forward (the checks, W_eff
+ * with power_iter, the training simulation: F x with its batch statistics,
+ * the running ones moved once, the dropout masks on) and the backward
+ * (readout, loss, f(a_T), the solve, the parameter VJPs), which reuses the
+ * forward's F x (and x-bar) instead of computing them again. */
+soma_status soma__ide_grad_forward(soma_rule *r, const soma_batch *b, int power_iter);
+soma_status soma__ide_grad_backward(soma_rule *r, const soma_batch *b, soma_step_stats *st);
 /* The same at a given rate point a (B, n[H]) instead of the simulation's
  * (the weight as it is: no power iteration).  The batchnorms use the batch
  * statistics of x (F) and of the map at a (S_k) without touching the running
