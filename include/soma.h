@@ -703,6 +703,10 @@ typedef struct soma_cell_params {
     float beta_a;       /* ALIF, >= 0 */
     soma_surrogate surr;
     soma_state_init init; /* initial state of a sequence (nets only; default ZERO) */
+    int   map_bn;       /* conv LTC cells (cltcKxC) only: batchnorm inside the tau maps,
+                           tau = sigmoid(BN(conv(...))) (notes/fptt.md 2.4): 0 off (default),
+                           1 running statistics shared by all steps (BatchNorm2d), N > 1
+                           one row per step for N steps (as bnN); see docs/spec.md */
 } soma_cell_params;
 
 const char *soma_neuron_name(soma_neuron_kind k);
@@ -820,7 +824,8 @@ soma_status soma_events_to_frames(float *frames, const soma_event *ev, size_t n,
  *              (an LTC layer makes the net spiking even without o->spiking)
  *   cltcKxC[sS][pP][mM]  convKxC[sS][pP], an MxM max pool if mM, then a
  *              convolutional LTC cell: tau maps are KxK same-padding convs
- *              of C_t + u_{t-1} / C_t + eta_{t-1} (notes/fptt.md 2.4, no BN)
+ *              of C_t + u_{t-1} / C_t + eta_{t-1} (notes/fptt.md 2.4; the
+ *              authors' BN inside the maps with o->ltc.map_bn)
  * Each dense/conv layer except the last is followed by the hidden activation
  * (after its bn, if any); a flatten is inserted before the first dense layer
  * that follows a conv/pool. Examples: "784-512-512-10",
@@ -854,8 +859,8 @@ typedef struct soma_net_options {
     /* ltcN / rltcN cells: kind ALIF (adaptive threshold b0 + beta_a eta) or
      * LIF (fixed threshold: the adding-task variant, no tau_adp map).
      * Default: ALIF, threshold b0 = 0.1, beta_a 1.8, reset ZERO,
-     * input_scale 1, multi-Gaussian surrogate; alpha and rho are unused
-     * (per element from the tau maps). */
+     * input_scale 1, multi-Gaussian surrogate, map_bn 0; alpha and rho are
+     * unused (per element from the tau maps). */
     soma_cell_params ltc;
 } soma_net_options;
 

@@ -40,6 +40,32 @@ Robustness: seeds are drawn until every |v - theta| over all steps of both
 runs is >= 1e-3, the hidden layer spikes on 10-60 % of its (neuron, step,
 sample) triples, and a float64 rerun gives the same spikes.
 
+Conv LTC cells with the authors' batchnorm inside the tau maps
+(notes/fptt.md 2.4, soma's --ltc-map-bn), float64, no rule (BPTT gradient):
+net "cltc3x3p1m2-cltc3x2p1-4" on 1x6x6 inputs, readout none, B = 3, T = 4:
+  0 conv 1->3 3x3 p1 (0.weight, 0.bias), 1 max pool 2, 2 conv LTC cell (C 3, 3x3):
+     2.tau_m.weight (3,3,3,3), 2.tau_m.bias, 2.tau_m.bn.weight, 2.tau_m.bn.bias,
+     the same for 2.tau_adp; buffers 2.tau_m.bn.running_mean / running_var
+  3 conv 3->2 3x3 p1, 4 conv LTC cell (C 2), 5 flatten, 6 dense 18->4 (the output)
+Per cell and step (states start at 0):
+  C_t     = [MaxPool](conv(x_t))
+  tau_m   = sigmoid(BN_m(conv_tm(C_t + u_{t-1})));  tau_a = sigmoid(BN_a(conv_ta(C_t + eta_{t-1})))
+  then eta, theta, v, s, u as above (b0 0.1, gain 1.8, hard reset, multi-Gaussian)
+  BN(h) = gamma (h - mu) / sqrt(var + 1e-5) + beta per channel over (B, H, W):
+  training: mu, var of the step's batch (biased), running <- 0.9 running + 0.1 (mu, unbiased var);
+  evaluation: the running statistics.  map_bn 1: one running row shared by all steps;
+  map_bn N > 1: row min(t, N - 1) at step t.
+Loss L = sum_t <out_t, r_t>.
+Fixtures ltc_map_bn.safetensors (map_bn 1) and ltc_map_bn_steps.safetensors
+(map_bn 3, so step 3 reuses row 2): x (T,B,36), r (T,B,4), init.<p> for
+every parameter and buffer (gamma, beta, running statistics drawn, not the
+defaults); training: out<t> (B,4), u2.<t> / eta2.<t> (B,3,3,3), s4.<t> (B,2,3,3),
+grad.<p>, run.<buffer> (after the T training steps); evaluation (from init
+with the running statistics run.*): evout<t>, evgrad.<p>.
+Robustness: min |v - theta| >= 1e-3 over both cells, steps and modes, the
+max-pool windows' top two differ by >= 1e-3, hidden spike rate 10-60 %, and a
+float32 rerun gives the same spikes.
+
 Run with Debian's interpreter:  /usr/bin/python3 refs/fptt_ref.py tests/fixtures
 """
 import math
@@ -198,11 +224,163 @@ def build(T, K, seed0):
     raise SystemExit("no seed satisfied the robustness checks")
 
 
+# ---- conv LTC cells with batchnorm inside the tau maps (notes 2.4) ----------
+
+MB_SPEC = "cltc3x3p1m2-cltc3x2p1-4"
+MB_B, MB_T, MB_H, MB_C1, MB_C2, MB_O = 3, 4, 6, 3, 2, 4
+BN_EPS, BN_MOM = 1e-5, 0.1
+
+
+def mb_names():
+    cells = []
+    for i, c in ((2, MB_C1), (4, MB_C2)):
+        for m in ("tau_m", "tau_adp"):
+            cells += ["%d.%s.weight" % (i, m), "%d.%s.bias" % (i, m),
+                      "%d.%s.bn.weight" % (i, m), "%d.%s.bn.bias" % (i, m)]
+    return ["0.weight", "0.bias", "3.weight", "3.bias", "6.weight", "6.bias"] + cells
+
+
+def mb_buffers():
+    return ["%d.%s.bn.%s" % (i, m, k) for i in (2, 4) for m in ("tau_m", "tau_adp")
+            for k in ("running_mean", "running_var")]
+
+
+def mb_draw(seed, steps):
+    g = torch.Generator().manual_seed(seed)
+
+    def nrm(*shape, s=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * s
+
+    p = {"0.weight": nrm(MB_C1, 1, 3, 3, s=0.6), "0.bias": 0.3 + nrm(MB_C1, s=0.1),
+         "3.weight": nrm(MB_C2, MB_C1, 3, 3, s=0.35), "3.bias": 0.3 + nrm(MB_C2, s=0.1),
+         "6.weight": nrm(MB_O, MB_C2 * 9, s=0.3), "6.bias": nrm(MB_O, s=0.1)}
+    rows = (steps,) if steps > 1 else ()
+    for i, c in ((2, MB_C1), (4, MB_C2)):
+        for m in ("tau_m", "tau_adp"):
+            q = "%d.%s." % (i, m)
+            p[q + "weight"] = nrm(c, c, 3, 3, s=1.0 / math.sqrt(9 * c))
+            p[q + "bias"] = nrm(c, s=0.1)
+            p[q + "bn.weight"] = 1.0 + nrm(c, s=0.3)
+            p[q + "bn.bias"] = nrm(c, s=0.3)
+            p[q + "bn.running_mean"] = nrm(*rows, c, s=0.2)
+            p[q + "bn.running_var"] = 0.5 + torch.rand(*rows, c, generator=g, dtype=torch.float64)
+    x = nrm(MB_T, MB_B, 1, MB_H, MB_H, s=1.5)
+    r = nrm(MB_T, MB_B, MB_O)
+    return p, x, r
+
+
+def map_bn(h, p, q, run, t, steps, train):
+    """BatchNorm2d of h (B,C,H,W) with affine q.bn.*; run: the running stats (updated in place)."""
+    rm, rv = run[q + "bn.running_mean"], run[q + "bn.running_var"]
+    row = min(t, steps - 1) if steps > 1 else None
+    if train:
+        mu = h.mean((0, 2, 3))
+        var = ((h - mu.view(1, -1, 1, 1)) ** 2).mean((0, 2, 3))
+        n = h.shape[0] * h.shape[2] * h.shape[3]
+        with torch.no_grad():
+            nm = (1 - BN_MOM) * (rm[row] if row is not None else rm) + BN_MOM * mu
+            nv = (1 - BN_MOM) * (rv[row] if row is not None else rv) + BN_MOM * var * n / (n - 1)
+            if row is not None:
+                rm[row], rv[row] = nm, nv
+            else:
+                rm.copy_(nm)
+                rv.copy_(nv)
+    else:
+        mu = rm[row] if row is not None else rm
+        var = rv[row] if row is not None else rv
+    xh = (h - mu.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + BN_EPS)
+    return p[q + "bn.weight"].view(1, -1, 1, 1) * xh + p[q + "bn.bias"].view(1, -1, 1, 1)
+
+
+def mb_cell(p, i, I, st, run, t, steps, train, rec):
+    u, eta, s = st
+    q = "%d." % i
+    hm = F.conv2d(I + u, p[q + "tau_m.weight"], p[q + "tau_m.bias"], padding=1)
+    ha = F.conv2d(I + eta, p[q + "tau_adp.weight"], p[q + "tau_adp.bias"], padding=1)
+    tm = torch.sigmoid(map_bn(hm, p, q + "tau_m.", run, t, steps, train))
+    ta = torch.sigmoid(map_bn(ha, p, q + "tau_adp.", run, t, steps, train))
+    eta = ta * eta + (1 - ta) * s
+    th = B0 + BETA_A * eta
+    v = (1 - tm) * u + tm * I
+    rec.append((v - th).detach().flatten())
+    s = Spike.apply(v - th)
+    return (v * (1 - s), eta, s)
+
+
+def mb_run(p0, x, r, steps, train, run0, dtype):
+    """T steps from the zero state; returns outputs, traces, gradients, running stats."""
+    p = {k: v.clone().to(dtype).requires_grad_(True) for k, v in p0.items() if "running" not in k}
+    run = {k: v.clone().to(dtype) for k, v in run0.items()}
+    x, r = x.to(dtype), r.to(dtype)
+    z1 = torch.zeros(MB_B, MB_C1, 3, 3, dtype=dtype)
+    z2 = torch.zeros(MB_B, MB_C2, 3, 3, dtype=dtype)
+    s2, s4 = (z1, z1.clone(), z1.clone()), (z2, z2.clone(), z2.clone())
+    rec, gaps, out = [], [], dict(out=[], u2=[], eta2=[], s4=[])
+    L = 0
+    for t in range(MB_T):
+        c0 = F.conv2d(x[t], p["0.weight"], p["0.bias"], padding=1)
+        win = c0.detach().reshape(MB_B, MB_C1, 3, 2, 3, 2).permute(0, 1, 2, 4, 3, 5).reshape(-1, 4)
+        top = win.sort(1, descending=True).values
+        gaps.append(top[:, 0] - top[:, 1])
+        I1 = F.max_pool2d(c0, 2)
+        s2 = mb_cell(p, 2, I1, s2, run, t, steps, train, rec)
+        I2 = F.conv2d(s2[2], p["3.weight"], p["3.bias"], padding=1)
+        s4 = mb_cell(p, 4, I2, s4, run, t, steps, train, rec)
+        o = torch.flatten(s4[2], 1) @ p["6.weight"].T + p["6.bias"]
+        L = L + (o * r[t]).sum()
+        out["out"].append(o.detach())
+        out["u2"].append(s2[0].detach())
+        out["eta2"].append(s2[1].detach())
+        out["s4"].append(s4[2].detach())
+    L.backward()
+    grad = {k: v.grad.detach() for k, v in p.items()}
+    return out, grad, run, torch.cat(rec), torch.cat(gaps)
+
+
+def mb_build(steps, seed0):
+    for seed in range(seed0, seed0 + 2000):
+        p, x, r = mb_draw(seed, steps)
+        run0 = {k: p[k] for k in mb_buffers()}
+        tr, grad, run, v, gap = mb_run(p, x, r, steps, True, run0, torch.float64)
+        ev, evgrad, _, vev, _ = mb_run(p, x, r, steps, False, run, torch.float64)
+        if min(v.abs().min().item(), vev.abs().min().item()) < MARGIN or gap.min().item() < MARGIN:
+            continue
+        rate = (torch.cat([v, vev]) > 0).double().mean().item()
+        if not (0.10 <= rate <= 0.60):
+            continue
+        _, _, run32, v32, _ = mb_run(p, x, r, steps, True, run0, torch.float32)
+        _, _, _, vev32, _ = mb_run(p, x, r, steps, False, run32, torch.float32)
+        if not (torch.equal(v32 > 0, v > 0) and torch.equal(vev32 > 0, vev > 0)):
+            continue
+        t = {"x": x.reshape(MB_T, MB_B, MB_H * MB_H).numpy(), "r": r.numpy()}
+        for k in mb_names() + mb_buffers():
+            t["init." + k] = p[k].numpy()
+        for k in mb_names():
+            t["grad." + k] = grad[k].numpy()
+            t["evgrad." + k] = evgrad[k].numpy()
+        for k in mb_buffers():
+            t["run." + k] = run[k].numpy()
+        for i in range(MB_T):
+            t["out%d" % i] = tr["out"][i].numpy()
+            t["u2.%d" % i] = tr["u2"][i].numpy()
+            t["eta2.%d" % i] = tr["eta2"][i].numpy()
+            t["s4.%d" % i] = tr["s4"][i].numpy()
+            t["evout%d" % i] = ev["out"][i].numpy()
+        meta = dict(spec=MB_SPEC, T=MB_T, map_bn=steps, seed=seed, spike_rate=round(rate, 3))
+        print("map_bn=%d: seed %d, spike rate %.2f, min margin %.2e, min pool gap %.2e" % (
+            steps, seed, rate, min(v.abs().min().item(), vev.abs().min().item()), gap.min().item()))
+        return t, meta
+    raise SystemExit("no seed satisfied the robustness checks")
+
+
 def main():
     outdir = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
     torch.set_default_dtype(torch.float32)
     for (T, K, name, seed0) in [(3, 1, "fptt_k1", 1000), (6, 3, "fptt_k3", 2000)]:
         t, meta = build(T, K, seed0)
+        fixture.write(os.path.join(outdir, name + ".safetensors"), t, meta)
+    for (steps, name, seed0) in [(1, "ltc_map_bn", 3000), (3, "ltc_map_bn_steps", 4000)]:
+        t, meta = mb_build(steps, seed0)
         fixture.write(os.path.join(outdir, name + ".safetensors"), t, meta)
 
 

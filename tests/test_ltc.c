@@ -4,11 +4,17 @@
  * evaluation of the equations (notes/fptt.md 2.1), and BPTT through LTC
  * nets against finite differences with a smooth spike (the sigmoid stand-in
  * of tests/test_snn.c's fd_bptt), for the whole sequence and for an FPTT-K
- * window entered with a state that is held constant.
+ * window entered with a state that is held constant; the conv cells' batchnorm
+ * inside the tau maps (--ltc-map-bn) against golden values of
+ * refs/fptt_ref.py, finite differences (training and evaluation), its
+ * training/evaluation behaviour, checkpoints, FPTT and bad input.
  */
 #include "check.h"
 #include "net/net.h"
 #include <stdio.h>
+
+/* --ltc-map-bn for the nets make_net_chw builds (0: off, the default) */
+static int test_map_bn;
 
 static soma_net *make_net_chw(const char *spec, int c, int h, int w, soma_readout ro, soma_neuron_kind kind,
                               uint64_t seed)
@@ -19,6 +25,7 @@ static soma_net *make_net_chw(const char *spec, int c, int h, int w, soma_readou
     o.seed = seed;
     o.readout = ro;
     o.ltc.kind = kind;
+    o.ltc.map_bn = test_map_bn;
     if (kind == SOMA_NEURON_LIF) o.ltc.threshold = 0.5f;  /* the adding-task variant */
     soma_net *n = NULL;
     if (!CHECK(soma_net_new(&n, spec, &o) == SOMA_OK)) fprintf(stderr, "%s: %s\n", spec, soma_last_error());
@@ -280,12 +287,16 @@ static double window_loss(soma_net *n, const float *w0, const float *xs, const f
 
 /* BPTT over the last K steps of T0 + K against central differences of
  * window_loss along a random direction per tensor (T0 = 0: the whole
- * sequence from the reset). */
-static void fd_ltc_chw(const char *spec, int ic, int ih, int iw, soma_readout ro, soma_neuron_kind kind,
-                       int T0, int K, float eps0)
+ * sequence from the reset).  map_bn: --ltc-map-bn of the conv cells;
+ * train 0: evaluation mode (batchnorm with running statistics, drawn here
+ * away from 0 / 1 so that they matter). */
+static void fd_ltc_opt(const char *spec, int ic, int ih, int iw, soma_readout ro, soma_neuron_kind kind,
+                       int T0, int K, float eps0, int map_bn, int train)
 {
     const int B = 3, D = ic * ih * iw;
+    test_map_bn = map_bn;
     soma_net *n = make_net_chw(spec, ic, ih, iw, ro, kind, 11);
+    test_map_bn = 0;
     if (!n) return;
     n->spike.fn = SOMA__SPIKE_SIGMOID;
     n->spike.k = 4.0f;
@@ -296,10 +307,27 @@ static void fd_ltc_chw(const char *spec, int ic, int ih, int iw, soma_readout ro
         if (l->ta_k >= 0) soma__param_value(n, l->ta_k)[0] = 0.8f;
     }
     CHECK(soma_net_prepare_time(n, B, K) == SOMA_OK);
-    soma_net_set_train(n, 1);   /* batchnorm: batch statistics of each step */
+    soma_net_set_train(n, train);   /* batchnorm: batch statistics of each step, or running ones */
     int C = soma_net_outputs(n), T = T0 + K;
     soma_rng rng;
     soma_rng_seed(&rng, 5);
+    /* map BN affine off 1 / 0; in evaluation, running statistics off 0 / 1 */
+    for (int i = 0; i < soma_net_tensor_count(n); i++) {
+        const char *name;
+        int64_t shape[4];
+        int ndim;
+        float *p = soma_net_tensor(n, i, &name, &ndim, shape, NULL);
+        size_t cnt = 1;
+        for (int d = 0; d < ndim; d++) cnt *= (size_t)shape[d];
+        int g = strstr(name, ".bn.weight") != NULL, be = strstr(name, ".bn.bias") != NULL;
+        int rm = !train && strstr(name, "running_mean") != NULL, rv = !train && strstr(name, "running_var") != NULL;
+        for (size_t k = 0; k < cnt; k++) {
+            if (g) p[k] = 1.0f + 0.3f * soma_rng_normal(&rng);
+            if (be) p[k] = 0.3f * soma_rng_normal(&rng);
+            if (rm) p[k] = 0.3f * soma_rng_normal(&rng);
+            if (rv) p[k] = 0.5f + soma_rng_uniform(&rng);
+        }
+    }
     float *xs = malloc(sizeof(float) * T * B * D), *r = malloc(sizeof(float) * T * B * C);
     for (int i = 0; i < T * B * D; i++) xs[i] = 1.5f * soma_rng_normal(&rng);
     for (int i = 0; i < T * B * C; i++) r[i] = soma_rng_normal(&rng);
@@ -336,12 +364,18 @@ static void fd_ltc_chw(const char *spec, int ic, int ih, int iw, soma_readout ro
         memcpy(p, w0 + off, sizeof(float) * cnt);
         double fd = (4 * d[1] - d[0]) / 3;
         char label[160];
-        snprintf(label, sizeof label, "ltc fd %s readout=%s %s T0=%d K=%d %s", spec, soma_readout_name(ro),
-                 soma_neuron_name(kind), T0, K, name);
+        snprintf(label, sizeof label, "ltc fd %s readout=%s %s T0=%d K=%d map_bn=%d%s %s", spec,
+                 soma_readout_name(ro), soma_neuron_name(kind), T0, K, map_bn, train ? "" : " eval", name);
         check_close_d(label, &gv, &fd, 1, 2e-3, 2e-3);
     }
     free(g); free(v); free(w0); free(xs); free(r);
     soma_net_free(n);
+}
+
+static void fd_ltc_chw(const char *spec, int ic, int ih, int iw, soma_readout ro, soma_neuron_kind kind,
+                       int T0, int K, float eps0)
+{
+    fd_ltc_opt(spec, ic, ih, iw, ro, kind, T0, K, eps0, 0, 1);
 }
 
 static void fd_ltc(const char *spec, soma_readout ro, soma_neuron_kind kind, int T0, int K)
@@ -553,6 +587,386 @@ static void test_bn_time(void)
     CHECK(strstr(soma_last_error(), "temporal") != NULL);
 }
 
+
+/* ---- batchnorm inside the conv tau maps (--ltc-map-bn, notes/fptt.md 2.4) ---- */
+
+static soma_net *map_bn_net(const char *spec, int c, int h, int w, soma_readout ro, soma_neuron_kind kind,
+                            int map_bn, uint64_t seed)
+{
+    test_map_bn = map_bn;
+    soma_net *n = make_net_chw(spec, c, h, w, ro, kind, seed);
+    test_map_bn = 0;
+    return n;
+}
+
+static float *tensor_by_name(soma_net *n, const char *name, int *ndim, int64_t *shape)
+{
+    int i = find_tensor(n, name);
+    if (i < 0) { fprintf(stderr, "missing tensor %s\n", name); return NULL; }
+    return soma_net_tensor(n, i, NULL, ndim, shape, NULL);
+}
+
+/* Names, shapes and init of the map BN tensors; the other parameters equal
+ * the net's without it (no extra draws); the dense LTC maps get none; the
+ * memory plan counts its caches; bad input. */
+static void test_map_bn_spec(void)
+{
+    const char *spec = "cltc3x3p1m2-cltc3x2p1-4";
+    soma_net *n0 = map_bn_net(spec, 1, 6, 6, SOMA_READOUT_NONE, SOMA_NEURON_ALIF, 0, 5);
+    soma_net *n1 = map_bn_net(spec, 1, 6, 6, SOMA_READOUT_NONE, SOMA_NEURON_ALIF, 1, 5);
+    soma_net *n3 = map_bn_net(spec, 1, 6, 6, SOMA_READOUT_NONE, SOMA_NEURON_ALIF, 3, 5);
+    if (!n0 || !n1 || !n3) { soma_net_free(n0); soma_net_free(n1); soma_net_free(n3); return; }
+    CHECK(find_tensor(n0, "2.tau_m.bn.weight") < 0 && n0->layers[2].mbn_w[0] < 0);
+    CHECK(soma_net_tensor_count(n1) == soma_net_tensor_count(n0) + 16);   /* 2 cells x 2 maps x 4 */
+    const char *maps[2] = { "tau_m", "tau_adp" };
+    for (int c = 0; c < 2; c++)
+        for (int m = 0; m < 2; m++) {
+            int li = c ? 4 : 2, C = c ? 2 : 3;
+            char name[64];
+            int ndim;
+            int64_t shape[4];
+            snprintf(name, sizeof name, "%d.%s.bn.weight", li, maps[m]);
+            float *g = tensor_by_name(n1, name, &ndim, shape);
+            if (CHECK(g != NULL)) CHECK(ndim == 1 && shape[0] == C && g[0] == 1.0f && g[C - 1] == 1.0f);
+            snprintf(name, sizeof name, "%d.%s.bn.bias", li, maps[m]);
+            float *be = tensor_by_name(n1, name, &ndim, shape);
+            if (CHECK(be != NULL)) CHECK(ndim == 1 && be[0] == 0.0f);
+            snprintf(name, sizeof name, "%d.%s.bn.running_mean", li, maps[m]);
+            float *rm = tensor_by_name(n1, name, &ndim, shape);
+            if (CHECK(rm != NULL)) CHECK(ndim == 1 && shape[0] == C && rm[0] == 0.0f);
+            float *rm3 = tensor_by_name(n3, name, &ndim, shape);
+            if (CHECK(rm3 != NULL)) CHECK(ndim == 2 && shape[0] == 3 && shape[1] == C);
+            snprintf(name, sizeof name, "%d.%s.bn.running_var", li, maps[m]);
+            float *rv3 = tensor_by_name(n3, name, &ndim, shape);
+            if (CHECK(rv3 != NULL)) CHECK(rv3[0] == 1.0f && rv3[3 * C - 1] == 1.0f);
+        }
+    /* every tensor of the net without it: same name, same values */
+    int same = 1;
+    for (int i = 0; i < soma_net_tensor_count(n0); i++) {
+        const char *name;
+        int64_t shape[4];
+        int ndim;
+        float *a = soma_net_tensor(n0, i, &name, &ndim, shape, NULL);
+        size_t cnt = 1;
+        for (int d = 0; d < ndim; d++) cnt *= (size_t)shape[d];
+        float *b = tensor_by_name(n1, name, NULL, NULL);
+        same &= b && !memcmp(a, b, cnt * sizeof(float));
+    }
+    CHECK(same);
+    /* the plan: per map, xhat per slot and two (C) statistics per slot; one
+     * more scratch (B, out_size) per cell */
+    const int B = 3, K = 4, slots = K + 1;
+    CHECK(soma_net_prepare_time(n0, B, K) == SOMA_OK && soma_net_prepare_time(n1, B, K) == SOMA_OK);
+    size_t want = 0;
+    for (int c = 0; c < 2; c++) {
+        const soma_layer *l = &n1->layers[c ? 4 : 2];
+        size_t one = (size_t)B * l->out_size;
+        want += 2 * (slots * one + 2 * (size_t)slots * l->out_c) * sizeof(float) + one * sizeof(float);
+    }
+    CHECK(n1->act_bytes == n0->act_bytes + want);
+    char desc[2048];
+    soma_net_describe(n1, desc, sizeof desc);
+    CHECK(strstr(desc, "ltc-alif+bn") != NULL);
+    soma_net_free(n0); soma_net_free(n1); soma_net_free(n3);
+    /* lif: only tau_m (and its BN); a dense ltc layer next to a cltc one gets none */
+    soma_net *n = map_bn_net("cltc3x2p1-ltc5-3", 1, 4, 4, SOMA_READOUT_LTC, SOMA_NEURON_LIF, 1, 1);
+    if (n) {
+        CHECK(find_tensor(n, "1.tau_m.bn.weight") >= 0 && find_tensor(n, "1.tau_adp.bn.weight") < 0);
+        CHECK(find_tensor(n, "4.tau_m.bn.weight") < 0 && n->layers[4].ltc == 1 && n->layers[4].cell.map_bn == 0);
+        CHECK(find_tensor(n, "6.tau_m.bn.weight") < 0);   /* the ltc readout */
+        soma_net_free(n);
+    }
+    /* bad input: no conv LTC cell, a negative value, the option on other cells */
+    soma_net_options o;
+    soma_net_options_default(&o);
+    o.in_c = 1; o.in_h = 4; o.in_w = 4;
+    o.ltc.map_bn = 1;
+    n = NULL;
+    const char *bads[] = { "16-ltc5-3", "16-rltc5-bn-3", "16-8-3", "conv3x2-3" };
+    for (size_t k = 0; k < sizeof bads / sizeof *bads; k++) {
+        int ok = soma_net_new(&n, bads[k], &o) == SOMA_ERR_ARG && strstr(soma_last_error(), "--ltc-map-bn") &&
+                 strstr(soma_last_error(), "cltc");
+        if (!ok) fprintf(stderr, "map_bn accepted on %s (%s)\n", bads[k], soma_last_error());
+        CHECK(ok);
+    }
+    o.ltc.map_bn = -1;
+    CHECK(soma_net_new(&n, "cltc3x2p1-3", &o) == SOMA_ERR_ARG && strstr(soma_last_error(), "map_bn"));
+    o.ltc.map_bn = 0;
+    o.cell.map_bn = 1;
+    o.spiking = 1;
+    CHECK(soma_net_new(&n, "cltc3x2p1-3", &o) == SOMA_ERR_ARG && strstr(soma_last_error(), "map_bn"));
+    o.cell.map_bn = 0;
+    o.readout_cell.map_bn = 2;
+    CHECK(soma_net_new(&n, "cltc3x2p1-3", &o) == SOMA_ERR_ARG && strstr(soma_last_error(), "readout_cell"));
+}
+
+/* Golden values of refs/fptt_ref.py (float64): T steps of
+ * "cltc3x3p1m2-cltc3x2p1-4" with the map BN in training (outputs, states,
+ * the BPTT gradient of L = sum_t <out_t, r_t>, the running statistics after
+ * the steps), then evaluation with those statistics (outputs, gradient). */
+static void test_map_bn_golden(const char *path)
+{
+    soma_st *st;
+    if (!CHECK(soma_st_read(&st, path) == SOMA_OK)) { fprintf(stderr, "%s\n", soma_last_error()); return; }
+    const int T = atoi(soma_st_meta(st, "T")), mb = atoi(soma_st_meta(st, "map_bn")), B = 3, D = 36, O = 4;
+    soma_net *n = map_bn_net(soma_st_meta(st, "spec"), 1, 6, 6, SOMA_READOUT_NONE, SOMA_NEURON_ALIF, mb, 1);
+    if (!n || !CHECK(n->n_layers == 7 && T <= 8)) { soma_net_free(n); soma_st_free(st); return; }
+    for (int mode = 0; mode < 2; mode++) {   /* 0: training, 1: evaluation */
+        for (int i = 0; i < soma_net_tensor_count(n); i++) {
+            const char *name;
+            int is_param;
+            float *v = soma_net_tensor(n, i, &name, NULL, NULL, &is_param);
+            char key[96];
+            snprintf(key, sizeof key, "%s.%s", mode && !is_param ? "run" : "init", name);
+            const soma_st_tensor *t = soma_st_find(st, key);
+            if (!CHECK(t != NULL)) { fprintf(stderr, "fixture tensor %s missing\n", key); continue; }
+            memcpy(v, t->data, t->nbytes);
+        }
+        CHECK(soma_net_prepare_time(n, B, T) == SOMA_OK);
+        soma_net_set_train(n, !mode);
+        CHECK(soma_net_reset_state(n, B, NULL) == SOMA_OK);
+        const float *x = soma_st_find(st, "x")->data, *r = soma_st_find(st, "r")->data;
+        const float *dout[8];
+        for (int t = 0; t < T; t++) {
+            const float *out;
+            if (!CHECK(soma_net_step(n, x + (size_t)t * B * D, B, &out) == SOMA_OK)) {
+                fprintf(stderr, "%s\n", soma_last_error());
+                break;
+            }
+            dout[t] = r + (size_t)t * B * O;
+            char key[32], label[96];
+            snprintf(key, sizeof key, "%sout%d", mode ? "ev" : "", t);
+            snprintf(label, sizeof label, "map_bn=%d %s %s", mb, mode ? "eval" : "train", key);
+            check_close_f(label, out, soma_st_find(st, key)->data, (size_t)B * O, 1e-4, 1e-5);
+            if (mode) continue;
+            int slot = soma__slot_of(n, t);
+            const soma_layer *l2 = &n->layers[2], *l4 = &n->layers[4];
+            snprintf(key, sizeof key, "u2.%d", t);
+            snprintf(label, sizeof label, "map_bn=%d train %s", mb, key);
+            check_close_f(label, soma__slot(n, l2, l2->cu, slot), soma_st_find(st, key)->data, (size_t)B * 27, 1e-4, 1e-5);
+            snprintf(key, sizeof key, "eta2.%d", t);
+            snprintf(label, sizeof label, "map_bn=%d train %s", mb, key);
+            check_close_f(label, soma__slot(n, l2, l2->ca, slot), soma_st_find(st, key)->data, (size_t)B * 27, 1e-4, 1e-5);
+            snprintf(key, sizeof key, "s4.%d", t);
+            snprintf(label, sizeof label, "map_bn=%d train %s", mb, key);
+            check_close_f(label, soma__slot(n, l4, l4->out, slot), soma_st_find(st, key)->data, (size_t)B * 18, 0, 0);
+        }
+        soma_net_zero_grad(n);
+        CHECK(soma_net_backward_time(n, T, dout, B, 0) == SOMA_OK);
+        for (int i = 0; i < soma_net_tensor_count(n); i++) {
+            const char *name;
+            int is_param;
+            int64_t shape[4];
+            int ndim;
+            float *v = soma_net_tensor(n, i, &name, &ndim, shape, &is_param);
+            size_t cnt = 1;
+            for (int d = 0; d < ndim; d++) cnt *= (size_t)shape[d];
+            char key[96], label[160];
+            if (is_param) {
+                snprintf(key, sizeof key, "%s.%s", mode ? "evgrad" : "grad", name);
+                v = soma_net_param_grads(n) + (v - soma_net_param_values(n));
+            } else {
+                /* training: the statistics after the steps; evaluation: unchanged */
+                snprintf(key, sizeof key, "run.%s", name);
+            }
+            const soma_st_tensor *t = soma_st_find(st, key);
+            if (!CHECK(t != NULL && t->nbytes == cnt * sizeof(float))) continue;
+            snprintf(label, sizeof label, "map_bn=%d %s %s", mb, mode ? "eval" : "train", key);
+            if (is_param) check_close_f(label, v, t->data, cnt, 2e-4, 2e-5);
+            else if (mode) CHECK(!memcmp(v, t->data, t->nbytes));
+            else check_close_f(label, v, t->data, cnt, 1e-5, 1e-6);
+        }
+    }
+    soma_net_free(n);
+    soma_st_free(st);
+}
+
+/* Training vs evaluation: in training a sample's output depends on the rest
+ * of its batch (batch statistics of every step) and the running statistics
+ * move each step (by the step's batch mean and unbiased variance); in
+ * evaluation neither.  One value per channel cannot be trained. */
+static void test_map_bn_modes(void)
+{
+    const int B = 3, T = 3, D = 25;
+    soma_net *n = map_bn_net("cltc3x2p1-3", 1, 5, 5, SOMA_READOUT_LI, SOMA_NEURON_ALIF, 1, 9);
+    if (!n) return;
+    CHECK(soma_net_prepare_time(n, B, T) == SOMA_OK);
+    soma_rng rng;
+    soma_rng_seed(&rng, 4);
+    float x[3 * 25];
+    for (int k = 0; k < B * D; k++) x[k] = 1.5f * soma_rng_normal(&rng);
+    soma_layer *l = &n->layers[1];
+    float *rm = soma__buffer_value(n, l->mbn_rm[0]), *rv = soma__buffer_value(n, l->mbn_rv[0]);
+    const int C = l->out_c;
+    const double cnt = (double)B * l->out_h * l->out_w;
+    float y[2][2][3];   /* [mode][batch 3 or 1][first sample's outputs] */
+    for (int mode = 0; mode < 2; mode++)
+        for (int one = 0; one < 2; one++) {
+            int b = one ? 1 : B;
+            soma_net_set_train(n, !mode);
+            CHECK(soma_net_reset_state(n, b, NULL) == SOMA_OK);
+            const float *out = NULL;
+            int moved_ok = 1;
+            for (int t = 0; t < T; t++) {
+                float pm[8], pv[8];
+                memcpy(pm, rm, C * sizeof(float));
+                memcpy(pv, rv, C * sizeof(float));
+                CHECK(soma_net_step(n, x, b, &out) == SOMA_OK);
+                const int slot = soma__slot_of(n, t);
+                const float *mu = l->mbn[0].mean + (size_t)slot * C, *is = l->mbn[0].invstd + (size_t)slot * C;
+                double n_ = one ? cnt / B : cnt;
+                for (int c = 0; c < C; c++) {
+                    if (mode) { moved_ok &= rm[c] == pm[c] && rv[c] == pv[c] && mu[c] == pm[c]; continue; }
+                    double var = 1.0 / ((double)is[c] * is[c]) - 1e-5;
+                    double wm = 0.9 * pm[c] + 0.1 * mu[c], wv = 0.9 * pv[c] + 0.1 * var * n_ / (n_ - 1);
+                    moved_ok &= fabs(rm[c] - wm) <= 1e-5 * (1 + fabs(wm)) && fabs(rv[c] - wv) <= 1e-4 * (1 + fabs(wv)) &&
+                                rm[c] != pm[c];
+                }
+            }
+            if (!CHECK(moved_ok)) fprintf(stderr, "map bn running statistics, mode %d batch %d\n", mode, b);
+            memcpy(y[mode][one], out, 3 * sizeof(float));
+        }
+    float d_train = 0;
+    for (int k = 0; k < 3; k++) d_train += fabsf(y[0][0][k] - y[0][1][k]);
+    CHECK(d_train > 1e-3f);                                   /* training: the batch matters */
+    check_close_f("map bn eval: batch-independent", y[1][1], y[1][0], 3, 1e-5, 1e-6);
+    soma_net_free(n);
+    /* a 1x1 map at batch 1: one value per channel */
+    n = map_bn_net("cltc1x2-3", 1, 1, 1, SOMA_READOUT_LI, SOMA_NEURON_ALIF, 1, 1);
+    if (!n) return;
+    CHECK(soma_net_prepare_time(n, 2, 2) == SOMA_OK);
+    const float *out;
+    soma_net_set_train(n, 1);
+    CHECK(soma_net_reset_state(n, 1, NULL) == SOMA_OK);
+    CHECK(soma_net_step(n, x, 1, &out) == SOMA_ERR_ARG && strstr(soma_last_error(), "map_bn"));
+    CHECK(soma_net_reset_state(n, 2, NULL) == SOMA_OK && soma_net_step(n, x, 2, &out) == SOMA_OK);
+    soma_net_set_train(n, 0);
+    CHECK(soma_net_reset_state(n, 1, NULL) == SOMA_OK && soma_net_step(n, x, 1, &out) == SOMA_OK);
+    soma_net_free(n);
+}
+
+/* Checkpoints: the option (soma.ltc_cell map_bn=N) and the map BN tensors
+ * come back; a net without it writes no map_bn field. */
+static void test_map_bn_checkpoint(void)
+{
+    const int B = 2, T = 4, D = 16;
+    const char *path = "build/test_ltc_map_bn.st";
+    for (int mb = 0; mb < 4; mb += 3) {
+        soma_net *n = map_bn_net("cltc3x2p1-rltc5-3", 1, 4, 4, SOMA_READOUT_LTC, SOMA_NEURON_ALIF, mb, 3);
+        if (!n) return;
+        CHECK(soma_net_prepare_time(n, B, T) == SOMA_OK);
+        soma_net_set_train(n, 1);
+        soma_rng rng;
+        soma_rng_seed(&rng, 1);
+        float x[2 * 16], r[2 * 3];
+        for (int k = 0; k < B * D; k++) x[k] = soma_rng_normal(&rng);
+        for (int k = 0; k < B * 3; k++) r[k] = soma_rng_normal(&rng);
+        const float *out, *dout[4] = { r, r, r, r };
+        CHECK(soma_net_reset_state(n, B, NULL) == SOMA_OK);
+        for (int t = 0; t < T; t++) CHECK(soma_net_step(n, x, B, &out) == SOMA_OK);
+        soma_net_zero_grad(n);
+        CHECK(soma_net_backward_time(n, T, dout, B, 0) == SOMA_OK);
+        float *w = soma_net_param_values(n);
+        const float *g = soma_net_param_grads(n);
+        for (size_t k = 0; k < soma_net_param_floats(n); k++) w[k] -= 0.1f * g[k];   /* move the affine */
+        CHECK(soma_checkpoint_save(path, n, NULL, NULL, 0) == SOMA_OK);
+        soma_st *raw;
+        if (CHECK(soma_st_read(&raw, path) == SOMA_OK)) {
+            const char *lc = soma_st_meta(raw, "soma.ltc_cell");
+            CHECK(lc && (mb ? strstr(lc, "map_bn=3") != NULL : strstr(lc, "map_bn") == NULL));
+            soma_st_free(raw);
+        }
+        soma_net *m;
+        soma_st *st;
+        if (!CHECK(soma_checkpoint_load(&m, &st, path) == SOMA_OK)) {
+            fprintf(stderr, "%s\n", soma_last_error());
+            soma_net_free(n);
+            continue;
+        }
+        CHECK(m->opts.ltc.map_bn == mb && m->layers[1].cell.map_bn == mb && (m->layers[1].mbn_w[1] >= 0) == (mb > 0));
+        CHECK(soma_net_tensor_count(m) == soma_net_tensor_count(n));
+        int same = 1, bn_seen = 0;
+        for (int i = 0; i < soma_net_tensor_count(n); i++) {
+            const char *na, *nb;
+            int64_t shape[4];
+            int ndim;
+            float *va = soma_net_tensor(n, i, &na, &ndim, shape, NULL);
+            float *vb = soma_net_tensor(m, i, &nb, NULL, NULL, NULL);
+            size_t cnt = 1;
+            for (int d = 0; d < ndim; d++) cnt *= (size_t)shape[d];
+            same &= !strcmp(na, nb) && !memcmp(va, vb, cnt * sizeof(float));
+            bn_seen += strstr(na, ".bn.") != NULL;
+        }
+        CHECK(same && bn_seen == (mb ? 8 : 0));
+        /* the restored net runs the same in evaluation */
+        float y[2][6];
+        soma_net *nm[2] = { n, m };
+        for (int k = 0; k < 2; k++) {
+            CHECK(soma_net_prepare_time(nm[k], B, T) == SOMA_OK);
+            soma_net_set_train(nm[k], 0);
+            CHECK(soma_net_reset_state(nm[k], B, NULL) == SOMA_OK);
+            for (int t = 0; t < T; t++) CHECK(soma_net_step(nm[k], x, B, &out) == SOMA_OK);
+            memcpy(y[k], out, sizeof y[k]);
+        }
+        CHECK(!memcmp(y[0], y[1], sizeof y[0]));
+        soma_net_free(m);
+        soma_st_free(st);
+        soma_net_free(n);
+    }
+    remove(path);
+}
+
+/* FPTT picks the map BN affine up like every parameter (W-bar, lambda), and
+ * with K = T and a tiny alpha one FPTT update equals a BPTT update. */
+static void test_map_bn_fptt(void)
+{
+    const int T = 4, B = 2, D = 16;
+    soma_rule_config c;
+    soma_rule_config_default(&c);
+    soma_optim_config_default(&c.optim, SOMA_OPTIM_ADAM);
+    c.optim.lr = 1e-2f;
+    c.clip_norm = 1.0f;
+    c.T = T;
+    c.fptt_k = T;
+    c.fptt_alpha = 1e-6f;
+    c.fptt_beta = 0.5f;
+    c.encoding = SOMA_ENC_FRAMES;
+    c.sample_size = T * D;
+    c.reduce = SOMA_REDUCE_LAST;
+    float x[2 * 4 * 16];
+    int32_t y[2] = { 0, 2 };
+    soma_rng rng;
+    soma_rng_seed(&rng, 6);
+    for (int k = 0; k < B * T * D; k++) x[k] = soma_rng_uniform(&rng);
+    soma_batch b = { .n = B, .c = T * D, .h = 1, .w = 1, .x = x, .y = y };
+    soma_net *n[2];
+    soma_rule *r[2];
+    const char *rules[2] = { "fptt", "bptt" };
+    for (int i = 0; i < 2; i++) {
+        n[i] = map_bn_net("cltc3x2p1-rltc6-3", 1, 4, 4, SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 2, 4);
+        if (!n[i] || !CHECK(soma_rule_new(&r[i], rules[i], n[i], &c, B) == SOMA_OK)) {
+            for (int k = 0; k <= i; k++) soma_net_free(n[k]);
+            for (int k = 0; k < i; k++) soma_rule_free(r[k]);
+            return;
+        }
+    }
+    const char *want[] = { "fptt.wbar.1.tau_m.bn.weight", "fptt.lam.1.tau_m.bn.bias",
+                           "fptt.wbar.1.tau_adp.bn.bias", "fptt.lam.1.tau_adp.bn.weight" };
+    for (size_t k = 0; k < sizeof want / sizeof *want; k++) CHECK(find_tensor(n[0], want[k]) >= 0);
+    CHECK(find_tensor(n[0], "fptt.wbar.1.tau_m.bn.running_mean") < 0);   /* buffers are not parameters */
+    float *wb = tensor_by_name(n[0], "fptt.wbar.1.tau_m.bn.weight", NULL, NULL);
+    if (wb) CHECK(wb[0] == 1.0f && wb[1] == 1.0f);   /* W-bar starts at W */
+    for (int i = 0; i < 2; i++) {
+        soma_net_set_train(n[i], 1);
+        CHECK(soma_rule_train_batch(r[i], &b, 1e-2f, NULL, NULL) == SOMA_OK);
+    }
+    size_t np = soma_net_param_floats(n[0]);
+    check_close_f("map bn: fptt K=T == bptt", soma_net_param_values(n[1]), soma_net_param_values(n[0]), np, 1e-6, 1e-8);
+    const float *g0 = tensor_by_name(n[0], "1.tau_m.bn.weight", NULL, NULL);
+    CHECK(g0 && g0[0] != 1.0f);   /* the affine trained */
+    for (int i = 0; i < 2; i++) { soma_rule_free(r[i]); soma_net_free(n[i]); }
+}
+
 int main(void)
 {
     test_spec();
@@ -581,5 +995,21 @@ int main(void)
     fd_ltc("5-rltc8-bn4-3", SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 0, 6);
     fd_ltc("5-ltc6-bn-rltc7-bn3-3", SOMA_READOUT_LI, SOMA_NEURON_ALIF, 3, 3);
     fd_ltc_chw("cltc3x3p1-bn2-4", 2, 4, 4, SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 0, 4, 1e-2f);
+    /* batchnorm inside the conv tau maps (--ltc-map-bn, notes/fptt.md 2.4) */
+    test_map_bn_spec();
+    test_map_bn_golden("tests/fixtures/ltc_map_bn.safetensors");
+    test_map_bn_golden("tests/fixtures/ltc_map_bn_steps.safetensors");
+    test_map_bn_modes();
+    test_map_bn_checkpoint();
+    test_map_bn_fptt();
+    /* 3e-3: with batch statistics the loss is scale-invariant in each map's conv
+     * weight, curved enough that 1e-2 misses 1.tau_m.weight's slope by 13 % */
+    fd_ltc_opt("cltc3x3p1-cltc3x2-4", 2, 5, 5, SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 0, 5, 3e-3f, 1, 1);
+    fd_ltc_opt("cltc3x3p1-cltc3x2-4", 2, 5, 5, SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 0, 5, 1e-2f, 1, 0);
+    fd_ltc_opt("cltc3x3p1-cltc3x2-4", 2, 5, 5, SOMA_READOUT_LI, SOMA_NEURON_ALIF, 0, 5, 1e-2f, 3, 0);
+    fd_ltc_opt("cltc3x3p1-cltc3x2-4", 2, 5, 5, SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 3, 3, 1e-2f, 1, 1);  /* FPTT-K window */
+    fd_ltc_opt("cltc3x3p1m2-4", 2, 5, 5, SOMA_READOUT_LI, SOMA_NEURON_ALIF, 0, 5, 1e-3f, 1, 1);
+    fd_ltc_opt("cltc3x3p1-4", 1, 4, 4, SOMA_READOUT_LTC, SOMA_NEURON_LIF, 0, 5, 1e-2f, 1, 1);
+    fd_ltc_opt("cltc3x3p1-bn2-4", 2, 4, 4, SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 0, 4, 1e-2f, 2, 1);
     return check_report("test_ltc");
 }

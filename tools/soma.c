@@ -88,6 +88,7 @@ enum {
     O_RESET, O_DETACH_RESET, O_RHO, O_BETA_A, O_SURROGATE, O_SLOPE, O_WIDTH, O_READOUT_ALPHA,
     O_TRUNC, O_ENC_SEED, O_BINARY_FRAMES, O_NO_NORMALIZE, O_LR_MIN, O_RHO_MAX,
     O_LTC_NEURON, O_LTC_THRESHOLD, O_LTC_BETA_A, O_INIT_FROM, O_LTC_INIT, O_AUTOENCODER, O_DIAG_EVERY, O_WARMUP_STEPS,
+    O_LTC_MAP_BN,
     O_RULE_OPT = 1000   /* + index of soma_rule_option_key */
 };
 
@@ -119,6 +120,7 @@ static const struct option train_opts[] = {
     { "lr-min", 1, 0, O_LR_MIN }, { "rho-max", 1, 0, O_RHO_MAX },
     { "ltc-neuron", 1, 0, O_LTC_NEURON }, { "ltc-threshold", 1, 0, O_LTC_THRESHOLD },
     { "ltc-beta-a", 1, 0, O_LTC_BETA_A }, { "init-from", 1, 0, O_INIT_FROM }, { "ltc-init", 1, 0, O_LTC_INIT },
+    { "ltc-map-bn", 1, 0, O_LTC_MAP_BN },
     { "autoencoder", 0, 0, O_AUTOENCODER }, { "diag-every", 1, 0, O_DIAG_EVERY },
     { 0, 0, 0, 0 }
 };
@@ -175,6 +177,9 @@ static void train_help(void)
            "  --ltc-beta-a F       ltc adaptation strength (default 1.8)\n"
            "  --ltc-init NAME      ltc state at each sequence start: zero, or uniform\n"
            "                       (u ~ U[0,1), eta = b0, as the authors' S-MNIST code; default zero)\n"
+           "  --ltc-map-bn N       cltc cells: batchnorm inside the tau maps, sigmoid(BN(conv)) (the\n"
+           "                       authors' conv cell): 0 off, 1 running statistics shared by all\n"
+           "                       steps (BatchNorm2d), N > 1 one row per step as bnN (default 0)\n"
            "  --lr-min F --rho-max F   MQ optimizer (defaults 1e-3, 0.9999; --eps is its r)\n"
            "  --no-normalize       feed pixels in [0,1] (no mean/std; rule ep always does)\n");
     printf("learning:\n  --rule NAME          learning rule (default bp):\n");
@@ -430,6 +435,7 @@ static int apply_train_option(train_cli *t, int code, const char *name, const ch
     case O_LTC_INIT:
         if ((st = soma_state_init_from_name(&c->ltc.init, arg))) return usage_error("%s: %s", opt, soma_last_error());
         break;
+    case O_LTC_MAP_BN: if (!parse_long(opt, arg, 0, 1 << 24, &v)) return EXIT_USAGE; c->ltc.map_bn = (int)v; break;
     case O_TRUNC: if (!parse_long(opt, arg, 0, INT_MAX, &v)) return EXIT_USAGE; c->rule_cfg.trunc = (int)v; break;
     case O_QUIET: t->quiet = 1; break;
     default:

@@ -21,6 +21,9 @@ static void cell_to_string(char *buf, size_t n, const soma_cell_params *p)
              p->detach_reset, p->input_scale, p->rho, p->beta_a,
              soma_surrogate_name(p->surr.kind), p->surr.slope, p->surr.width, p->surr.height,
              p->surr.scale, p->surr.gamma, soma_state_init_name(p->init));
+    /* only when set, so checkpoints without it stay byte-identical */
+    size_t used = strlen(buf);
+    if (p->map_bn && used < n) snprintf(buf + used, n - used, " map_bn=%d", p->map_bn);
 }
 
 static soma_status cell_from_string(soma_cell_params *p, const char *s, const char *path)
@@ -54,6 +57,7 @@ static soma_status cell_from_string(soma_cell_params *p, const char *s, const ch
         else if (!strcmp(k, "height")) p->surr.height = f;
         else if (!strcmp(k, "k")) p->surr.scale = f;
         else if (!strcmp(k, "gamma")) p->surr.gamma = f;
+        else if (!strcmp(k, "map_bn")) p->map_bn = (int)f;
         else return soma__fail(SOMA_ERR_FORMAT, "%s: unknown cell field '%s'", path, k);
     }
     if (st) return soma__fail(SOMA_ERR_FORMAT, "%s: %s", path, soma_last_error());
@@ -95,7 +99,7 @@ soma_status soma_checkpoint_save(const char *path, soma_net *net, soma_optim *op
         if (!st) st = soma_st_writer_meta(w, "soma.readout", soma_readout_name(net->opts.readout));
         cell_to_string(cb, sizeof cb, &net->opts.readout_cell);
         if (!st) st = soma_st_writer_meta(w, "soma.readout_cell", cb);
-        cell_to_string(cb, sizeof cb, &net->opts.ltc);   /* ltcN / rltcN cells */
+        cell_to_string(cb, sizeof cb, &net->opts.ltc);   /* ltcN / rltcN / cltc cells (map_bn) */
         if (!st) st = soma_st_writer_meta(w, "soma.ltc_cell", cb);
     }
     for (int i = 0; i < n_meta && !st; i++)

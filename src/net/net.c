@@ -213,6 +213,21 @@ static soma_status create_params(soma_net *n)
                     *idx[2] = store_add(&n->params, &pcap, name, 1, ks);
                 }
                 if (*idx[0] < 0 || *idx[1] < 0 || (!conv && *idx[2] < 0)) return SOMA_ERR_NOMEM;
+                if (conv && l->cell.map_bn > 0) {
+                    /* the map's BN: one affine, running statistics shared or per step */
+                    int64_t rs[2] = { l->cell.map_bn, l->out_c };
+                    int rd = l->cell.map_bn > 1 ? 2 : 1;
+                    snprintf(name, sizeof name, "%d.%s.bn.weight", i, tn);
+                    l->mbn_w[m] = store_add(&n->params, &pcap, name, 1, bs);
+                    snprintf(name, sizeof name, "%d.%s.bn.bias", i, tn);
+                    l->mbn_b[m] = store_add(&n->params, &pcap, name, 1, bs);
+                    snprintf(name, sizeof name, "%d.%s.bn.running_mean", i, tn);
+                    l->mbn_rm[m] = store_add(&n->buffers, &bcap, name, rd, rd == 2 ? rs : bs);
+                    snprintf(name, sizeof name, "%d.%s.bn.running_var", i, tn);
+                    l->mbn_rv[m] = store_add(&n->buffers, &bcap, name, rd, rd == 2 ? rs : bs);
+                    if (l->mbn_w[m] < 0 || l->mbn_b[m] < 0 || l->mbn_rm[m] < 0 || l->mbn_rv[m] < 0)
+                        return SOMA_ERR_NOMEM;
+                }
             }
             continue;
         } else if (l->kind == SOMA_LAYER_BATCHNORM) {
@@ -274,6 +289,15 @@ static void init_params(soma_net *n, uint64_t seed)
                     float *bv = soma__param_value(n, w3[m][1]), bound = 1.0f / sqrtf((float)fan_in);
                     for (int j = 0; j < l->out_c; j++)
                         bv[j] = n->init == SOMA_INIT_TORCH ? (2.0f * soma_rng_uniform(&rng) - 1.0f) * bound : 0.0f;
+                    if (l->mbn_w[m] >= 0) {
+                        /* the map BN as BatchNorm2d's defaults (the authors' BN1/BN2):
+                         * gamma 1, beta 0, running mean 0, var 1; no draws, so the
+                         * other parameters are those of the net without it */
+                        float *g = soma__param_value(n, l->mbn_w[m]), *be = soma__param_value(n, l->mbn_b[m]);
+                        for (int j = 0; j < l->out_c; j++) { g[j] = 1; be[j] = 0; }
+                        float *rv = soma__buffer_value(n, l->mbn_rv[m]);
+                        for (size_t j = 0; j < n->buffers.p[l->mbn_rv[m]].n; j++) rv[j] = 1;
+                    }
                     continue;
                 }
                 soma_init_fill(soma__param_value(n, w3[m][0]), n->params.p[w3[m][0]].n, 2 * l->out_c,
@@ -310,6 +334,12 @@ soma_status soma_net_new(soma_net **out, const char *spec, const soma_net_option
         ltc_o.spiking = 1;
         o = &ltc_o;
     }
+    if (o->cell.map_bn || o->readout_cell.map_bn)
+        return soma__fail(SOMA_ERR_ARG, "map_bn (batchnorm inside the tau maps) is a setting of the LTC "
+                          "cells (soma_net_options.ltc), not of %s", o->cell.map_bn ? "cell" : "readout_cell");
+    if (o->ltc.map_bn < 0)
+        return soma__fail(SOMA_ERR_ARG, "ltc.map_bn (--ltc-map-bn) must be 0 (off), 1 (shared running "
+                          "statistics) or N > 1 (per step), got %d", o->ltc.map_bn);
     if (o->spiking && spec && soma__spec_has_ltc(spec)) {
         soma_status e = soma_cell_params_check(&o->ltc);
         if (e) return e;
@@ -338,6 +368,16 @@ soma_status soma_net_new(soma_net **out, const char *spec, const soma_net_option
     soma_status st = SOMA_ERR_NOMEM;
     if (!(n->spec = soma__strdup(spec ? spec : ""))) goto fail;
     if ((st = soma__spec_parse(&n->layers, &n->n_layers, spec, o))) goto fail;
+    if (o->ltc.map_bn) {
+        int conv = 0;
+        for (int i = 0; i < n->n_layers; i++) conv |= n->layers[i].kind == SOMA_LAYER_CELL && n->layers[i].ltc == 2;
+        if (!conv) {
+            st = soma__fail(SOMA_ERR_ARG, "ltc.map_bn %d (--ltc-map-bn): net '%s' has no cltcKxC layer (the "
+                            "batchnorm inside the tau maps is the conv LTC cells'; the dense maps have none)",
+                            o->ltc.map_bn, spec);
+            goto fail;
+        }
+    }
     /* batchnorm in a temporal net updates its statistics every step: not prefix */
     while (n->prefix < n->n_layers && n->layers[n->prefix].kind != SOMA_LAYER_CELL &&
            n->layers[n->prefix].rec != 1 &&  /* spec.c's flag: recurrent dense */
@@ -372,6 +412,12 @@ static void free_caches(soma_net *n)
         soma__free_aligned(l->cha);
         soma__free_aligned(l->lsc);
         l->chm = l->cha = l->lsc = NULL;
+        for (int m = 0; m < 2; m++) {
+            soma__free(l->mbn[m].mean);
+            soma__free(l->mbn[m].invstd);
+            soma__free_aligned(l->mbn[m].xhat);
+            memset(&l->mbn[m], 0, sizeof l->mbn[m]);
+        }
         for (int k = 0; k < 2; k++) {
             soma__free_aligned(l->gu[k]);
             soma__free_aligned(l->ga[k]);
@@ -460,10 +506,21 @@ static soma_status prepare_slots(soma_net *n, int B, int slots)
                     goto nomem;
                 if (alif && !(l->ga[k] = plan_alloc(one, &bytes))) goto nomem;
             }
-            /* scratch: alpha, rho, dalpha, drho (+ a conv cell's sum and dsum) */
+            /* scratch: alpha, rho, dalpha, drho (+ a conv cell's sum and dsum,
+             * + with the map BN the gradient of its input) */
+            int mbn = l->ltc == 2 && l->cell.map_bn > 0;
             if (l->ltc && (!(l->chm = plan_alloc(sz, &bytes)) ||
-                           !(l->lsc = plan_alloc((l->ltc == 2 ? 6 : 4) * one, &bytes))))
+                           !(l->lsc = plan_alloc((l->ltc == 2 ? 6 + mbn : 4) * one, &bytes))))
                 goto nomem;
+            for (int m = 0; m < 2 && mbn; m++) {
+                /* the map BN's cache per slot: batch statistics and xhat of each step */
+                if (l->mbn_w[m] < 0) continue;
+                l->mbn[m].mean = soma__malloc((size_t)slots * l->out_c * sizeof(float));
+                l->mbn[m].invstd = soma__malloc((size_t)slots * l->out_c * sizeof(float));
+                l->mbn[m].xhat = plan_alloc(sz, &bytes);
+                if (!l->mbn[m].mean || !l->mbn[m].invstd || !l->mbn[m].xhat) goto nomem;
+                bytes += 2 * (size_t)slots * l->out_c * sizeof(float);
+            }
             if (l->ltc == 2) {
                 soma_conv_shape cs;
                 soma_conv_shape_init(&cs, B, l->out_c, l->out_h, l->out_w, l->out_c, l->k, l->k, 1, l->pad);
@@ -543,6 +600,30 @@ static void conv_shape(soma_conv_shape *cs, const soma_layer *l, int B)
 static void ltc_conv_shape(soma_conv_shape *cs, const soma_layer *l, int B)
 {
     soma_conv_shape_init(cs, B, l->out_c, l->out_h, l->out_w, l->out_c, l->k, l->k, 1, l->pad);
+}
+
+/* The BN inside tau map m (0 tau_m, 1 tau_adp) of a conv LTC cell at step
+ * `slot`: this step's running-statistics row (map_bn N > 1: row min(t, N - 1)
+ * of the step being run forward, n->t) and cache.  NULL without a map BN. */
+static soma__ltc_bn *map_bn(soma__ltc_bn *bn, soma_net *n, const soma_layer *l, int m, int slot, int B)
+{
+    if (l->mbn_w[m] < 0) return NULL;
+    const int C = l->out_c, steps = l->cell.map_bn > 1 ? l->cell.map_bn : 0;
+    size_t row = steps ? (size_t)(n->t < steps ? n->t : steps - 1) * C : 0;
+    bn->gamma = soma__param_value(n, l->mbn_w[m]);
+    bn->beta = soma__param_value(n, l->mbn_b[m]);
+    bn->dgamma = soma__param_grad(n, l->mbn_w[m]);
+    bn->dbeta = soma__param_grad(n, l->mbn_b[m]);
+    bn->run_mean = soma__buffer_value(n, l->mbn_rm[m]) + row;
+    bn->run_var = soma__buffer_value(n, l->mbn_rv[m]) + row;
+    bn->cache.mean = l->mbn[m].mean + (size_t)slot * C;
+    bn->cache.invstd = l->mbn[m].invstd + (size_t)slot * C;
+    bn->cache.xhat = soma__slot(n, l, l->mbn[m].xhat, slot);
+    bn->dh = l->lsc + 6 * (size_t)B * l->out_size;
+    bn->eps = l->eps;
+    bn->momentum = l->momentum;
+    bn->train = n->train;
+    return bn;
 }
 
 /* A batchnorm layer's cache of one slot (slot 0: l->bn itself). */
@@ -645,18 +726,23 @@ static soma_status layer_forward(soma_net *n, int i, const float *in, int slot, 
         if (l->ltc == 2) {
             /* conv cell: tau_m = sigmoid(conv_tm(I_t + u_{t-1})), alpha = 1 - tau_m;
              * tau_adp = sigmoid(conv_ta(I_t + eta_{t-1})), rho = tau_adp */
+            /* with the map BN (cell.map_bn): sigmoid(BN(conv(...))) */
             soma_conv_shape cs;
             ltc_conv_shape(&cs, l, B);
+            if (l->mbn_w[0] >= 0 && n->train && B * l->out_h * l->out_w < 2)
+                return soma__fail(SOMA_ERR_ARG, "the batchnorm inside the tau maps (ltc.map_bn) in training needs "
+                                  "more than 1 value per channel (batch %d, %dx%d)", B, l->out_h, l->out_w);
             float *hm = soma__slot(n, l, l->chm, slot), *sum = l->lsc + 4 * count;
+            soma__ltc_bn bn;
             alpha_v = l->lsc;
             soma__ltc_conv_forward(hm, sum, n->ws, in, ps.u, soma__param_value(n, l->tm_w),
-                                   soma__param_value(n, l->tm_b), &cs);
+                                   soma__param_value(n, l->tm_b), map_bn(&bn, n, l, 0, slot, B), &cs);
             soma__ltc_tau(alpha_v, hm, 1.0f, count, 1);
             if (l->ta_w >= 0) {
                 float *ha = soma__slot(n, l, l->cha, slot);
                 rho_v = l->lsc + count;
                 soma__ltc_conv_forward(ha, sum, n->ws, in, ps.a, soma__param_value(n, l->ta_w),
-                                       soma__param_value(n, l->ta_b), &cs);
+                                       soma__param_value(n, l->ta_b), map_bn(&bn, n, l, 1, slot, B), &cs);
                 soma__ltc_tau(rho_v, ha, 1.0f, count, 0);
             }
         } else if (l->ltc) {
@@ -786,11 +872,14 @@ static soma_status layer_backward(soma_net *n, int i, float *d, const float *dy,
             soma_conv_shape cs;
             ltc_conv_shape(&cs, l, B);
             float *sum = l->lsc + 4 * count, *dsum = l->lsc + 5 * count;
+            soma__ltc_bn bn;
             soma__ltc_conv_backward(dI, dprev.u, soma__param_grad(n, l->tm_w), soma__param_grad(n, l->tm_b),
-                                    dal, sum, dsum, n->ws, hm, in, ps.u, soma__param_value(n, l->tm_w), &cs);
+                                    dal, sum, dsum, n->ws, hm, in, ps.u, soma__param_value(n, l->tm_w),
+                                    map_bn(&bn, n, l, 0, slot, B), &cs);
             if (adp)
                 soma__ltc_conv_backward(dI, dprev.a, soma__param_grad(n, l->ta_w), soma__param_grad(n, l->ta_b),
-                                        drh, sum, dsum, n->ws, ha, in, ps.a, soma__param_value(n, l->ta_w), &cs);
+                                        drh, sum, dsum, n->ws, ha, in, ps.a, soma__param_value(n, l->ta_w),
+                                        map_bn(&bn, n, l, 1, slot, B), &cs);
             break;
         }
         soma__ltc_map_backward(dI, dprev.u, soma__param_grad(n, l->tm_w), soma__param_grad(n, l->tm_b),
@@ -1166,13 +1255,15 @@ void soma_net_describe(const soma_net *n, char *buf, size_t size)
         if (l->w >= 0) np += n->params.p[l->w].n;
         if (l->b >= 0) np += n->params.p[l->b].n;
         if (l->rec >= 0) np += n->params.p[l->rec].n;
-        const int lt[6] = { l->tm_w, l->tm_b, l->tm_k, l->ta_w, l->ta_b, l->ta_k };
-        for (int k = 0; k < 6; k++)
+        const int lt[10] = { l->tm_w, l->tm_b, l->tm_k, l->ta_w, l->ta_b, l->ta_k,
+                             l->mbn_w[0], l->mbn_b[0], l->mbn_w[1], l->mbn_b[1] };
+        for (int k = 0; k < 10; k++)
             if (l->ltc && lt[k] >= 0) np += n->params.p[lt[k]].n;
         char extra[48] = "";
         if (l->kind == SOMA_LAYER_ACT) snprintf(extra, sizeof extra, " %s", soma_act_name(l->act));
-        else if (l->kind == SOMA_LAYER_CELL) snprintf(extra, sizeof extra, " %s%s", l->ltc ? "ltc-" : "",
-                                                      soma_neuron_name(l->cell.kind));
+        else if (l->kind == SOMA_LAYER_CELL) snprintf(extra, sizeof extra, " %s%s%s", l->ltc ? "ltc-" : "",
+                                                      soma_neuron_name(l->cell.kind),
+                                                      l->mbn_w[0] >= 0 ? "+bn" : "");
         else if (l->kind == SOMA_LAYER_CONV) snprintf(extra, sizeof extra, " k%d s%d p%d", l->k, l->stride, l->pad);
         else if (l->kind == SOMA_LAYER_DROPOUT) snprintf(extra, sizeof extra, " p=%g", l->p);
         w = snprintf(buf + used, size - used, "  %2d %-9s%-14s %4dx%3dx%-3d -> %4dx%3dx%-3d %9zu\n", i,

@@ -58,7 +58,7 @@ typedef struct soma_layer {
     soma_act act;              /* ACT */
     float p;                   /* DROPOUT probability */
     int k, stride, pad;        /* CONV, POOL */
-    float eps, momentum;       /* BATCHNORM */
+    float eps, momentum;       /* BATCHNORM; CELL ltc == 2: its map BN */
     int bn_steps;              /* BATCHNORM in a temporal net (bnN): running statistics per
                                 * time step, rows (N, C), step t >= N uses row N - 1;
                                 * 0: one row shared by all steps */
@@ -70,8 +70,16 @@ typedef struct soma_layer {
      * "<i>.tau_m.bias" (N), "<i>.tau_m.k" (1), the same for tau_adp. */
     int ltc;
     int tm_w, tm_b, tm_k, ta_w, ta_b, ta_k;
-    float   *chm, *cha;        /* CELL ltc: h of tau_m / tau_adp per slot */
-    float   *lsc;              /* CELL ltc: scratch, 4 x (max_batch, N) */
+    float   *chm, *cha;        /* CELL ltc: h of tau_m / tau_adp per slot (after the map's BN) */
+    float   *lsc;              /* CELL ltc: scratch, 4 x (max_batch, N); conv cells 6 (7 with map BN) */
+    /* CELL ltc == 2 with cell.map_bn > 0: the authors' batchnorm inside the
+     * tau maps, tau = sigmoid(BN(conv(...))), per map m (0 tau_m, 1 tau_adp;
+     * -1 if absent): params "<i>.tau_m.bn.weight", "<i>.tau_m.bn.bias" (C),
+     * buffers "<i>.tau_m.bn.running_mean", "<i>.tau_m.bn.running_var", (C)
+     * shared by all steps (map_bn 1) or (N, C) one row per step (map_bn N > 1,
+     * steps from N on use row N - 1, as bnN).  eps, momentum: 1e-5, 0.1. */
+    int mbn_w[2], mbn_b[2], mbn_rm[2], mbn_rv[2];
+    soma_bn_cache mbn[2];      /* mean, invstd (C) and xhat (max_batch, out_size) per slot */
     /* caches, net->slots copies of (max_batch, out_size) each: slot 0 in a
      * static net; in a temporal net step t uses slot (t+1) % slots and the
      * slot of t = -1 holds the initial state. */

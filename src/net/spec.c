@@ -37,6 +37,7 @@ static soma_layer *push(spec_builder *b, soma_layer_kind kind)
     l->kind = kind;
     l->w = l->b = l->run_mean = l->run_var = l->rec = l->rec_src = -1;
     l->tm_w = l->tm_b = l->tm_k = l->ta_w = l->ta_b = l->ta_k = -1;
+    for (int m = 0; m < 2; m++) l->mbn_w[m] = l->mbn_b[m] = l->mbn_rm[m] = l->mbn_rv[m] = -1;
     l->in_c = b->c; l->in_h = b->h; l->in_w = b->w;
     l->in_size = (size_t)b->c * b->h * b->w;
     return l;
@@ -215,6 +216,7 @@ static soma_status add_ltc_cell(spec_builder *b)
     soma_layer *l = push(b, SOMA_LAYER_CELL);
     if (!l) return SOMA_ERR_NOMEM;
     l->cell = b->o->ltc;
+    l->cell.map_bn = 0;   /* the dense maps have no batchnorm (notes/fptt.md 2.1) */
     l->ltc = 1;
     set_out(b, l, b->c, b->h, b->w);
     link_rec(b);
@@ -223,7 +225,8 @@ static soma_status add_ltc_cell(spec_builder *b)
 
 /* cltcKxC[sS][pP][mM]: convKxC[sS][pP], an M x M max pool when m is given,
  * then a convolutional LTC cell whose tau maps are KxK same-padding convs
- * of C_t + u_{t-1} and C_t + eta_{t-1} (notes/fptt.md 2.4; K odd). */
+ * of C_t + u_{t-1} and C_t + eta_{t-1} (notes/fptt.md 2.4; K odd), with a
+ * batchnorm after each map's conv when o->ltc.map_bn > 0. */
 static soma_status parse_cltc(spec_builder *b, const char *tok, int pos)
 {
     char conv[MAX_TOKEN + 1] = "conv";
@@ -241,9 +244,10 @@ static soma_status parse_cltc(spec_builder *b, const char *tok, int pos)
     if (pool && (st = parse_pool(b, tok, pos, 0, pool))) return st;
     soma_layer *l = push(b, SOMA_LAYER_CELL);
     if (!l) return SOMA_ERR_NOMEM;
-    l->cell = b->o->ltc;
+    l->cell = b->o->ltc;   /* cell.map_bn: BN inside the maps (net.c) */
     l->ltc = 2;
     l->k = k; l->stride = 1; l->pad = (k - 1) / 2;
+    l->eps = 1e-5f; l->momentum = 0.1f;   /* the map BN's, as BatchNorm2d's defaults */
     set_out(b, l, b->c, b->h, b->w);
     return SOMA_OK;
 }

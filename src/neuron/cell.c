@@ -143,6 +143,9 @@ soma_status soma_cell_params_check(const soma_cell_params *p)
     if ((unsigned)p->kind >= SOMA_NEURON_COUNT)
         return soma__fail(SOMA_ERR_ARG, "unknown neuron kind %d (valid: lif, if, alif, li)",
                           (int)p->kind);
+    if (p->map_bn < 0 || p->map_bn > 1 << 24)
+        return soma__fail(SOMA_ERR_ARG, "map_bn (--ltc-map-bn) must be 0 (off), 1 (shared running "
+                          "statistics) or N > 1 (per step), got %d", p->map_bn);
     if (p->kind != SOMA_NEURON_IF && !(p->alpha >= 0.0f && p->alpha <= 1.0f))
         return soma__fail(SOMA_ERR_ARG, "alpha must be in [0, 1], got %g", (double)p->alpha);
     if (p->kind == SOMA_NEURON_IF && p->input_scale)

@@ -11,7 +11,8 @@
  *   dW_I += dh^T I   dW_x += dh^T x   db += sum_b dh
  *   dI  += dh W_I    dx  += dh W_x
  *
- * Convolutional cells (cltcKxC) use h = conv(I + x) with no slope (below).
+ * Convolutional cells (cltcKxC) use h = conv(I + x) with no slope, or
+ * h = BN(conv(I + x)) with the authors' batchnorm inside the map (below).
  */
 #include "ltc.h"
 #include <math.h>
@@ -113,8 +114,9 @@ void soma__ltc_map_backward(float *dI, float *dx, float *dW, float *db, float *d
     if (dx) soma_gemm(0, 0, B, N, N, 1.0f, dh, N, W + N, 2 * N, 1.0f, dx, N);
 }
 
-/* ---- convolutional cells: h = conv(I + x), tau = sigmoid(h) ---------------
- * Backward: dh = dtau tau (1 - tau);  conv backward gives dsum, dW, db;
+/* ---- convolutional cells: h = [BN](conv(I + x)), tau = sigmoid(h) ----------
+ * Backward: dh = dtau tau (1 - tau);  with BN, its backward turns dh into
+ * dL/d(conv output) (+ dgamma, dbeta);  conv backward gives dsum, dW, db;
  * dI += dsum, dx += dsum. */
 
 static void add_sum(float *sum, const float *I, const float *x, size_t n)
@@ -123,21 +125,39 @@ static void add_sum(float *sum, const float *I, const float *x, size_t n)
 }
 
 void soma__ltc_conv_forward(float *h, float *sum, float *ws, const float *I, const float *x,
-                            const float *W, const float *b, const soma_conv_shape *cs)
+                            const float *W, const float *b, const soma__ltc_bn *bn,
+                            const soma_conv_shape *cs)
 {
     add_sum(sum, I, x, (size_t)cs->B * cs->C * cs->H * cs->W);
     soma_conv2d_forward(h, ws, sum, W, b, cs);
+    if (bn) {
+        /* h <- BN(h) in place (the kernel allows y == x); it writes the
+         * cache through the pointers of a copy */
+        soma_bn_cache c = bn->cache;
+        soma_batchnorm_forward(h, &c, bn->run_mean, bn->run_var, h, bn->gamma, bn->beta, cs->B, cs->C,
+                               cs->H * cs->W, bn->eps, bn->momentum, bn->train);
+    }
 }
 
 void soma__ltc_conv_backward(float *dI, float *dx, float *dW, float *db, float *dtau, float *sum,
                              float *dsum, float *ws, const float *h, const float *I, const float *x,
-                             const float *W, const soma_conv_shape *cs)
+                             const float *W, const soma__ltc_bn *bn, const soma_conv_shape *cs)
 {
     const size_t n = (size_t)cs->B * cs->C * cs->H * cs->W;
+    /* from tau = sigmoid(h) */
     soma__ltc_tau_backward(dtau, h, 1.0f, NULL, n);
+    const float *dconv = dtau;
+    if (bn) {
+        /* from h = BN(conv): the kernel accumulates, so dh starts at 0 */
+        memset(bn->dh, 0, n * sizeof(float));
+        soma_batchnorm_backward(bn->dh, bn->dgamma, bn->dbeta, dtau, &bn->cache, bn->gamma, cs->B, cs->C,
+                                cs->H * cs->W, bn->train);
+        dconv = bn->dh;
+    }
+    /* from conv(sum), sum = I + x */
     add_sum(sum, I, x, n);
     memset(dsum, 0, n * sizeof(float));
-    soma_conv2d_backward(dI || dx ? dsum : NULL, dW, db, ws, dtau, sum, W, cs);
+    soma_conv2d_backward(dI || dx ? dsum : NULL, dW, db, ws, dconv, sum, W, cs);
     if (dI) for (size_t j = 0; j < n; j++) dI[j] += dsum[j];
     if (dx) for (size_t j = 0; j < n; j++) dx[j] += dsum[j];
 }

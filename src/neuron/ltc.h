@@ -36,15 +36,33 @@ void soma__ltc_tau_backward(float *dtau, const float *h, float k, float *dk, siz
 /* Convolutional cells (cltcKxC, notes/fptt.md 2.4): the map is a same-padding
  * conv of a sum, not a dense map of a concatenation, and has no slope:
  *   h = conv(I_t + x_{t-1}; W (C,C,K,K), b (C)),   tau = sigmoid(h)
+ * or, with the authors' batchnorm inside the map (soma_cell_params.map_bn),
+ *   h = BN(conv(I_t + x_{t-1})),   tau = sigmoid(h)
+ * BN as BatchNorm2d over (B, H, W) per channel: the core kernels of
+ * src/ops/batchnorm.c, batch statistics in training, running ones frozen. */
+typedef struct soma__ltc_bn {
+    const float *gamma, *beta;      /* (C) affine */
+    float *dgamma, *dbeta;          /* (C) their gradients (backward) */
+    float *run_mean, *run_var;      /* (C) this step's row of the running statistics */
+    soma_bn_cache cache;            /* this step's mean, invstd (C) and xhat (B, C*H*W) */
+    float *dh;                      /* backward scratch (B, C*H*W): dL/d(conv output) */
+    float eps, momentum;
+    int train;                      /* batch statistics (and running update) vs frozen */
+} soma__ltc_bn;
+
+/* h (B, C*H*W) <- conv(I + x) [then BN when bn is non-NULL; its cache is
+ * written, and in training its running statistics are updated].
  * cs: the map's shape (B, C, H, W -> C, K, stride 1, pad (K-1)/2); sum (B,C*H*W)
  * and ws (soma_conv2d_workspace) are scratch. */
 void soma__ltc_conv_forward(float *h, float *sum, float *ws, const float *I, const float *x,
-                            const float *W, const float *b, const soma_conv_shape *cs);
+                            const float *W, const float *b, const soma__ltc_bn *bn,
+                            const soma_conv_shape *cs);
 /* Backward of tau = sigmoid(h(I, x)): dtau as in soma__ltc_map_backward (dL/dh
- * on return); accumulates dI, dx (either may be NULL), dW, db.  sum and dsum
- * (B, C*H*W) and ws are scratch. */
+ * on return, h the map's output: after the BN when there is one); accumulates
+ * dI, dx (either may be NULL), dW, db, and bn's dgamma, dbeta.  sum and dsum
+ * (B, C*H*W), bn->dh and ws are scratch.  bn: the forward's, NULL if none. */
 void soma__ltc_conv_backward(float *dI, float *dx, float *dW, float *db, float *dtau, float *sum,
                              float *dsum, float *ws, const float *h, const float *I, const float *x,
-                             const float *W, const soma_conv_shape *cs);
+                             const float *W, const soma__ltc_bn *bn, const soma_conv_shape *cs);
 
 #endif
