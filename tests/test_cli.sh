@@ -75,6 +75,7 @@ expect 0 "test accuracy" -- $SOMA train $D --net 784-32-10 --epochs 1 --batch 32
 [ -f "$T/a.st.tmp" ] && bad "temporary checkpoint left behind" || ok
 grep -q '"type":"run"' "$T/m.jsonl" && grep -q '"type":"epoch"' "$T/m.jsonl" && ok || bad "metrics log lacks run/epoch lines"
 expect 0 "1.weight" -- $SOMA info $T/a.st
+expect 2 "--ltc-map-bn" -- $SOMA train $D --net 784-ltc16-10 --rule bptt --ltc-map-bn 1
 # --warmup-steps: 20 batches of 32 in the epoch, N = 40: the last step runs at 20/40 of the rate
 expect 2 "--warmup-steps" -- $SOMA train $D --net 784-10 --warmup-steps -1
 expect 0 "test accuracy" -- $SOMA train $D --net 784-10 --epochs 1 --batch 32 --lr 0.05 --warmup-steps 40 --metrics $T/w.jsonl
