@@ -200,7 +200,25 @@ class Case:
         return {k: (g if g is not None else torch.zeros_like(pp[k])) for k, g in zip(pp, gr)}
 
 
-class ConvCase(Case):
+class OperatorSN:
+    """The spectral norm on the feedback operator W_apply (adjoint Wt_apply) of a conv form."""
+
+    def weff(self, p, u, v):
+        if not self.sn:
+            return p["0.weight_fb"]
+        w = p["0.weight_fb"]
+        sigma = (u * self.W_apply(w, v[None])[0]).sum()
+        return p["0.weight_fb_g"].clamp(-self.c, self.c)[0] * w / sigma
+
+    def power_iter(self):
+        w = self.p["0.weight_fb"]
+        u = self.buf["0.weight_fb_u"]
+        v = normalize(self.Wt_apply(w, u[None])[0])
+        u = normalize(self.W_apply(w, v[None])[0])
+        return u, v
+
+
+class ConvCase(OperatorSN, Case):
     """Single feedback layer over a conv input map: spec convKxC[sS][pP]-bn-N.
     Net layers: 0 conv, 1 bn, 2 act (unused), 3 flatten, 4 dense readout."""
 
@@ -248,20 +266,6 @@ class ConvCase(Case):
     def Wt_apply(self, W, a):
         z = a.reshape(-1, self.C, self.oh, self.ow)
         return torch.nn.functional.conv_transpose2d(z, W, padding=self.fb_k // 2).reshape(a.shape[0], -1)
-
-    def weff(self, p, u, v):
-        if not self.sn:
-            return p["0.weight_fb"]
-        w = p["0.weight_fb"]
-        sigma = (u * self.W_apply(w, v[None])[0]).sum()
-        return p["0.weight_fb_g"].clamp(-self.c, self.c)[0] * w / sigma
-
-    def power_iter(self):
-        w = self.p["0.weight_fb"]
-        u = self.buf["0.weight_fb_u"]
-        v = normalize(self.Wt_apply(w, u[None])[0])
-        u = normalize(self.W_apply(w, v[None])[0])
-        return u, v
 
     def op_matrix(self):
         n1 = self.sizes[1]
@@ -376,7 +380,7 @@ class SpikeCase(ConvCase):
         return {"x": self.frames.reshape(self.B, -1), "xbar": self.x}, {"frames": 1}
 
 
-class MLConvCase:
+class MLConvCase(OperatorSN):
     """The multi-layer conv form: conv layers 1..H (F = layer 1 from the input,
     S_k = layer k from layer k-1), each conv + bias [+ batchnorm], a transposed
     conv feedback (C_H, C_1, K, K) from layer H's map to layer 1's, a dense
@@ -452,20 +456,6 @@ class MLConvCase:
         s, pd = self.stride, (self.fb_k - 1) // 2
         z = torch.nn.functional.conv2d(e.reshape(-1, *self.shapes[1]), W, stride=s, padding=pd)
         return z.reshape(e.shape[0], -1)
-
-    def weff(self, p, u, v):
-        if not self.sn:
-            return p["0.weight_fb"]
-        w = p["0.weight_fb"]
-        sigma = (u * self.W_apply(w, v[None])[0]).sum()
-        return p["0.weight_fb_g"].clamp(-self.c, self.c)[0] * w / sigma
-
-    def power_iter(self):
-        w = self.p["0.weight_fb"]
-        u = self.buf["0.weight_fb_u"]
-        v = normalize(self.Wt_apply(w, u[None])[0])
-        u = normalize(self.W_apply(w, v[None])[0])
-        return u, v
 
     def op_matrix(self):
         return self.W_apply(self.p["0.weight_fb"], torch.eye(self.sizes[self.H])).t()   # (n1, nH)
@@ -596,18 +586,87 @@ class MLConvCase:
         return "-".join(toks + [str(self.sizes[-1])])
 
 
-def build_mlconv(case_args, out_dir):
-    for seed in range(case_args["seed"], case_args["seed"] + 400):
-        c = MLConvCase(**dict(case_args, seed=seed))
+def search_seed(case_args, cls, n, accept=None, fail=None):
+    """The first seed from case_args["seed"] on (n tried) whose simulation stays MARGIN away
+    from every threshold with rates not all equal, and that accept(c, W, a_T) takes (what it
+    returns, when truthy, comes back as extra): c, seed, u, v, W, a_T, margin, counts, extra."""
+    for seed in range(case_args["seed"], case_args["seed"] + n):
+        c = cls(**dict(case_args, seed=seed))
         u, v = c.power_iter() if c.sn else (None, None)
         W = c.weff(c.p, u, v)
-        a_T, margin, _ = c.simulate(W)
+        a_T, margin, counts = c.simulate(W)
         if margin < MARGIN or float(a_T.min()) == float(a_T.max()):
             continue
+        extra = accept(c, W, a_T) if accept is not None else True
+        if not extra:
+            continue
+        return c, seed, u, v, W, a_T, margin, counts, extra
+    raise SystemExit(fail or "no seed gives a margin above %g for %s" % (MARGIN, case_args["name"]))
+
+
+def fixed_point(c, W, a, iters):
+    """a* by iterating the map from a; asserts it is a fixed point to 1e-12."""
+    for _ in range(iters):
+        a = c.f(a, c.p, W)
+    assert float((c.f(a, c.p, W) - a).abs().max()) < 1e-12
+    return a
+
+
+def implicit_grads(c, a_T, a_star, u, v):
+    """The implicit gradient at a_T and at a* (the solves' residuals checked)."""
+    g_T, res_T = c.implicit_grad(a_T, u, v)
+    g_star, res_s = c.implicit_grad(a_star, u, v)
+    assert res_T < 1e-10 and res_s < 1e-10
+    return g_T, g_star
+
+
+def check_unrolled(c, g_star, u, v):
+    """The gradient at a* against autograd through 400 unrolled iterations of the map."""
+    g_unr = c.unrolled_grad(400, u, v)
+    for k in g_star:
+        err = float((g_unr[k] - g_star[k]).abs().max())
+        assert err < 1e-9 * max(1.0, float(g_star[k].abs().max())), (k, err)
+
+
+def case_tensors(c, a_T, fa, a_star, W, g_T, g_star, counts=None):
+    """The tensors every case stores: input, labels, rates, f(a_T), a*, spike counts (when
+    given), W, the initial parameters and buffers, the gradients at a_T and at a*."""
+    t = {"x": c.x, "y": c.y.int(), "rates": a_T, "fa": fa, "fixed": a_star, "weff": W}
+    if counts is not None:
+        t["count1"] = counts
+    for k, v_ in c.p.items():
+        t["init." + k] = v_
+        t["grad." + k] = g_T[k]
+        t["grad_fp." + k] = g_star[k]
+    for k, v_ in c.buf.items():
+        t["init." + k] = v_
+    return t
+
+
+def case_meta(c, spec, seed, margin, **more):
+    """The metadata every case stores, then more (in its order)."""
+    meta = {"spec": spec, "T": c.T, "leak": c.leak, "vth": c.V, "sn": int(c.sn), "sn_c": c.c,
+            "seed": seed, "margin": "%.3g" % margin}
+    meta.update(more)
+    return meta
+
+
+def write_case(c, out_dir, t, meta, seed, margin, a_T, g_T, pre="", mid=""):
+    """Writes tests' fixture ide_<name>.safetensors and prints a line about it (pre before
+    the seed, mid before the rates)."""
+    path = os.path.join(out_dir, "ide_%s.safetensors" % c.name)
+    fixture.write(path, {k: np.asarray(v_.detach().numpy()) for k, v_ in t.items()}, meta)
+    print("%s: %sseed %d, margin %.3g, %srates %s, |g| %.3g" % (
+        path, pre, seed, margin, mid, np.round(a_T.numpy().ravel()[:6], 3),
+        sum(float(v_.norm()) for v_ in g_T.values())))
+
+
+def build_mlconv(case_args, out_dir):
+    def accept(c, W, a_T):
         if float(((a_T > 0) & (a_T < 1)).double().mean()) < 0.3:
-            continue
+            return None
         if min(c.interior(a_T, W)) < 0.3:   # J and the VJP not trivial in any layer
-            continue
+            return None
         # the rule's training map moves S_k's running statistics before J: do the same
         c.run = {k: v_.clone() for k, v_ in c.buf.items()}
         c.fmap(a_T, c.p, W, "batch", update=True)
@@ -616,30 +675,18 @@ def build_mlconv(case_args, out_dir):
         for _ in range(3000):
             a = c.f(a, c.p, W)
         if not float((c.f(a, c.p, W) - a).abs().max()) < 1e-12:
-            continue   # the map does not contract here
-        break
-    else:
-        raise SystemExit("no seed for %s" % case_args["name"])
-    a_star = a
+            return None   # the map does not contract here
+        return F_rm, a
+    c, seed, u, v, W, a_T, margin, _, (F_rm, a_star) = search_seed(
+        case_args, MLConvCase, 400, accept, fail="no seed for %s" % case_args["name"])
     fa = c.f(a_T, c.p, W)
     exact = all(j is None for j in c.bnidx[1:])
     # gradients: the running statistics as they are after the batch's update (c.run)
-    g_T, res_T = c.implicit_grad(a_T, u, v)
-    g_star, res_s = c.implicit_grad(a_star, u, v)
-    assert res_T < 1e-10 and res_s < 1e-10
+    g_T, g_star = implicit_grads(c, a_T, a_star, u, v)
     if exact:   # one map: the gradient is exact (unrolled autograd, finite differences)
-        g_unr = c.unrolled_grad(400, u, v)
-        for k in g_star:
-            err = float((g_unr[k] - g_star[k]).abs().max())
-            assert err < 1e-9 * max(1.0, float(g_star[k].abs().max())), (k, err)
+        check_unrolled(c, g_star, u, v)
         fd_check(c, a_star, g_star, u, v)
-    t = {"x": c.x, "y": c.y.int(), "rates": a_T, "fa": fa, "fixed": a_star, "weff": W}
-    for k, v_ in c.p.items():
-        t["init." + k] = v_
-        t["grad." + k] = g_T[k]
-        t["grad_fp." + k] = g_star[k]
-    for k, v_ in c.buf.items():
-        t["init." + k] = v_
+    t = case_tensors(c, a_T, fa, a_star, W, g_T, g_star)
     # running statistics after one training batch: F's from F x, S_k's from the training map
     run_after = dict(F_rm)
     j1 = c.bnidx[0]
@@ -655,17 +702,12 @@ def build_mlconv(case_args, out_dir):
     if c.drop > 0:
         for k, m in c.mask.items():
             t["mask.%s" % k] = m
-    meta = {"spec": c.spec(), "T": c.T, "leak": c.leak, "vth": c.V, "sn": int(c.sn), "sn_c": c.c,
-            "seed": seed, "margin": "%.3g" % margin, "fb_k": c.fb_k, "exact": int(exact),
-            "in_c": c.in_shape[0], "in_h": c.in_shape[1], "in_w": c.in_shape[2]}
+    meta = case_meta(c, c.spec(), seed, margin, fb_k=c.fb_k, exact=int(exact),
+                     in_c=c.in_shape[0], in_h=c.in_shape[1], in_w=c.in_shape[2])
     if c.drop > 0:
         meta["dropout"] = c.drop
-    path = os.path.join(out_dir, "ide_%s.safetensors" % c.name)
-    fixture.write(path, {k: np.asarray(v_.detach().numpy()) for k, v_ in t.items()}, meta)
-    print("%s: %s seed %d, margin %.3g, interior %s, rates %s, |g| %.3g" % (
-        path, c.spec(), seed, margin, np.round(c.interior(a_T, W), 2),
-        np.round(a_T.numpy().ravel()[:6], 3),
-        sum(float(v_.norm()) for v_ in g_T.values())))
+    write_case(c, out_dir, t, meta, seed, margin, a_T, g_T, pre=c.spec() + " ",
+               mid="interior %s, " % np.round(c.interior(a_T, W), 2))
 
 
 def fd_check(c, a_star, g_star, u, v, iters=3000):
@@ -693,61 +735,31 @@ def fd_check(c, a_star, g_star, u, v, iters=3000):
 
 
 def build_conv(case_args, out_dir, cls=ConvCase):
-    for seed in range(case_args["seed"], case_args["seed"] + 200):
-        c = cls(**dict(case_args, seed=seed))
-        u, v = c.power_iter() if c.sn else (None, None)
-        W = c.weff(c.p, u, v)
-        a_T, margin, counts = c.simulate(W)
-        if margin < MARGIN or float(a_T.min()) == float(a_T.max()):
-            continue
+    def accept(c, W, a_T):
         # a sizeable share of interior rates, so J is not trivial
         if float(((a_T > 0) & (a_T < 1)).double().mean()) < 0.3:
-            continue
-        if hasattr(c, "seed_ok") and not c.seed_ok(W, a_T):
-            continue
-        break
-    else:
-        raise SystemExit("no seed gives a margin above %g for %s" % (MARGIN, case_args["name"]))
+            return False
+        return not hasattr(c, "seed_ok") or c.seed_ok(W, a_T)
+    c, seed, u, v, W, a_T, margin, counts, _ = search_seed(case_args, cls, 200, accept)
     fa = c.f(a_T, c.p, W)
-    a = a_T.clone()
-    for _ in range(3000):
-        a = c.f(a, c.p, W)
-    a_star = a
-    assert float((c.f(a_star, c.p, W) - a_star).abs().max()) < 1e-12
-    g_T, res_T = c.implicit_grad(a_T, u, v)
-    g_star, res_s = c.implicit_grad(a_star, u, v)
-    assert res_T < 1e-10 and res_s < 1e-10
-    g_unr = c.unrolled_grad(400, u, v)
-    for k in g_star:
-        err = float((g_unr[k] - g_star[k]).abs().max())
-        assert err < 1e-9 * max(1.0, float(g_star[k].abs().max())), (k, err)
+    a_star = fixed_point(c, W, a_T.clone(), 3000)
+    g_T, g_star = implicit_grads(c, a_T, a_star, u, v)
+    check_unrolled(c, g_star, u, v)
     fd_check(c, a_star, g_star, u, v)
-    t = {"x": c.x, "y": c.y.int(), "rates": a_T, "fa": fa, "fixed": a_star, "count1": counts,
-         "weff": W}
-    for k, v_ in c.p.items():
-        t["init." + k] = v_
-        t["grad." + k] = g_T[k]
-        t["grad_fp." + k] = g_star[k]
-    for k, v_ in c.buf.items():
-        t["init." + k] = v_
+    t = case_tensors(c, a_T, fa, a_star, W, g_T, g_star, counts)
     if c.bn:
         rm, rv = c.running_after()
         t["after.1.running_mean"], t["after.1.running_var"] = rm, rv
     if c.sn:
         t["sigma_svd"] = torch.linalg.svdvals(c.op_matrix())[:1]
     spec = "conv%dx%ds%dp%d-%s%d" % (c.k, c.C, c.stride, c.pad, "bn-" if c.bn else "", c.sizes[-1])
-    meta = {"spec": spec, "T": c.T, "leak": c.leak, "vth": c.V, "sn": int(c.sn), "sn_c": c.c,
-            "seed": seed, "margin": "%.3g" % margin, "fb_k": c.fb_k,
-            "in_c": c.in_shape[0], "in_h": c.in_shape[1], "in_w": c.in_shape[2]}
+    meta = case_meta(c, spec, seed, margin, fb_k=c.fb_k,
+                     in_c=c.in_shape[0], in_h=c.in_shape[1], in_w=c.in_shape[2])
     if hasattr(c, "extra"):
         tx, mx = c.extra()
         t.update(tx)
         meta.update(mx)
-    path = os.path.join(out_dir, "ide_%s.safetensors" % c.name)
-    fixture.write(path, {k: np.asarray(v_.detach().numpy()) for k, v_ in t.items()}, meta)
-    print("%s: seed %d, margin %.3g, rates %s, |g| %.3g" % (
-        path, seed, margin, np.round(a_T.numpy().ravel()[:6], 3),
-        sum(float(v_.norm()) for v_ in g_T.values())))
+    write_case(c, out_dir, t, meta, seed, margin, a_T, g_T)
 
 
 def spec_of(sizes):
@@ -755,57 +767,22 @@ def spec_of(sizes):
 
 
 def build(case_args, out_dir):
-    for seed in range(case_args["seed"], case_args["seed"] + 50):
-        c = Case(**dict(case_args, seed=seed))
-        if c.sn:
-            u, v = c.power_iter()
-        else:
-            u = v = None
-        W = c.weff(c.p, u, v)
-        a_T, margin, counts = c.simulate(W)
-        if margin < MARGIN:
-            continue
-        if float(a_T.min()) == float(a_T.max()):
-            continue
-        break
-    else:
-        raise SystemExit("no seed gives a margin above %g for %s" % (MARGIN, case_args["name"]))
+    c, seed, u, v, W, a_T, margin, counts, _ = search_seed(case_args, Case, 50)
     fa = c.f(a_T, c.p, W)
-    a = a_T.clone()
-    for _ in range(2000):
-        a = c.f(a, c.p, W)
-    a_star = a
-    assert float((c.f(a_star, c.p, W) - a_star).abs().max()) < 1e-12
-    g_T, res_T = c.implicit_grad(a_T, u, v)
-    g_star, res_s = c.implicit_grad(a_star, u, v)
-    assert res_T < 1e-10 and res_s < 1e-10
-    g_unr = c.unrolled_grad(400, u, v)
-    for k in g_star:
-        err = float((g_unr[k] - g_star[k]).abs().max())
-        assert err < 1e-9 * max(1.0, float(g_star[k].abs().max())), (k, err)
+    a_star = fixed_point(c, W, a_T.clone(), 2000)
+    g_T, g_star = implicit_grads(c, a_T, a_star, u, v)
+    check_unrolled(c, g_star, u, v)
     if c.drop > 0:
         fd_check(c, a_star, g_star, u, v, iters=2000)
-    t = {"x": c.x, "y": c.y.int(), "rates": a_T, "fa": fa, "fixed": a_star, "count1": counts,
-         "weff": W}
-    for k, v_ in c.p.items():
-        t["init." + k] = v_
-        t["grad." + k] = g_T[k]
-        t["grad_fp." + k] = g_star[k]
-    for k, v_ in c.buf.items():
-        t["init." + k] = v_
+    t = case_tensors(c, a_T, fa, a_star, W, g_T, g_star, counts)
     if c.sn:
         t["sigma_svd"] = torch.linalg.svdvals(c.p["0.weight_fb"])[:1]
-    meta = {"spec": spec_of(c.sizes), "T": c.T, "leak": c.leak, "vth": c.V, "sn": int(c.sn),
-            "sn_c": c.c, "seed": seed, "margin": "%.3g" % margin}
+    meta = case_meta(c, spec_of(c.sizes), seed, margin)
     if c.drop > 0:
         meta["dropout"] = c.drop
         for k, m in c.mask.items():
             t["mask.%s" % k] = m
-    path = os.path.join(out_dir, "ide_%s.safetensors" % c.name)
-    fixture.write(path, {k: np.asarray(v_.detach().numpy()) for k, v_ in t.items()}, meta)
-    print("%s: seed %d, margin %.3g, rates %s, |g| %.3g" % (
-        path, seed, margin, np.round(a_T.numpy().ravel()[:6], 3),
-        sum(float(v_.norm()) for v_ in g_T.values())))
+    write_case(c, out_dir, t, meta, seed, margin, a_T, g_T)
 
 
 def main():

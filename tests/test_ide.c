@@ -139,6 +139,45 @@ static int build(const soma_st *st, soma_rule_config *rc, soma_net **net, soma_r
     return 1;
 }
 
+/* One fixture case: the file, its rule config, the net and rule (build) and
+ * the batch of its x and y (spike fixtures: T frames a sample). */
+typedef struct {
+    soma_st *st;
+    soma_rule_config rc;
+    soma_net *net;
+    soma_rule *r;
+    soma_batch b;
+    size_t nx;   /* floats in x */
+} fixture_case;
+
+/* Opens tests/fixtures/ide_<name>.safetensors: the config from its metadata,
+ * changed by tune (when given) before the rule is built. */
+static int open_fixture_case(fixture_case *fc, const char *name, void (*tune)(soma_rule_config *))
+{
+    char path[256];
+    snprintf(path, sizeof path, "tests/fixtures/ide_%s.safetensors", name);
+    if (!CHECK(soma_st_read(&fc->st, path) == SOMA_OK)) { fprintf(stderr, "%s\n", soma_last_error()); return 0; }
+    config_from_meta(&fc->rc, fc->st);
+    if (tune) tune(&fc->rc);
+    size_t ny = 0;
+    const float *x = fx(fc->st, "x", &fc->nx);
+    const int32_t *y = (const int32_t *)fx(fc->st, "y", &ny);
+    int c, h, w;
+    in_shape(fc->st, &c, &h, &w);
+    soma_batch b = { .n = (int)ny, .c = c * (is_frames(fc->st) ? fc->rc.T : 1), .h = h, .w = w,
+                     .x = (float *)x, .y = (int32_t *)y };
+    fc->b = b;
+    if (!build(fc->st, &fc->rc, &fc->net, &fc->r, b.n)) { soma_st_free(fc->st); return 0; }
+    return 1;
+}
+
+static void close_fixture_case(fixture_case *fc)
+{
+    soma_rule_free(fc->r);
+    soma_net_free(fc->net);
+    soma_st_free(fc->st);
+}
+
 static void compare_grads(const char *label, soma_net *net, const soma_st *st, const char *prefix,
                           double rtol)
 {
@@ -175,28 +214,18 @@ static void fixed_point(soma_rule *r, float *a, int B, int iters)
  * forms always take the conv kernels) */
 static void golden_ev(const char *name, int event)
 {
-    char path[256];
-    snprintf(path, sizeof path, "tests/fixtures/ide_%s.safetensors", name);
-    soma_st *st;
-    if (!CHECK(soma_st_read(&st, path) == SOMA_OK)) { fprintf(stderr, "%s\n", soma_last_error()); return; }
-    soma_rule_config rc;
-    config_from_meta(&rc, st);
-    size_t nx, ny, n;
-    const float *x = fx(st, "x", &nx);
-    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
-    int B = (int)ny;
-    soma_net *net;
-    soma_rule *r;
-    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
-    ide_state *e = r->state;
+    fixture_case fc;
+    if (!open_fixture_case(&fc, name, NULL)) return;
+    size_t n, nx = fc.nx;
+    int B = fc.b.n;
+    ide_state *e = fc.r->state;
     e->event = event;
-    int ic, ih, iw, nf = is_frames(st) ? rc.T : 1;
-    in_shape(st, &ic, &ih, &iw);
+    int ic, ih, iw, nf = is_frames(fc.st) ? fc.rc.T : 1;
+    in_shape(fc.st, &ic, &ih, &iw);
     CHECK((size_t)ic * ih * iw * B * nf == nx);
-    soma_batch b = { .n = B, .c = ic * nf, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
     char lab[192];
     soma_step_stats sst = { 0 };
-    CHECK(soma__ide_grad(r, &b, 1, &sst) == SOMA_OK);
+    CHECK(soma__ide_grad(fc.r, &fc.b, 1, &sst) == SOMA_OK);
     if (event > 0) CHECK(e->ev_products > 0 && e->gemm_products == 0);
     if (event < 0) CHECK(e->ev_products == 0);
     char tag[48];
@@ -205,74 +234,72 @@ static void golden_ev(const char *name, int event)
     if (nf > 1) {   /* spike input: the weighted average input f sees */
         CHECK(e->frames == 1);
         snprintf(lab, sizeof lab, "%s x-bar", name);
-        const float *xb = fx(st, "xbar", &n);
+        const float *xb = fx(fc.st, "xbar", &n);
         if (xb) check_close_f(lab, e->xbar, xb, n, 1e-6, 1e-7);
     }
     /* F's batchnorm: running statistics updated once by the batch (notes 2.5) */
-    for (int i = 0; i < soma_net_tensor_count(net); i++) {
+    for (int i = 0; i < soma_net_tensor_count(fc.net); i++) {
         const char *tn;
-        float *v = soma_net_tensor(net, i, &tn, NULL, NULL, NULL);
+        float *v = soma_net_tensor(fc.net, i, &tn, NULL, NULL, NULL);
         char key[96];
         snprintf(key, sizeof key, "after.%s", tn);
-        if (!soma_st_find(st, key)) continue;
+        if (!soma_st_find(fc.st, key)) continue;
         snprintf(lab, sizeof lab, "%s %s", name, key);
-        const float *after = fx(st, key, &n);
+        const float *after = fx(fc.st, key, &n);
         check_close_f(lab, v, after, n, 1e-5, 1e-7);
     }
     int nH = e->n[e->H];
-    int drop = rc.ide_dropout > 0;   /* the direct map calls below: with the batch's masks */
+    int drop = fc.rc.ide_dropout > 0;   /* the direct map calls below: with the batch's masks */
     snprintf(lab, sizeof lab, "%s weff", name);
-    const float *w = fx(st, "weff", &n);
+    const float *w = fx(fc.st, "weff", &n);
     if (w) check_close_f(lab, e->weff, w, n, 1e-5, 1e-7);
     snprintf(lab, sizeof lab, "%s rates", name);
-    const float *want = fx(st, "rates", &n);
+    const float *want = fx(fc.st, "rates", &n);
     if (want) check_close_f(lab, e->a, want, n, 1e-5, 1e-7);
     float *fa = malloc((size_t)B * nH * sizeof(float));
     e->drop_on = drop;
-    soma__ide_map(r, fa, e->a, B);
+    soma__ide_map(fc.r, fa, e->a, B);
     e->drop_on = 0;
     snprintf(lab, sizeof lab, "%s f(a_T)", name);
-    if ((want = fx(st, "fa", &n))) check_close_f(lab, fa, want, n, 1e-5, 1e-6);
+    if ((want = fx(fc.st, "fa", &n))) check_close_f(lab, fa, want, n, 1e-5, 1e-6);
     soma_ide_diag d;
-    CHECK(soma_ide_diagnostics(r, &d, 0) == SOMA_OK);
-    CHECK(d.batches == 1 && d.residual <= rc.ide_tol && d.iters >= 1);
-    if (d.residual > rc.ide_tol) fprintf(stderr, "%s: Broyden residual %.3g\n", name, d.residual);
+    CHECK(soma_ide_diagnostics(fc.r, &d, 0) == SOMA_OK);
+    CHECK(d.batches == 1 && d.residual <= fc.rc.ide_tol && d.iters >= 1);
+    if (d.residual > fc.rc.ide_tol) fprintf(stderr, "%s: Broyden residual %.3g\n", name, d.residual);
     snprintf(lab, sizeof lab, "%s broyden at a_T", name);
-    compare_grads(lab, net, st, "grad.", 1e-5);
+    compare_grads(lab, fc.net, fc.st, "grad.", 1e-5);
 
     /* the damped fixed-point iteration gives the same gradient */
-    r->cfg.ide_iter = 1;
-    r->cfg.ide_max_iter = 300;
-    CHECK(soma__ide_grad_at(r, &b, e->a, NULL) == SOMA_OK);
-    CHECK(soma_ide_diagnostics(r, &d, 0) == SOMA_OK && d.residual <= rc.ide_tol);
+    fc.r->cfg.ide_iter = 1;
+    fc.r->cfg.ide_max_iter = 300;
+    CHECK(soma__ide_grad_at(fc.r, &fc.b, e->a, NULL) == SOMA_OK);
+    CHECK(soma_ide_diagnostics(fc.r, &d, 0) == SOMA_OK && d.residual <= fc.rc.ide_tol);
     snprintf(lab, sizeof lab, "%s fixed-point iteration at a_T", name);
-    compare_grads(lab, net, st, "grad.", 1e-5);
-    r->cfg.ide_iter = 0;
-    r->cfg.ide_max_iter = 30;
+    compare_grads(lab, fc.net, fc.st, "grad.", 1e-5);
+    fc.r->cfg.ide_iter = 0;
+    fc.r->cfg.ide_max_iter = 30;
 
     /* the fixed point and the gradient there */
     memcpy(fa, e->a, (size_t)B * nH * sizeof(float));
     e->drop_on = drop;
-    fixed_point(r, fa, B, 500);
+    fixed_point(fc.r, fa, B, 500);
     e->drop_on = 0;
     snprintf(lab, sizeof lab, "%s fixed point", name);
-    if ((want = fx(st, "fixed", &n))) check_close_f(lab, fa, want, n, 1e-5, 1e-6);
-    CHECK(soma__ide_grad_at(r, &b, fa, NULL) == SOMA_OK);
+    if ((want = fx(fc.st, "fixed", &n))) check_close_f(lab, fa, want, n, 1e-5, 1e-6);
+    CHECK(soma__ide_grad_at(fc.r, &fc.b, fa, NULL) == SOMA_OK);
     snprintf(lab, sizeof lab, "%s at a*", name);
-    compare_grads(lab, net, st, "grad_fp.", 1e-5);
+    compare_grads(lab, fc.net, fc.st, "grad_fp.", 1e-5);
 
     /* spectral norm: the power iteration converges to the SVD's sigma */
-    const float *sv = soma_st_find(st, "sigma_svd") ? fx(st, "sigma_svd", NULL) : NULL;
+    const float *sv = soma_st_find(fc.st, "sigma_svd") ? fx(fc.st, "sigma_svd", NULL) : NULL;
     if (sv) {
-        for (int k = 0; k < 300; k++) soma__ide_weight(r, 1);
+        for (int k = 0; k < 300; k++) soma__ide_weight(fc.r, 1);
         CHECK(fabs(e->sigma - sv[0]) <= 1e-5 * sv[0]);
         if (fabs(e->sigma - sv[0]) > 1e-5 * sv[0])
             fprintf(stderr, "sigma %.9g, svd %.9g\n", e->sigma, sv[0]);
     }
     free(fa);
-    soma_rule_free(r);
-    soma_net_free(net);
-    soma_st_free(st);
+    close_fixture_case(&fc);
 }
 
 static void golden(const char *name) { golden_ev(name, 0); }
@@ -439,35 +466,28 @@ static void fd_dense(const char *tag, soma_net *net, dmodel *m)
 /* Finite differences and the BPTT oracle on the single-layer IF fixture. */
 static void double_checks(void)
 {
-    soma_st *st;
-    if (!CHECK(soma_st_read(&st, "tests/fixtures/ide_if.safetensors") == SOMA_OK)) return;
-    soma_rule_config rc;
-    config_from_meta(&rc, st);
-    size_t nx, ny;
-    const float *x = fx(st, "x", &nx);
-    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
-    int B = (int)ny;
-    soma_net *net;
-    soma_rule *r;
-    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
-    ide_state *e = r->state;
-    soma_batch b = { .n = B, .c = (int)(nx / ny), .h = 1, .w = 1, .x = (float *)x, .y = (int32_t *)y };
-    dmodel m = { .B = B, .n0 = e->n[0], .n1 = e->n[1], .C = e->C, .x = x, .y = y, .V = rc.ide_vth };
-    m.F = dcopy(value_of(net, "0.weight"), (size_t)m.n1 * m.n0);
-    m.b1 = dcopy(value_of(net, "0.bias"), m.n1);
-    m.W = dcopy(value_of(net, "0.weight_fb"), (size_t)m.n1 * m.n1);
-    m.R = dcopy(value_of(net, "2.weight"), (size_t)m.C * m.n1);
-    m.bR = dcopy(value_of(net, "2.bias"), m.C);
+    fixture_case fc;
+    if (!open_fixture_case(&fc, "if", NULL)) return;
+    const float *x = fc.b.x;
+    const int32_t *y = fc.b.y;
+    int B = fc.b.n;
+    ide_state *e = fc.r->state;
+    dmodel m = { .B = B, .n0 = e->n[0], .n1 = e->n[1], .C = e->C, .x = x, .y = y, .V = fc.rc.ide_vth };
+    m.F = dcopy(value_of(fc.net, "0.weight"), (size_t)m.n1 * m.n0);
+    m.b1 = dcopy(value_of(fc.net, "0.bias"), m.n1);
+    m.W = dcopy(value_of(fc.net, "0.weight_fb"), (size_t)m.n1 * m.n1);
+    m.R = dcopy(value_of(fc.net, "2.weight"), (size_t)m.C * m.n1);
+    m.bR = dcopy(value_of(fc.net, "2.bias"), m.C);
 
     /* IDE gradient at the (float) fixed point */
-    soma__ide_simulate(r, x, B);
+    soma__ide_simulate(fc.r, x, B);
     size_t nA = (size_t)B * m.n1;
     float *a = malloc(nA * sizeof(float));
     memcpy(a, e->a, nA * sizeof(float));
-    fixed_point(r, a, B, 500);
-    CHECK(soma__ide_grad_at(r, &b, a, NULL) == SOMA_OK);
+    fixed_point(fc.r, a, B, 500);
+    CHECK(soma__ide_grad_at(fc.r, &fc.b, a, NULL) == SOMA_OK);
 
-    fd_dense("", net, &m);
+    fd_dense("", fc.net, &m);
 
     /* BPTT through the rate map converges to the IDE gradient as K grows */
     size_t nF = (size_t)m.n1 * m.n0, nW = (size_t)m.n1 * m.n1, nR = (size_t)m.C * m.n1;
@@ -477,7 +497,7 @@ static void double_checks(void)
         size_t o = 0, n;
         const char *names[] = { "0.weight", "0.bias", "0.weight_fb", "2.weight", "2.bias" };
         for (int k = 0; k < 5; k++) {
-            const float *g = grad_of(net, names[k], &n);
+            const float *g = grad_of(fc.net, names[k], &n);
             for (size_t i = 0; i < n; i++) ide[o++] = g[i];
         }
     }
@@ -504,8 +524,8 @@ static void double_checks(void)
     int Ts[] = { 10, 100, 1000 };
     double gaps[3];
     for (int q = 0; q < 3; q++) {
-        r->cfg.T = Ts[q];
-        soma__ide_simulate(r, x, B);
+        fc.r->cfg.T = Ts[q];
+        soma__ide_simulate(fc.r, x, B);
         double ss = 0;
         for (size_t i = 0; i < nA; i++) ss += ((double)e->a[i] - a[i]) * ((double)e->a[i] - a[i]);
         gaps[q] = sqrt(ss / nA);
@@ -515,18 +535,18 @@ static void double_checks(void)
     /* the public curve (its own fixed point, from a_1000) gives the same gaps */
     {
         double g2[3], change = 1;
-        CHECK(soma_ide_rate_gap(r, &b, Ts, 3, g2, &change) == SOMA_OK);
-        CHECK(change <= 1e-6 && r->cfg.T == Ts[2]);   /* T as it was */
+        CHECK(soma_ide_rate_gap(fc.r, &fc.b, Ts, 3, g2, &change) == SOMA_OK);
+        CHECK(change <= 1e-6 && fc.r->cfg.T == Ts[2]);   /* T as it was */
         for (int q = 0; q < 3; q++) CHECK(fabs(g2[q] - gaps[q]) < 1e-5 + 1e-3 * gaps[q]);
         int bad[1] = { 0 };
-        CHECK(soma_ide_rate_gap(r, &b, bad, 1, g2, NULL) == SOMA_ERR_ARG);
+        CHECK(soma_ide_rate_gap(fc.r, &fc.b, bad, 1, g2, NULL) == SOMA_ERR_ARG);
     }
     /* Theorem 2: with the leak (LIF 0.95) the gap to the same fixed point stays bounded */
-    r->cfg.ide_leak = 0.95f;
+    fc.r->cfg.ide_leak = 0.95f;
     double worst = 0;
     for (int q = 0; q < 3; q++) {
-        r->cfg.T = Ts[q];
-        soma__ide_simulate(r, x, B);
+        fc.r->cfg.T = Ts[q];
+        soma__ide_simulate(fc.r, x, B);
         double ss = 0;
         for (size_t i = 0; i < nA; i++) ss += ((double)e->a[i] - a[i]) * ((double)e->a[i] - a[i]);
         ss = sqrt(ss / nA);
@@ -534,56 +554,42 @@ static void double_checks(void)
         if (!(ss <= worst)) worst = ss;
     }
     CHECK(worst < 0.25);
-    r->cfg.ide_leak = rc.ide_leak;
-    r->cfg.T = rc.T;
+    fc.r->cfg.ide_leak = fc.rc.ide_leak;
+    fc.r->cfg.T = fc.rc.T;
 
     free(ide); free(bp); free(a);
     free(m.F); free(m.b1); free(m.W); free(m.R); free(m.bR);
-    soma_rule_free(r);
-    soma_net_free(net);
-    soma_st_free(st);
+    close_fixture_case(&fc);
 }
 
 /* ---- solver reporting, training, bad input -------------------------------- */
 
+static void strict_tune(soma_rule_config *rc) { rc->ide_strict = 1; rc->ide_max_iter = 1; }
+
 static void strict_and_training(void)
 {
-    soma_st *st;
-    if (!CHECK(soma_st_read(&st, "tests/fixtures/ide_lif_ml.safetensors") == SOMA_OK)) return;
-    soma_rule_config rc;
-    config_from_meta(&rc, st);
-    rc.ide_strict = 1;
-    rc.ide_max_iter = 1;
-    size_t nx, ny;
-    const float *x = fx(st, "x", &nx);
-    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
-    int B = (int)ny;
-    soma_net *net;
-    soma_rule *r;
-    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
-    soma_batch b = { .n = B, .c = (int)(nx / ny), .h = 1, .w = 1, .x = (float *)x, .y = (int32_t *)y };
+    fixture_case fc;
+    if (!open_fixture_case(&fc, "lif_ml", strict_tune)) return;
     soma_rng rng;
     soma_rng_seed(&rng, 1);
-    CHECK(soma_rule_train_batch(r, &b, 0.1f, &rng, NULL) == SOMA_ERR_NUMERIC);
+    CHECK(soma_rule_train_batch(fc.r, &fc.b, 0.1f, &rng, NULL) == SOMA_ERR_NUMERIC);
     CHECK(strstr(soma_last_error(), "residual") != NULL);
     soma_ide_diag d;
-    CHECK(soma_ide_diagnostics(r, &d, 1) == SOMA_OK && d.unconverged == 1 && d.residual > rc.ide_tol);
+    CHECK(soma_ide_diagnostics(fc.r, &d, 1) == SOMA_OK && d.unconverged == 1 && d.residual > fc.rc.ide_tol);
     /* back to the defaults: a few SGD steps lower the loss on the batch */
-    r->cfg.ide_strict = 0;
-    r->cfg.ide_max_iter = 30;
+    fc.r->cfg.ide_strict = 0;
+    fc.r->cfg.ide_max_iter = 30;
     soma_step_stats s0 = { 0 }, s1 = { 0 };
     const float *scores;
-    CHECK(soma_rule_predict(r, &b, &scores, &s0) == SOMA_OK);
-    for (int k = 0; k < 30; k++) CHECK(soma_rule_train_batch(r, &b, 0.2f, &rng, NULL) == SOMA_OK);
-    CHECK(soma_rule_predict(r, &b, &scores, &s1) == SOMA_OK);
+    CHECK(soma_rule_predict(fc.r, &fc.b, &scores, &s0) == SOMA_OK);
+    for (int k = 0; k < 30; k++) CHECK(soma_rule_train_batch(fc.r, &fc.b, 0.2f, &rng, NULL) == SOMA_OK);
+    CHECK(soma_rule_predict(fc.r, &fc.b, &scores, &s1) == SOMA_OK);
     printf("  30 SGD steps on one batch: loss %.4f -> %.4f\n", s0.loss / s0.n, s1.loss / s1.n);
     CHECK(s1.loss < s0.loss);
     soma_mem_plan p;
-    soma_rule_plan(r, &p);
+    soma_rule_plan(fc.r, &p);
     CHECK(p.activations > 0 && p.total > p.activations);
-    soma_rule_free(r);
-    soma_net_free(net);
-    soma_st_free(st);
+    close_fixture_case(&fc);
 }
 
 /* n SGD steps (lr 0.05) on one batch: the first and the last step's mean loss */
@@ -889,45 +895,37 @@ static double dml_loss_at_fp(const dml *m, const double *a0)
  * fixed point, 8 entries of every parameter tensor. */
 static void mlconv_double(void)
 {
-    soma_st *st;
-    if (!CHECK(soma_st_read(&st, "tests/fixtures/ide_mlconv.safetensors") == SOMA_OK)) return;
-    soma_rule_config rc;
-    config_from_meta(&rc, st);
-    size_t nx, ny;
-    const float *x = fx(st, "x", &nx);
-    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
-    int B = (int)ny, ic, ih, iw;
-    in_shape(st, &ic, &ih, &iw);
-    soma_net *net;
-    soma_rule *r;
-    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
-    ide_state *e = r->state;
-    soma_batch b = { .n = B, .c = ic, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
+    fixture_case fc;
+    if (!open_fixture_case(&fc, "mlconv", NULL)) return;
+    const float *x = fc.b.x;
+    const int32_t *y = fc.b.y;
+    int B = fc.b.n;
+    ide_state *e = fc.r->state;
     CHECK(e->fbk == IDE_FB_CONVT && e->H == 3 && e->sbn == 0 && e->bn_g[1] >= 0);
-    CHECK(soma__ide_grad(r, &b, 1, NULL) == SOMA_OK);   /* u, v after one power iteration */
+    CHECK(soma__ide_grad(fc.r, &fc.b, 1, NULL) == SOMA_OK);   /* u, v after one power iteration */
     size_t nA = (size_t)B * e->n[e->H];
     float *af = malloc(nA * sizeof(float));
     memcpy(af, e->a, nA * sizeof(float));
     e->drop_on = 1;
-    fixed_point(r, af, B, 2000);
+    fixed_point(fc.r, af, B, 2000);
     e->drop_on = 0;
-    CHECK(soma__ide_grad_at(r, &b, af, NULL) == SOMA_OK);
+    CHECK(soma__ide_grad_at(fc.r, &fc.b, af, NULL) == SOMA_OK);
     dml m = { .B = B, .H = e->H, .C = e->C, .wcs = e->wcs, .fb = e->fb, .g = e->sn_g,
-              .bn_g = e->bn_g[1], .bn_b = e->bn_b[1], .eps = e->bn_eps[1], .V = rc.ide_vth,
-              .c = rc.ide_sn_c, .x = x, .y = y, .mfb = e->drop_fb };
-    m.u = soma__buffer_value(net, e->sn_u);
-    m.v = soma__buffer_value(net, e->sn_v);
+              .bn_g = e->bn_g[1], .bn_b = e->bn_b[1], .eps = e->bn_eps[1], .V = fc.rc.ide_vth,
+              .c = fc.rc.ide_sn_c, .x = x, .y = y, .mfb = e->drop_fb };
+    m.u = soma__buffer_value(fc.net, e->sn_u);
+    m.v = soma__buffer_value(fc.net, e->sn_v);
     for (int k = 0; k <= e->H; k++) {
         m.n[k] = e->n[k];
         m.cs[k] = e->cs[k];
         m.mask[k] = e->drop[k];
     }
     for (int k = 1; k <= e->H + 1; k++) { m.w[k] = e->w[k]; m.b[k] = e->b[k]; }
-    int npar = net->params.count;
-    if (!CHECK(npar <= 32)) { soma_rule_free(r); soma_net_free(net); soma_st_free(st); return; }
+    int npar = fc.net->params.count;
+    if (!CHECK(npar <= 32)) { close_fixture_case(&fc); return; }
     for (int i = 0; i < npar; i++) {
-        m.np[i] = net->params.p[i].n;
-        m.p[i] = dcopy(soma__param_value(net, i), m.np[i]);
+        m.np[i] = fc.net->params.p[i].n;
+        m.p[i] = dcopy(soma__param_value(fc.net, i), m.np[i]);
     }
     double *a0 = malloc(nA * sizeof(double));
     for (size_t i = 0; i < nA; i++) a0[i] = af[i];
@@ -936,7 +934,7 @@ static void mlconv_double(void)
         enum { NE = 8 };
         size_t n = m.np[i], ne = n < NE ? n : NE;
         double fd[NE], gd[NE];
-        const float *g = soma__param_grad(net, i);
+        const float *g = soma__param_grad(fc.net, i);
         for (size_t q = 0; q < ne; q++) {
             size_t at = q * n / ne;
             double keep = m.p[i][at];
@@ -949,14 +947,12 @@ static void mlconv_double(void)
             gd[q] = g[at];
         }
         char lab[96];
-        snprintf(lab, sizeof lab, "multi-layer conv finite differences %s", net->params.p[i].name);
+        snprintf(lab, sizeof lab, "multi-layer conv finite differences %s", fc.net->params.p[i].name);
         check_close_d(lab, gd, fd, ne, 1e-4, 1e-7);
     }
     for (int i = 0; i < npar; i++) free(m.p[i]);
     free(a0); free(af);
-    soma_rule_free(r);
-    soma_net_free(net);
-    soma_st_free(st);
+    close_fixture_case(&fc);
 }
 
 /* The multi-layer conv forms: 30 SGD steps lower the loss (the batchnorm
@@ -965,46 +961,35 @@ static void mlconv_double(void)
  * T = 4 and T = 64. */
 static void mlconv_training(const char *name)
 {
-    char path[256];
-    snprintf(path, sizeof path, "tests/fixtures/ide_%s.safetensors", name);
-    soma_st *st;
-    if (!CHECK(soma_st_read(&st, path) == SOMA_OK)) return;
-    soma_rule_config rc;
-    config_from_meta(&rc, st);
-    size_t nx, ny;
-    const float *x = fx(st, "x", &nx);
-    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
-    int B = (int)ny, ic, ih, iw;
-    in_shape(st, &ic, &ih, &iw);
-    soma_net *net;
-    soma_rule *r;
-    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
-    soma_batch b = { .n = B, .c = ic, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
+    fixture_case fc;
+    if (!open_fixture_case(&fc, name, NULL)) return;
+    int B = fc.b.n, ic, ih, iw;
+    in_shape(fc.st, &ic, &ih, &iw);
     const float *sc;
     soma_step_stats p0 = { 0 }, p1 = { 0 };
-    CHECK(soma_rule_predict(r, &b, &sc, &p0) == SOMA_OK);
+    CHECK(soma_rule_predict(fc.r, &fc.b, &sc, &p0) == SOMA_OK);
     double first = 0, last = 0;
-    sgd_steps(r, &b, 30, &first, &last);
-    CHECK(soma_rule_predict(r, &b, &sc, &p1) == SOMA_OK);
+    sgd_steps(fc.r, &fc.b, 30, &first, &last);
+    CHECK(soma_rule_predict(fc.r, &fc.b, &sc, &p1) == SOMA_OK);
     printf("  %s, 30 SGD steps on one batch: loss %.4f -> %.4f (prediction %.4f -> %.4f)\n", name,
            first, last, p0.loss / p0.n, p1.loss / p1.n);
     CHECK(last < first && p1.loss < p0.loss);
     soma_mem_plan p4, p64;
-    soma_rule_free(r);
-    soma_net_free(net);
+    soma_rule_free(fc.r);
+    soma_net_free(fc.net);
     int Ts[2] = { 4, 64 };
     for (int q = 0; q < 2; q++) {
-        rc.T = Ts[q];
-        if (!CHECK(new_net_shape(&net, soma_st_meta(st, "spec"), ic, ih, iw))) break;
-        if (CHECK(soma_rule_new(&r, "ide", net, &rc, B) == SOMA_OK)) {
-            soma_rule_plan(r, q ? &p64 : &p4);
-            soma_rule_free(r);
+        fc.rc.T = Ts[q];
+        if (!CHECK(new_net_shape(&fc.net, soma_st_meta(fc.st, "spec"), ic, ih, iw))) break;
+        if (CHECK(soma_rule_new(&fc.r, "ide", fc.net, &fc.rc, B) == SOMA_OK)) {
+            soma_rule_plan(fc.r, q ? &p64 : &p4);
+            soma_rule_free(fc.r);
         }
-        soma_net_free(net);
+        soma_net_free(fc.net);
     }
     CHECK(p4.total == p64.total && p4.activations == p64.activations);
     printf("  %s memory plan: %zu bytes at T = 4, %zu at T = 64\n", name, p4.total, p64.total);
-    soma_st_free(st);
+    soma_st_free(fc.st);
 }
 
 /* Batchnorm on dense S_k: "9-5-bn-4-bn-3" is "conv3x5-bn-conv1x4-bn-3" on
@@ -1109,35 +1094,23 @@ static void dense_bn_as_conv(void)
 
 /* The conv fixture: a few SGD steps lower the loss; the running statistics
  * move once per batch; the rule refuses more threads than its workspace has. */
+static void conv_tune(soma_rule_config *rc) { rc->optim.lr = 0.05f; }
+
 static void conv_training(void)
 {
-    soma_st *st;
-    if (!CHECK(soma_st_read(&st, "tests/fixtures/ide_conv_bn.safetensors") == SOMA_OK)) return;
-    soma_rule_config rc;
-    config_from_meta(&rc, st);
-    rc.optim.lr = 0.05f;
-    size_t nx, ny;
-    const float *x = fx(st, "x", &nx);
-    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
-    int B = (int)ny, ic, ih, iw;
-    in_shape(st, &ic, &ih, &iw);
-    soma_net *net;
-    soma_rule *r;
-    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
-    soma_batch b = { .n = B, .c = ic, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
+    fixture_case fc;
+    if (!open_fixture_case(&fc, "conv_bn", conv_tune)) return;
     double first = 0, last = 0;
-    sgd_steps(r, &b, 30, &first, &last);
+    sgd_steps(fc.r, &fc.b, 30, &first, &last);
     soma_rng rng;
     soma_rng_seed(&rng, 1);
     printf("  conv form, 30 SGD steps on one batch: loss %.4f -> %.4f\n", first, last);
     CHECK(last < first);
     soma_set_threads(2);
     soma_step_stats s = { 0 };
-    if (soma_get_threads() == 2) CHECK(soma_rule_train_batch(r, &b, 0.05f, &rng, &s) == SOMA_ERR_ARG);
+    if (soma_get_threads() == 2) CHECK(soma_rule_train_batch(fc.r, &fc.b, 0.05f, &rng, &s) == SOMA_ERR_ARG);
     soma_set_threads(1);
-    soma_rule_free(r);
-    soma_net_free(net);
-    soma_st_free(st);
+    close_fixture_case(&fc);
 }
 
 /* 1 when every buffer (running statistics, spectral-norm vectors) of a and b
@@ -1167,28 +1140,19 @@ static void djt(const ide_state *e, double V, const double *v, double *out, int 
  * (N = 6: still far from the solution; N = 14: at float's floor). */
 static void broyden_memory(int N)
 {
-    soma_st *st;
-    if (!CHECK(soma_st_read(&st, "tests/fixtures/ide_if.safetensors") == SOMA_OK)) return;
-    soma_rule_config rc;
-    config_from_meta(&rc, st);
-    size_t nx, ny;
-    const float *x = fx(st, "x", &nx);
-    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
-    int B = (int)ny;
-    soma_net *net;
-    soma_rule *r;
-    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
-    ide_state *e = r->state;
-    soma_batch b = { .n = B, .c = (int)(nx / ny), .h = 1, .w = 1, .x = (float *)x, .y = (int32_t *)y };
-    CHECK(e->H == 1 && soma__ide_grad(r, &b, 0, NULL) == SOMA_OK);   /* the map point, g = e->gA */
+    fixture_case fc;
+    if (!open_fixture_case(&fc, "if", NULL)) return;
+    int B = fc.b.n;
+    ide_state *e = fc.r->state;
+    CHECK(e->H == 1 && soma__ide_grad(fc.r, &fc.b, 0, NULL) == SOMA_OK);   /* the map point, g = e->gA */
     enum { M = 3 };
     int D = e->n[1];
     size_t m = (size_t)B * D;
     e->mem = M;
-    r->cfg.ide_max_iter = N;
-    r->cfg.ide_tol = 1e-30f;   /* all N iterations */
+    fc.r->cfg.ide_max_iter = N;
+    fc.r->cfg.ide_tol = 1e-30f;   /* all N iterations */
     int iters;
-    double res = soma__ide_solve(r, e->gA, B, &iters);
+    double res = soma__ide_solve(fc.r, e->gA, B, &iters);
     CHECK(iters == N);
     /* the reference: the same iteration, Binv products formed directly */
     double *g = malloc(m * sizeof(double)), *beta = calloc(m, sizeof(double)), *G = malloc(m * sizeof(double));
@@ -1199,7 +1163,7 @@ static void broyden_memory(int N)
     gn = sqrt(gn);
     for (int k = 0; k < N; k++) {
         for (size_t i = 0; i < m; i++) beta[i] += dx[i];
-        djt(e, rc.ide_vth, beta, jt, B);
+        djt(e, fc.rc.ide_vth, beta, jt, B);
         double ss = 0;
         for (size_t i = 0; i < m; i++) { Gn[i] = jt[i] - beta[i] + g[i]; ss += Gn[i] * Gn[i]; }
         if (sqrt(ss) / gn < bres) { bres = sqrt(ss) / gn; memcpy(best, beta, m * sizeof(double)); }
@@ -1247,9 +1211,7 @@ static void broyden_memory(int N)
            bres);
     CHECK(fabs(res - bres) <= 1e-2 * bres + 1e-7);
     free(g); free(beta); free(G); free(Gn); free(dx); free(jt); free(U); free(Vv); free(best); free(want);
-    soma_rule_free(r);
-    soma_net_free(net);
-    soma_st_free(st);
+    close_fixture_case(&fc);
 }
 
 /* ---- event-driven simulation ------------------------------------------------ */
@@ -1460,51 +1422,42 @@ static void frames_equal_static(const char *name)
  * for T = 4 and T = 64 (nothing per step is kept). */
 static void spike_training(void)
 {
-    soma_st *st;
-    if (!CHECK(soma_st_read(&st, "tests/fixtures/ide_spike.safetensors") == SOMA_OK)) return;
-    soma_rule_config rc;
-    config_from_meta(&rc, st);
-    size_t nx, ny;
-    const float *x = fx(st, "x", &nx);
-    const int32_t *y = (const int32_t *)fx(st, "y", &ny);
-    int B = (int)ny, ic, ih, iw;
-    in_shape(st, &ic, &ih, &iw);
-    soma_net *net;
-    soma_rule *r;
-    if (!build(st, &rc, &net, &r, B)) { soma_st_free(st); return; }
-    soma_batch b = { .n = B, .c = ic * rc.T, .h = ih, .w = iw, .x = (float *)x, .y = (int32_t *)y };
+    fixture_case fc;
+    if (!open_fixture_case(&fc, "spike", NULL)) return;
+    int B = fc.b.n, ic, ih, iw;
+    in_shape(fc.st, &ic, &ih, &iw);
     double first = 0, last = 0;
-    sgd_steps(r, &b, 30, &first, &last);
+    sgd_steps(fc.r, &fc.b, 30, &first, &last);
     soma_rng rng;
     soma_rng_seed(&rng, 1);
     printf("  spike input, 30 SGD steps on one batch: loss %.4f -> %.4f\n", first, last);
     CHECK(last < first);
     /* a batch of static samples (one frame each) is refused by the rule API */
-    soma_batch one = b;
+    soma_batch one = fc.b;
     one.c = ic;
     soma_step_stats s = { 0 };
-    CHECK(soma_rule_train_batch(r, &one, 0.05f, &rng, &s) == SOMA_ERR_SHAPE);
+    CHECK(soma_rule_train_batch(fc.r, &one, 0.05f, &rng, &s) == SOMA_ERR_SHAPE);
     /* T changed after the rule was built: the frames no longer match */
-    r->cfg.T = 5;
+    fc.r->cfg.T = 5;
     const float *sc;
-    CHECK(soma_rule_predict(r, &b, &sc, NULL) == SOMA_ERR_ARG);
-    r->cfg.T = rc.T;
+    CHECK(soma_rule_predict(fc.r, &fc.b, &sc, NULL) == SOMA_ERR_ARG);
+    fc.r->cfg.T = fc.rc.T;
     soma_mem_plan p4, p64;
-    soma_rule_plan(r, &p4);
-    soma_rule_free(r);
-    soma_net_free(net);
-    rc.T = 64;
-    rc.sample_size = 64 * ic * ih * iw;
-    if (CHECK(new_net_shape(&net, soma_st_meta(st, "spec"), ic, ih, iw))) {
-        if (CHECK(soma_rule_new(&r, "ide", net, &rc, B) == SOMA_OK)) {
-            soma_rule_plan(r, &p64);
+    soma_rule_plan(fc.r, &p4);
+    soma_rule_free(fc.r);
+    soma_net_free(fc.net);
+    fc.rc.T = 64;
+    fc.rc.sample_size = 64 * ic * ih * iw;
+    if (CHECK(new_net_shape(&fc.net, soma_st_meta(fc.st, "spec"), ic, ih, iw))) {
+        if (CHECK(soma_rule_new(&fc.r, "ide", fc.net, &fc.rc, B) == SOMA_OK)) {
+            soma_rule_plan(fc.r, &p64);
             CHECK(p64.total == p4.total && p64.activations == p4.activations);
             printf("  spike input memory plan: %zu bytes at T = 4, %zu at T = 64\n", p4.total, p64.total);
-            soma_rule_free(r);
+            soma_rule_free(fc.r);
         }
-        soma_net_free(net);
+        soma_net_free(fc.net);
     }
-    soma_st_free(st);
+    soma_st_free(fc.st);
 }
 
 static soma_status try_rule(const char *spec, const soma_rule_config *rc)

@@ -37,6 +37,17 @@ static soma_net *make_net(const char *spec, int D, soma_readout ro, soma_neuron_
     return make_net_chw(spec, D, 1, 1, ro, kind, seed);
 }
 
+/* tensor i of n: its values, name, element count and (when asked) whether it is a parameter */
+static float *tensor_elems(soma_net *n, int i, const char **name, size_t *cnt, int *is_param)
+{
+    int64_t shape[4];
+    int ndim;
+    float *p = soma_net_tensor(n, i, name, &ndim, shape, is_param);
+    *cnt = 1;
+    for (int d = 0; d < ndim; d++) *cnt *= (size_t)shape[d];
+    return p;
+}
+
 static int find_tensor(soma_net *n, const char *want)
 {
     for (int i = 0; i < soma_net_tensor_count(n); i++) {
@@ -314,11 +325,8 @@ static void fd_ltc_opt(const char *spec, int ic, int ih, int iw, soma_readout ro
     /* map BN affine off 1 / 0; in evaluation, running statistics off 0 / 1 */
     for (int i = 0; i < soma_net_tensor_count(n); i++) {
         const char *name;
-        int64_t shape[4];
-        int ndim;
-        float *p = soma_net_tensor(n, i, &name, &ndim, shape, NULL);
-        size_t cnt = 1;
-        for (int d = 0; d < ndim; d++) cnt *= (size_t)shape[d];
+        size_t cnt;
+        float *p = tensor_elems(n, i, &name, &cnt, NULL);
         int g = strstr(name, ".bn.weight") != NULL, be = strstr(name, ".bn.bias") != NULL;
         int rm = !train && strstr(name, "running_mean") != NULL, rv = !train && strstr(name, "running_var") != NULL;
         for (size_t k = 0; k < cnt; k++) {
@@ -344,12 +352,11 @@ static void fd_ltc_opt(const char *spec, int ic, int ih, int iw, soma_readout ro
     memcpy(g, soma_net_param_grads(n), sizeof(float) * np);
     for (int i = 0; i < soma_net_tensor_count(n); i++) {
         const char *name;
-        int ndim, is_param;
-        int64_t shape[4];
-        float *p = soma_net_tensor(n, i, &name, &ndim, shape, &is_param);
+        int is_param;
+        size_t cnt;
+        float *p = tensor_elems(n, i, &name, &cnt, &is_param);
         if (!is_param) continue;
-        size_t off = (size_t)(p - w), cnt = 1;
-        for (int d = 0; d < ndim; d++) cnt *= (size_t)shape[d];
+        size_t off = (size_t)(p - w);
         double gv = 0;
         for (size_t k = 0; k < cnt; k++) { v[k] = soma_rng_normal(&rng); gv += (double)g[off + k] * v[k]; }
         double d[2];
@@ -644,11 +651,8 @@ static void test_map_bn_spec(void)
     int same = 1;
     for (int i = 0; i < soma_net_tensor_count(n0); i++) {
         const char *name;
-        int64_t shape[4];
-        int ndim;
-        float *a = soma_net_tensor(n0, i, &name, &ndim, shape, NULL);
-        size_t cnt = 1;
-        for (int d = 0; d < ndim; d++) cnt *= (size_t)shape[d];
+        size_t cnt;
+        float *a = tensor_elems(n0, i, &name, &cnt, NULL);
         float *b = tensor_by_name(n1, name, NULL, NULL);
         same &= b && !memcmp(a, b, cnt * sizeof(float));
     }
@@ -756,11 +760,8 @@ static void test_map_bn_golden(const char *path)
         for (int i = 0; i < soma_net_tensor_count(n); i++) {
             const char *name;
             int is_param;
-            int64_t shape[4];
-            int ndim;
-            float *v = soma_net_tensor(n, i, &name, &ndim, shape, &is_param);
-            size_t cnt = 1;
-            for (int d = 0; d < ndim; d++) cnt *= (size_t)shape[d];
+            size_t cnt;
+            float *v = tensor_elems(n, i, &name, &cnt, &is_param);
             char key[96], label[160];
             if (is_param) {
                 snprintf(key, sizeof key, "%s.%s", mode ? "evgrad" : "grad", name);
@@ -888,12 +889,9 @@ static void test_map_bn_checkpoint(void)
         int same = 1, bn_seen = 0;
         for (int i = 0; i < soma_net_tensor_count(n); i++) {
             const char *na, *nb;
-            int64_t shape[4];
-            int ndim;
-            float *va = soma_net_tensor(n, i, &na, &ndim, shape, NULL);
+            size_t cnt;
+            float *va = tensor_elems(n, i, &na, &cnt, NULL);
             float *vb = soma_net_tensor(m, i, &nb, NULL, NULL, NULL);
-            size_t cnt = 1;
-            for (int d = 0; d < ndim; d++) cnt *= (size_t)shape[d];
             same &= !strcmp(na, nb) && !memcmp(va, vb, cnt * sizeof(float));
             bn_seen += strstr(na, ".bn.") != NULL;
         }
