@@ -14,6 +14,18 @@
 soma_status soma__fail(soma_status code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* The spiking simulations' hot elementwise loops, built also for AVX2 and
+ * AVX-512 and chosen by the CPU at load time (GCC's function multiversioning;
+ * the build itself targets x86-64-v2 for portability).  Their lanes are
+ * independent sums and ISO C mode keeps contraction off, so every clone
+ * gives the same bits.  Off under the sanitizers and where unsupported. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(SOMA_NO_CLONES)
+#define SOMA_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SOMA_SIMD_CLONES
+#endif
+
 /* All library allocation goes through these, so a test can make the Nth
  * allocation fail (sqlite's fault simulator). They set the last error on
  * failure. soma__free accepts NULL. */

@@ -698,6 +698,7 @@ void soma__ide_draw_masks(soma_rule *r, soma_rng *rng, int B)
 
 /* returns the number of spikes; acc (the last layer's rate accumulator, or
  * NULL): acc = lam acc + s in the same pass */
+SOMA_SIMD_CLONES
 static int64_t spike_step(float *restrict u, float *restrict s, float *restrict acc, size_t m,
                           float V, float lam)
 {
@@ -747,50 +748,56 @@ static void transpose(float *restrict dst, const float *restrict src, int rows, 
  * one row at a time).  These are exactly the dense product's nonzero terms
  * (1 * w = w), so the result differs from soma_gemm's only by the order of
  * the float sums.  idx: B * I ints. */
+/* one sample of spike_gather: yb (O) += cb + the rows of wt of the spikes in
+ * sb (I); ib: I ints */
+SOMA_SIMD_CLONES
+static void gather_sample(float *restrict yb, const float *cb, const float *restrict sb,
+                          const float *restrict wt, int I, int O, int *restrict ib)
+{
+    int n = 0;
+    for (int j = 0; j < I; j++) {   /* branch-free compaction of the spike list */
+        ib[n] = j;
+        n += sb[j] != 0.0f;
+    }
+    int q = 0;
+    if (cb) {   /* y + c, with the first eight rows when there are as many */
+        if (n >= 8) {
+            const float *w0 = wt + (size_t)ib[0] * O, *w1 = wt + (size_t)ib[1] * O;
+            const float *w2 = wt + (size_t)ib[2] * O, *w3 = wt + (size_t)ib[3] * O;
+            const float *w4 = wt + (size_t)ib[4] * O, *w5 = wt + (size_t)ib[5] * O;
+            const float *w6 = wt + (size_t)ib[6] * O, *w7 = wt + (size_t)ib[7] * O;
+            _Pragma("omp simd")
+            for (int o = 0; o < O; o++)
+                yb[o] = yb[o] + cb[o] + w0[o] + w1[o] + w2[o] + w3[o] + w4[o] + w5[o] + w6[o] + w7[o];
+            q = 8;
+        } else {
+            _Pragma("omp simd")
+            for (int o = 0; o < O; o++) yb[o] += cb[o];
+        }
+    }
+    for (; q + 8 <= n; q += 8) {
+        const float *w0 = wt + (size_t)ib[q] * O, *w1 = wt + (size_t)ib[q + 1] * O;
+        const float *w2 = wt + (size_t)ib[q + 2] * O, *w3 = wt + (size_t)ib[q + 3] * O;
+        const float *w4 = wt + (size_t)ib[q + 4] * O, *w5 = wt + (size_t)ib[q + 5] * O;
+        const float *w6 = wt + (size_t)ib[q + 6] * O, *w7 = wt + (size_t)ib[q + 7] * O;
+        _Pragma("omp simd")
+        for (int o = 0; o < O; o++)
+            yb[o] = yb[o] + w0[o] + w1[o] + w2[o] + w3[o] + w4[o] + w5[o] + w6[o] + w7[o];
+    }
+    for (; q < n; q++) {
+        const float *w0 = wt + (size_t)ib[q] * O;
+        _Pragma("omp simd")
+        for (int o = 0; o < O; o++) yb[o] += w0[o];
+    }
+}
+
 static void spike_gather(float *y, const float *c, const float *s, const float *wt, int B, int I,
                          int O, int *idx)
 {
     #pragma omp parallel for schedule(static) if ((size_t)B * I >= 8192 && soma_get_threads() > 1)
-    for (int b = 0; b < B; b++) {
-        const float *sb = s + (size_t)b * I;
-        float *restrict yb = y + (size_t)b * O;
-        int *ib = idx + (size_t)b * I, n = 0;
-        for (int j = 0; j < I; j++) {   /* branch-free compaction of the spike list */
-            ib[n] = j;
-            n += sb[j] != 0.0f;
-        }
-        int q = 0;
-        if (c) {   /* y + c, with the first eight rows when there are as many */
-            const float *cb = c + (size_t)b * O;
-            if (n >= 8) {
-                const float *w0 = wt + (size_t)ib[0] * O, *w1 = wt + (size_t)ib[1] * O;
-                const float *w2 = wt + (size_t)ib[2] * O, *w3 = wt + (size_t)ib[3] * O;
-                const float *w4 = wt + (size_t)ib[4] * O, *w5 = wt + (size_t)ib[5] * O;
-                const float *w6 = wt + (size_t)ib[6] * O, *w7 = wt + (size_t)ib[7] * O;
-                _Pragma("omp simd")
-                for (int o = 0; o < O; o++)
-                    yb[o] = yb[o] + cb[o] + w0[o] + w1[o] + w2[o] + w3[o] + w4[o] + w5[o] + w6[o] + w7[o];
-                q = 8;
-            } else {
-                _Pragma("omp simd")
-                for (int o = 0; o < O; o++) yb[o] += cb[o];
-            }
-        }
-        for (; q + 8 <= n; q += 8) {
-            const float *w0 = wt + (size_t)ib[q] * O, *w1 = wt + (size_t)ib[q + 1] * O;
-            const float *w2 = wt + (size_t)ib[q + 2] * O, *w3 = wt + (size_t)ib[q + 3] * O;
-            const float *w4 = wt + (size_t)ib[q + 4] * O, *w5 = wt + (size_t)ib[q + 5] * O;
-            const float *w6 = wt + (size_t)ib[q + 6] * O, *w7 = wt + (size_t)ib[q + 7] * O;
-            _Pragma("omp simd")
-            for (int o = 0; o < O; o++)
-                yb[o] = yb[o] + w0[o] + w1[o] + w2[o] + w3[o] + w4[o] + w5[o] + w6[o] + w7[o];
-        }
-        for (; q < n; q++) {
-            const float *w0 = wt + (size_t)ib[q] * O;
-            _Pragma("omp simd")
-            for (int o = 0; o < O; o++) yb[o] += w0[o];
-        }
-    }
+    for (int b = 0; b < B; b++)
+        gather_sample(y + (size_t)b * O, c ? c + (size_t)b * O : NULL, s + (size_t)b * I, wt, I, O,
+                      idx + (size_t)b * I);
 }
 
 static int thread_id(void)
@@ -827,54 +834,63 @@ static void conv_layout(float *restrict wt, const float *restrict w, const soma_
  * reaches, into a channel-last accumulator (one map per thread, zev, nzev
  * floats apart), added into y (times mask, which may be NULL) at the end:
  * the dense conv's nonzero terms, in another order of the float sums. */
-static void spike_conv(float *y, const float *mask, const float *in, const float *wt,
-                       const soma_conv_shape *s, int transposed, int B, float *zev, size_t nzev)
+/* one sample of spike_conv: z (P, co) <- the spikes sb (ci, hi, wi)
+ * scattered through wt; then yb (co, P) += mb z^T (mb may be NULL) */
+SOMA_SIMD_CLONES
+static void conv_scatter_sample(float *restrict yb, const float *restrict mb, const float *restrict sb,
+                                const float *restrict wt, const soma_conv_shape *s, int transposed,
+                                float *restrict z)
 {
     const int KH = s->KH, KW = s->KW, st = s->stride, pd = s->pad;
     const int ci = transposed ? s->O : s->C, hi = transposed ? s->OH : s->H, wi = transposed ? s->OW : s->W;
     const int co = transposed ? s->C : s->O, ho = transposed ? s->H : s->OH, wo = transposed ? s->W : s->OW;
-    const size_t nin = (size_t)ci * hi * wi, P = (size_t)ho * wo, nout = (size_t)co * P;
+    const size_t P = (size_t)ho * wo, nout = (size_t)co * P;
+    memset(z, 0, nout * sizeof(float));
+    for (int c = 0; c < ci; c++)
+        for (int yi = 0; yi < hi; yi++)
+            for (int xi = 0; xi < wi; xi++) {
+                if (sb[((size_t)c * hi + yi) * wi + xi] == 0.0f) continue;
+                /* the kernel taps (dy, dx) and output positions (yo, xo) the
+                 * spike reaches: transposed, yo = yi st + dy - pd for every dy;
+                 * else yo st + dy - pd = yi, i.e. dy = (yi + pd) mod st, + st,
+                 * ..., with yo = (yi + pd) / st, - 1, ... */
+                int dy0 = transposed ? 0 : (yi + pd) % st, dys = transposed ? 1 : st;
+                int dx0 = transposed ? 0 : (xi + pd) % st, dxs = transposed ? 1 : st;
+                int yo0 = transposed ? yi * st - pd : (yi + pd) / st;
+                int xo0 = transposed ? xi * st - pd : (xi + pd) / st, dir = transposed ? 1 : -1;
+                for (int dy = dy0, yo = yo0; dy < KH; dy += dys, yo += dir) {
+                    if (yo < 0 || yo >= ho) continue;
+                    for (int dx = dx0, xo = xo0; dx < KW; dx += dxs, xo += dir) {
+                        if (xo < 0 || xo >= wo) continue;
+                        float *restrict zr = z + ((size_t)yo * wo + xo) * co;
+                        const float *restrict wr = wt + (((size_t)c * KH + dy) * KW + dx) * co;
+                        _Pragma("omp simd")
+                        for (int o = 0; o < co; o++) zr[o] += wr[o];
+                    }
+                }
+            }
+    for (int o = 0; o < co; o++) {
+        float *yr = yb + (size_t)o * P;
+        if (mb)
+            for (size_t q = 0; q < P; q++) yr[q] += mb[(size_t)o * P + q] * z[q * co + o];
+        else
+            for (size_t q = 0; q < P; q++) yr[q] += z[q * co + o];
+    }
+}
+
+static void spike_conv(float *y, const float *mask, const float *in, const float *wt,
+                       const soma_conv_shape *s, int transposed, int B, float *zev, size_t nzev)
+{
+    const size_t nin = transposed ? (size_t)s->O * s->OH * s->OW : (size_t)s->C * s->H * s->W;
+    const size_t nout = transposed ? (size_t)s->C * s->H * s->W : (size_t)s->O * s->OH * s->OW;
     #pragma omp parallel if (B > 1 && soma_get_threads() > 1)
     {
         size_t lo, hi_b;
         soma__thread_range((size_t)B, &lo, &hi_b);
         float *z = zev + (size_t)thread_id() * nzev;
-        for (size_t b = lo; b < hi_b; b++) {
-            const float *sb = in + b * nin;
-            memset(z, 0, nout * sizeof(float));
-            for (int c = 0; c < ci; c++)
-                for (int yi = 0; yi < hi; yi++)
-                    for (int xi = 0; xi < wi; xi++) {
-                        if (sb[((size_t)c * hi + yi) * wi + xi] == 0.0f) continue;
-                        /* the kernel taps (dy, dx) and output positions (yo, xo) the
-                         * spike reaches: transposed, yo = yi st + dy - pd for every dy;
-                         * else yo st + dy - pd = yi, i.e. dy = (yi + pd) mod st, + st,
-                         * ..., with yo = (yi + pd) / st, - 1, ... */
-                        int dy0 = transposed ? 0 : (yi + pd) % st, dys = transposed ? 1 : st;
-                        int dx0 = transposed ? 0 : (xi + pd) % st, dxs = transposed ? 1 : st;
-                        int yo0 = transposed ? yi * st - pd : (yi + pd) / st;
-                        int xo0 = transposed ? xi * st - pd : (xi + pd) / st, dir = transposed ? 1 : -1;
-                        for (int dy = dy0, yo = yo0; dy < KH; dy += dys, yo += dir) {
-                            if (yo < 0 || yo >= ho) continue;
-                            for (int dx = dx0, xo = xo0; dx < KW; dx += dxs, xo += dir) {
-                                if (xo < 0 || xo >= wo) continue;
-                                float *restrict zr = z + ((size_t)yo * wo + xo) * co;
-                                const float *restrict wr = wt + (((size_t)c * KH + dy) * KW + dx) * co;
-                                _Pragma("omp simd")
-                                for (int o = 0; o < co; o++) zr[o] += wr[o];
-                            }
-                        }
-                    }
-            float *yb = y + b * nout;
-            const float *mb = mask ? mask + b * nout : NULL;
-            for (int o = 0; o < co; o++) {
-                float *yr = yb + (size_t)o * P;
-                if (mb)
-                    for (size_t q = 0; q < P; q++) yr[q] += mb[(size_t)o * P + q] * z[q * co + o];
-                else
-                    for (size_t q = 0; q < P; q++) yr[q] += z[q * co + o];
-            }
-        }
+        for (size_t b = lo; b < hi_b; b++)
+            conv_scatter_sample(y + b * nout, mask ? mask + b * nout : NULL, in + b * nin, wt, s,
+                                transposed, z);
     }
 }
 
