@@ -251,13 +251,13 @@ static int bench_speed(int threads, int steps, int repeats, int T, int B, int wh
         int n = r < 0 ? 1 : steps;
         for (int k = 0; k < 2; k++) {
             if (!rule[k]) continue;
-            double t0 = now_s();
+            double t0 = bench_clock_s();
             for (int s = 0; s < n; s++) {
                 soma_step_stats st = { 0 };
                 if (soma_rule_train_batch(rule[k], &b, rc.optim.lr, &rng[k], &st)) return fail("train sequence");
                 last[k] = st;
             }
-            if (r >= 0) times[k][r] = (now_s() - t0) / n;
+            if (r >= 0) times[k][r] = (bench_clock_s() - t0) / n;
         }
     }
     double seq_s[2];
@@ -268,10 +268,10 @@ static int bench_speed(int threads, int steps, int repeats, int T, int B, int wh
         soma_rule_plan(rule[k], &plan);
         printf("soma fptt-speed rule=%s net=%s batch=%d T=%d K=%d threads=%d steps=%d repeats=%d "
                "seq_ms=%.3f ms_per_sample=%.3f samples_per_s=%.2f updates_per_seq=%d "
-               "ms_per_update=%.4f plan_mib=%.2f loss=%.4f\n",
+               "ms_per_update=%.4f plan_mib=%.2f loss=%.4f clock=%s\n",
                names[k], SMNIST_NET, B, T, k ? T : 1, threads, steps, repeats, seq_s[k] * 1e3,
                seq_s[k] * 1e3 / B, B / seq_s[k], k ? 1 : T, seq_s[k] * 1e3 / (k ? 1 : T),
-               plan.total / MIB, mean_loss(&last[k]));
+               plan.total / MIB, mean_loss(&last[k]), bench_cpu_clock() ? "cpu" : "wall");
     }
     if (which == 3)
         printf("soma fptt-speed ratio=fptt/bptt batch=%d T=%d threads=%d seq_ratio=%.3f peak_rss_mib=%.1f\n",

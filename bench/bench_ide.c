@@ -69,7 +69,7 @@
  *
  * usage: bench_ide THREADS STEPS REPEATS [T...]   (default T: 5 30 100;
  *                                                  one line per T;
- *                                                  IDE_CLOCK=cpu: CPU time)
+ *                                                  BENCH_CLOCK=cpu: CPU time)
  *        bench_ide rss T [THREADS]
  *        bench_ide check FILE [T]
  */
@@ -102,19 +102,9 @@ typedef struct variant {
 
 static const char *data_name = "fashion";
 
-/* IDE_CLOCK=cpu: every time below is the process's CPU time instead of the
- * monotonic clock (clock= in the output says which).  On a loaded machine
- * the wall clock also counts the other processes' turns; at one thread the
- * CPU clock does not.  Use it at one thread only (with two it adds them). */
-static int cpu_clock;
-
-static double clock_s(void)
-{
-    if (!cpu_clock) return now_s();
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+/* every time below: bench_clock_s (BENCH_CLOCK=cpu or BENCH_CLOCK=cpu: CPU time) */
+#define clock_s bench_clock_s
+#define cpu_clock bench_cpu_clock()
 
 /* Fashion-MNIST, or MNIST when data/fashion cannot be opened. */
 static int open_data(soma_dataset **train)
@@ -450,8 +440,6 @@ int main(int argc, char **argv)
     if (threads <= 0) { fprintf(stderr, "bench_ide: THREADS must be > 0\n"); return 2; }
     for (int i = 0; i < (mode ? 1 : nT); i++)
         if (Ts[i] <= 0) { fprintf(stderr, "bench_ide: T must be > 0\n"); return 2; }
-    const char *clk = getenv("IDE_CLOCK");
-    cpu_clock = clk && !strcmp(clk, "cpu");
     soma_dataset *train;
     if (open_data(&train)) return 1;
     int rc = mode == 1 ? check_dump(argv[2], Ts[0], train)

@@ -22,6 +22,8 @@
 #   same model and rules in PyTorch at equal batch and threads (OpenBLAS/OpenMP pinned).
 #   speedup = torch seq_ms / soma seq_ms (> 1: soma faster; target for FPTT: >= 3).
 #   OMP_WAIT_POLICY defaults to PASSIVE for both, as the soma CLI sets it.
+#   BENCH_CLOCK=cpu times the speed part with each process's CPU time (clock= says which):
+#   for a loaded machine, at threads 1 (with 2 it adds the threads' times).
 # usage: sh bench/run_fptt.sh [BUILD]
 #   (REPEATS, RSS_TS, FPTT_T, FPTT_BATCH, FPTT_STEPS, ADDING_K, TORCH_RSS from the environment)
 BUILD=${1:-build/rel}

@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench_common import cur_rss_mib, heaviside_spike, peak_rss_mib, sort_median, timed
+from bench_common import CLOCK_NAME, cur_rss_mib, heaviside_spike, peak_rss_mib, sort_median, timed
 
 B0, BETA_A = 0.1, 1.8
 SIG, HGT, SCL, GAM = 0.3, 0.15, 6.0, 0.5
@@ -213,7 +213,7 @@ def bench_speed(argv):
               f"threads={threads} steps={steps} repeats={repeats} seq_ms={seq[r] * 1e3:.3f} "
               f"ms_per_sample={seq[r] * 1e3 / B:.3f} samples_per_s={B / seq[r]:.2f} "
               f"updates_per_seq={ups} ms_per_update={seq[r] * 1e3 / ups:.4f} loss={loss[r]:.4f} "
-              f"torch={torch.__version__}")
+              f"torch={torch.__version__} clock={CLOCK_NAME}")
     print(f"torch fptt-speed ratio=fptt/bptt batch={B} T={T} threads={threads} "
           f"seq_ratio={seq['fptt'] / seq['bptt']:.3f} peak_rss_mib={peak_rss_mib():.1f}")
 

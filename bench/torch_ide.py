@@ -39,7 +39,7 @@ solve in the hook), update_ms (optimizer step and zero_grad) from the same
 iterations; iters, residual, rate_gap (RMS |f(a_T) - a_T|) their means.
 
 usage: /usr/bin/python3 bench/torch_ide.py THREADS STEPS REPEATS [T...]   (default 5 30 100;
-                                                     IDE_CLOCK=cpu: CPU time, as bench_ide)
+                                                     BENCH_CLOCK=cpu: CPU time, as bench_ide)
        /usr/bin/python3 bench/torch_ide.py --check [BUILD [T]]
   --check  runs BUILD/bench/bench_ide check (BUILD default build/rel, T
            default 5): soma's initial weights and buffers, its first
@@ -79,13 +79,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench_common import Shuffle, load_mnist, peak_rss_mib, read_safetensors, rel_err, sort_median
+from bench_common import CPU_CLOCK, Shuffle, clock, load_mnist, peak_rss_mib, read_safetensors, rel_err, sort_median
 
 NET = "784-400-bn-10"
 N0, N1, C = 784, 400, 10
@@ -101,10 +100,7 @@ MARGIN = 1e-4          # --check: a threshold test this close to V_th may flip i
 RATE_ATOL = 1e-5       # --check: rates equal up to float32 rounding
 SGD_ULP = 4           # --check: torch.optim.SGD against soma's step, operand ulps
 GRAD_FLOOR = 1e-3      # --check: gradient norms below this fraction of the largest count as 0
-# IDE_CLOCK=cpu: time with the process's CPU time (as bench_ide): on a loaded machine the wall
-# clock also counts the other processes' turns; at one thread the CPU clock does not
-CPU_CLOCK = os.environ.get("IDE_CLOCK") == "cpu"
-clock = time.process_time if CPU_CLOCK else time.perf_counter
+# BENCH_CLOCK=cpu / IDE_CLOCK=cpu: `clock` is the process's CPU time (bench_common, as bench_ide)
 
 
 # ---- data -------------------------------------------------------------------------
