@@ -1183,12 +1183,15 @@ typedef struct soma_ide_diag {
     int64_t batches, unconverged;     /* batches seen; solves ending above ide_tol */
 } soma_ide_diag;
 soma_status soma_ide_diagnostics(soma_rule *r, soma_ide_diag *d, int reset);
-/* IDE (rule "ide", static input): the supplement's Fig. 2 on batch b.  The
- * fixed point a* of the rate map (iterated from the rates of the longest
- * simulation until no rate moves by 1e-6, at most 2,000 maps; *fp_change,
- * may be NULL, receives the last largest move), then for each T of Ts the
- * RMS gap |a[T] - a*| of the T-step simulation's rates into gaps[q].  No
- * dropout; batchnorms at their running statistics; changes no parameter. */
+/* IDE (rule "ide"): the supplement's Fig. 2 on batch b.  The fixed point a*
+ * of the rate map (iterated from the rates of the longest simulation until
+ * no rate moves by 1e-6, at most 2,000 maps; *fp_change, may be NULL,
+ * receives the last largest move), then for each T of Ts the RMS gap
+ * |a[T] - a*| of the T-step simulation's rates into gaps[q].  Spike-frame
+ * input: b holds the rule's T frames, Ts must be exactly { T } and a* is the
+ * fixed point of the map of those frames' average (soma_evaluate_ide_gap
+ * bins the data again for each T).  No dropout; batchnorms at their running
+ * statistics; changes no parameter. */
 soma_status soma_ide_rate_gap(soma_rule *r, const soma_batch *b, const int *Ts, int nT,
                               double *gaps, double *fp_change);
 /* EP diagnostics (r must be rule "ep"): alignment tr(W_fwd W_bwd) per layer
@@ -1337,7 +1340,8 @@ typedef struct soma_eval_result {
 soma_status soma_evaluate(const char *checkpoint, const char *data, const char *data_dir,
                           int batch, int limit, int verify, double prune, int prune_per_layer,
                           soma_eval_result *res);
-/* soma_ide_rate_gap of an IDE checkpoint on the first test batch of data. */
+/* soma_ide_rate_gap of an IDE checkpoint on the first test batch of data;
+ * spike-frame data (N-MNIST) are loaded again binned into each T of Ts. */
 soma_status soma_evaluate_ide_gap(const char *checkpoint, const char *data, const char *data_dir,
                                   int batch, int verify, const int *Ts, int nT, double *gaps,
                                   double *fp_change);

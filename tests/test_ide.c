@@ -1393,6 +1393,17 @@ static void frames_equal_static(const char *name)
         same_a = same_a && !memcmp(es->u[k], ef->u[k], (size_t)B * es->n[k] * sizeof(float));
     int same_g = !memcmp(soma_net_param_grads(ns), soma_net_param_grads(nf), np * sizeof(float));
     int same_b = same_buffers(ns, nf);
+    /* the rate gap: T equal frames give the static input's gap and fixed point
+     * to the bit; another T than the frames' is refused */
+    {
+        double gs = -1, gf = -2, cs = -1, cf = -2;
+        int Tq[1] = { T }, Tbad[2] = { T + 1, T };
+        CHECK(soma_ide_rate_gap(a, &bs, Tq, 1, &gs, &cs) == SOMA_OK);
+        CHECK(soma_ide_rate_gap(f, &bf, Tq, 1, &gf, &cf) == SOMA_OK);
+        CHECK(gs == gf && cs == cf && gs > 0 && cf <= 1e-6 && f->cfg.T == T);
+        CHECK(soma_ide_rate_gap(f, &bf, Tbad, 1, &gf, NULL) == SOMA_ERR_UNSUPPORTED);
+        CHECK(soma_ide_rate_gap(f, &bf, Tbad, 2, &gf, NULL) == SOMA_ERR_UNSUPPORTED);
+    }
     soma_rng rng;
     soma_rng_seed(&rng, 1);
     for (int k = 0; k < 3; k++) {

@@ -637,7 +637,8 @@ static int cmd_eval(int argc, char **argv)
                    "  --prune-per-layer    prune F of each layer instead\n"
                    "  --ide-gap T1,T2,..   rule ide: instead, the RMS gap |a[T] - a*| between the\n"
                    "                       T-step average rates and the fixed point of the rate map,\n"
-                   "                       on the first test batch (the supplement's Fig. 2)\n");
+                   "                       on the first test batch (the supplement's Fig. 2); spike\n"
+                   "                       frames (nmnist) are binned again into T frames per T\n");
             return 0;
         case ':': return usage_error("eval: option '%s' needs a value%s", argv[optind - 1], "");
         default: return usage_error("eval: unknown option '%s'%s", argv[optind - 1], "");

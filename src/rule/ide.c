@@ -1689,34 +1689,13 @@ soma_status soma_ide_diagnostics(soma_rule *r, soma_ide_diag *d, int reset)
     return SOMA_OK;
 }
 
-soma_status soma_ide_rate_gap(soma_rule *r, const soma_batch *b, const int *Ts, int nT,
-                              double *gaps, double *fp_change)
+/* A <- the fixed point of the rate map (with the F x of the last simulation),
+ * iterated from A until no rate moves by 1e-6 (at most 2,000 maps); t: scratch.
+ * Returns the last largest move. */
+static double map_fixed_point(soma_rule *r, float *A, float *t, int B)
 {
-    if (!r || r->ops != &soma__rule_ide)
-        return soma__fail(SOMA_ERR_ARG, "rule is '%s', not 'ide'", r ? r->ops->name : "(null)");
     ide_state *e = r->state;
-    if (e->frames)
-        return soma__fail(SOMA_ERR_UNSUPPORTED, "rate gap: spike-frame input fixes T to its %d frames "
-                          "(static input only)", r->cfg.T);
-    if (nT < 1 || !Ts || !gaps) return soma__fail(SOMA_ERR_ARG, "rate gap: no T given");
-    int tmax = 0;
-    for (int q = 0; q < nT; q++) {
-        if (Ts[q] < 1) return soma__fail(SOMA_ERR_ARG, "rate gap: T must be >= 1, got %d", Ts[q]);
-        if (Ts[q] > tmax) tmax = Ts[q];
-    }
-    int B = b->n, T0 = r->cfg.T;
-    if (B < 1 || B > r->max_batch)
-        return soma__fail(SOMA_ERR_ARG, "batch of %d samples outside 1..%d", B, r->max_batch);
-    soma_status s = check_run(r, B, 0);
-    if (s) return s;
-    e->drop_on = 0;
-    soma__ide_weight(r, 0);
     size_t m = (size_t)B * e->n[e->H];
-    float *A = e->best, *t = e->G;     /* solver scratch, free outside a solve */
-    /* a*: the rate map iterated from the longest simulation's rates */
-    r->cfg.T = tmax;
-    soma__ide_simulate(r, b->x, B);
-    memcpy(A, e->a, m * sizeof(float));
     double change = INFINITY;
     for (int k = 0; k < 2000 && change > 1e-6; k++) {
         soma__ide_map(r, t, A, B);
@@ -1727,13 +1706,56 @@ soma_status soma_ide_rate_gap(soma_rule *r, const soma_batch *b, const int *Ts, 
             A[i] = t[i];
         }
     }
+    return change;
+}
+
+static double rms_gap(const float *a, const float *A, size_t m)
+{
+    double ss = 0;
+    for (size_t i = 0; i < m; i++) ss += ((double)a[i] - A[i]) * ((double)a[i] - A[i]);
+    return sqrt(ss / (double)m);
+}
+
+soma_status soma_ide_rate_gap(soma_rule *r, const soma_batch *b, const int *Ts, int nT,
+                              double *gaps, double *fp_change)
+{
+    if (!r || r->ops != &soma__rule_ide)
+        return soma__fail(SOMA_ERR_ARG, "rule is '%s', not 'ide'", r ? r->ops->name : "(null)");
+    ide_state *e = r->state;
+    if (nT < 1 || !Ts || !gaps) return soma__fail(SOMA_ERR_ARG, "rate gap: no T given");
+    int tmax = 0;
+    for (int q = 0; q < nT; q++) {
+        if (Ts[q] < 1) return soma__fail(SOMA_ERR_ARG, "rate gap: T must be >= 1, got %d", Ts[q]);
+        if (Ts[q] > tmax) tmax = Ts[q];
+    }
+    if (e->frames && (nT != 1 || Ts[0] != r->cfg.T))
+        return soma__fail(SOMA_ERR_UNSUPPORTED, "rate gap: spike-frame input has T = %d frames, the only "
+                          "T it can be simulated for (bin the data again for another T)", r->cfg.T);
+    int B = b->n, T0 = r->cfg.T;
+    if (B < 1 || B > r->max_batch)
+        return soma__fail(SOMA_ERR_ARG, "batch of %d samples outside 1..%d", B, r->max_batch);
+    soma_status s = check_run(r, B, 0);
+    if (s) return s;
+    e->drop_on = 0;
+    soma__ide_weight(r, 0);
+    size_t m = (size_t)B * e->n[e->H];
+    float *A = e->best, *t = e->G;     /* solver scratch, free outside a solve */
+    /* a*: the rate map iterated from the longest simulation's rates.  Spike
+     * input: the map of this T's average frame x-bar, so the one simulation
+     * gives both its rates and (through F x-bar) its fixed point */
+    r->cfg.T = tmax;
+    soma__ide_simulate(r, b->x, B);
+    memcpy(A, e->a, m * sizeof(float));
+    double change = map_fixed_point(r, A, t, B);
     if (fp_change) *fp_change = change;
+    if (e->frames) {
+        gaps[0] = rms_gap(e->a, A, m);
+        return SOMA_OK;
+    }
     for (int q = 0; q < nT; q++) {
         r->cfg.T = Ts[q];
         soma__ide_simulate(r, b->x, B);
-        double ss = 0;
-        for (size_t i = 0; i < m; i++) ss += ((double)e->a[i] - A[i]) * ((double)e->a[i] - A[i]);
-        gaps[q] = sqrt(ss / (double)m);
+        gaps[q] = rms_gap(e->a, A, m);
     }
     r->cfg.T = T0;
     return SOMA_OK;

@@ -633,7 +633,8 @@ done:
 /* Builds the net and rule of a checkpoint for evaluation on data's test
  * split (c and rule_buf must outlive r). */
 static soma_status eval_build(run *r, soma_train_config *c, char *rule_buf, const char *checkpoint,
-                              const char *data, const char *data_dir, int batch, int limit, int verify)
+                              const char *data, const char *data_dir, int batch, int limit, int verify,
+                              int T)
 {
     soma_train_config_default(c);
     c->data = data;
@@ -656,6 +657,7 @@ static soma_status eval_build(run *r, soma_train_config *c, char *rule_buf, cons
     /* temporal settings the net was trained with */
     const char *v;
     if ((v = soma_st_meta(probe, "soma.T"))) c->rule_cfg.T = atoi(v);
+    if (T > 0) c->rule_cfg.T = T;   /* spike frames binned again (soma_evaluate_ide_gap) */
     if ((v = soma_st_meta(probe, "soma.gain"))) c->rule_cfg.gain = strtof(v, NULL);
     if ((v = soma_st_meta(probe, "soma.enc_seed"))) c->rule_cfg.enc_seed = strtoull(v, NULL, 10);
     if ((v = soma_st_meta(probe, "soma.encoding")) && soma_encoding_from_name(&c->rule_cfg.encoding, v)) {
@@ -695,7 +697,7 @@ soma_status soma_evaluate(const char *checkpoint, const char *data, const char *
     char rule_buf[32];
     run r = { .c = &c };
     soma_status st;
-    if ((st = eval_build(&r, &c, rule_buf, checkpoint, data, data_dir, batch, limit, verify))) goto done;
+    if ((st = eval_build(&r, &c, rule_buf, checkpoint, data, data_dir, batch, limit, verify, 0))) goto done;
     if (prune > 0 && (st = soma_net_prune(r.net, prune, prune_per_layer, &res->pruned))) goto done;
     res->gini = soma_net_weight_gini(r.net);
     res->classes = r.test->classes;
@@ -721,24 +723,41 @@ soma_status soma_evaluate_ide_gap(const char *checkpoint, const char *data, cons
                                   double *fp_change)
 {
     if (batch <= 0) return soma__fail(SOMA_ERR_ARG, "--batch must be > 0, got %d", batch);
-    soma_train_config c;
-    char rule_buf[32];
-    run r = { .c = &c };
-    soma_status st;
-    soma_batch b;
-    if ((st = eval_build(&r, &c, rule_buf, checkpoint, data, data_dir, batch, batch, verify))) goto done;
-    if (strcmp(rule_buf, "ide")) {
-        st = soma__fail(SOMA_ERR_ARG, "%s was trained with rule '%s': the rate gap needs rule ide",
-                        checkpoint, rule_buf);
-        goto done;
+    if (fp_change) *fp_change = 0;
+    /* static input: one build, every T; spike frames: one build per T, the
+     * events binned into T frames each time */
+    for (int q = 0, frames = 0; q < nT; q++) {
+        soma_train_config c;
+        char rule_buf[32];
+        run r = { .c = &c };
+        soma_status st;
+        soma_batch b;
+        double change = 0;
+        if ((st = eval_build(&r, &c, rule_buf, checkpoint, data, data_dir, batch, batch, verify,
+                             frames ? Ts[q] : 0))) goto done;
+        if (strcmp(rule_buf, "ide")) {
+            st = soma__fail(SOMA_ERR_ARG, "%s was trained with rule '%s': the rate gap needs rule ide",
+                            checkpoint, rule_buf);
+            goto done;
+        }
+        if (r.ide_frames && !frames) {   /* built at the trained T: again at Ts[0] */
+            frames = 1;
+            run_free(&r);
+            q--;
+            continue;
+        }
+        soma_loader_start_epoch(r.ltest, 0);
+        if (!soma_loader_next(r.ltest, &b)) {
+            st = soma__fail(SOMA_ERR_ARG, "%s: the test split is empty", data);
+            goto done;
+        }
+        st = frames ? soma_ide_rate_gap(r.rule, &b, &Ts[q], 1, &gaps[q], &change)
+                    : soma_ide_rate_gap(r.rule, &b, Ts, nT, gaps, &change);
+        if (!st && fp_change && change > *fp_change) *fp_change = change;
+    done:
+        run_free(&r);
+        if (st) return st;
+        if (!frames) break;
     }
-    soma_loader_start_epoch(r.ltest, 0);
-    if (!soma_loader_next(r.ltest, &b)) {
-        st = soma__fail(SOMA_ERR_ARG, "%s: the test split is empty", data);
-        goto done;
-    }
-    st = soma_ide_rate_gap(r.rule, &b, Ts, nT, gaps, fp_change);
-done:
-    run_free(&r);
-    return st;
+    return SOMA_OK;
 }
