@@ -25,6 +25,7 @@ static void adam_defaults(soma_optim_config *c)
 
 static int adam_state_count(const soma_optim_config *c) { (void)c; return 2; }
 
+SOMA_SIMD_CLONES
 static void adam_step(soma_optim *o, float *w_, const float *g_, float lr, size_t off, size_t n)
 {
     float *restrict w = w_;

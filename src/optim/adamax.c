@@ -24,6 +24,7 @@ static void adamax_defaults(soma_optim_config *c)
 
 static int adamax_state_count(const soma_optim_config *c) { (void)c; return 2; }
 
+SOMA_SIMD_CLONES
 static void adamax_step(soma_optim *o, float *w_, const float *g_, float lr, size_t off, size_t n)
 {
     float *restrict w = w_;

@@ -183,6 +183,7 @@ static soma_status step_once(soma_rule *r, const soma_batch *b, int t, soma_rng 
 /* After the optimizer step, in this order (notes 2.6):
  *   lam  <- lam - alpha (W - Wbar)                          (old Wbar)
  *   Wbar <- (1 - beta) Wbar + beta W - (beta/alpha) lam     (new lam) */
+SOMA_SIMD_CLONES
 static void post_range(float *restrict lam, float *restrict wbar, const float *restrict w, size_t lo,
                        size_t hi, float alpha, float beta)
 {
@@ -200,20 +201,32 @@ void soma__fptt_post_update(float *lam, float *wbar, const float *w, size_t n, f
 }
 
 /* g += alpha (W - Wbar) - lam over blocks [b0, b1), each block's sum of
- * squares (in double) into part[b]. */
+ * squares (in double) into part[b].  The sum runs in eight fixed lanes
+ * (index mod 8), added pairwise at the end, so every SIMD width gives the
+ * same bits. */
+SOMA_SIMD_CLONES
 static void reg_blocks(float *restrict g, const float *restrict w, const float *restrict wb,
                        const float *restrict lam, double *part, size_t np, size_t b0, size_t b1,
                        float alpha)
 {
     for (size_t b = b0; b < b1; b++) {
         const size_t lo = b * SS_BLOCK, hi = np - lo < SS_BLOCK ? np : lo + SS_BLOCK;
-        double ss = 0;
-        _Pragma("omp simd reduction(+:ss)")
-        for (size_t i = lo; i < hi; i++) {
-            g[i] += alpha * (w[i] - wb[i]) - lam[i];
-            ss += (double)g[i] * g[i];
+        double lane[8] = { 0 };
+        size_t i = lo;
+        for (; i + 8 <= hi; i += 8) {
+            _Pragma("omp simd")
+            for (int k = 0; k < 8; k++) {
+                const float gi = g[i + k] + (alpha * (w[i + k] - wb[i + k]) - lam[i + k]);
+                g[i + k] = gi;
+                lane[k] += (double)gi * gi;
+            }
         }
-        part[b] = ss;
+        for (int k = 0; i < hi; i++, k++) {
+            const float gi = g[i] + (alpha * (w[i] - wb[i]) - lam[i]);
+            g[i] = gi;
+            lane[k] += (double)gi * gi;
+        }
+        part[b] = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
     }
 }
 
@@ -247,8 +260,10 @@ static soma_status fptt_update(soma_rule *r, float lr)
             ok = isfinite(ss);
             if (ok && ranges) soma__optim_begin(r->optim);
         }
-        const size_t lo = b0 * SS_BLOCK, hi = b1 * SS_BLOCK < np ? b1 * SS_BLOCK : np;
-        if (ok && ranges && hi > lo) {
+        /* block by block, so the clip's g and the optimizer's w are still in
+         * cache for the next pass */
+        for (size_t b = b0; ok && ranges && b < b1; b++) {
+            const size_t lo = b * SS_BLOCK, hi = np - lo < SS_BLOCK ? np : lo + SS_BLOCK;
             if (c->clip_norm > 0) soma__clip_scale(g + lo, hi - lo, c->clip_norm, ss);
             soma__optim_range(r->optim, w, g + lo, lr, lo, hi - lo);
             post_range(lam, wb, w, lo, hi, alpha, beta);
