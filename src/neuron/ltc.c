@@ -71,6 +71,7 @@ void soma__ltc_map_forward(float *h, const float *I, const float *x, const float
     }
 }
 
+SOMA_SIMD_CLONES
 void soma__ltc_tau(float *restrict tau, const float *restrict h, float k, size_t n, int complement)
 {
     if (complement) {
@@ -82,17 +83,29 @@ void soma__ltc_tau(float *restrict tau, const float *restrict h, float k, size_t
     }
 }
 
+/* dk's sum in eight fixed lanes (index mod 8), added pairwise: the same bits
+ * at every SIMD width */
+SOMA_SIMD_CLONES
 void soma__ltc_tau_backward(float *restrict dtau, const float *restrict h, float k, float *dk, size_t n)
 {
-    double sk = 0;
-    _Pragma("omp simd reduction(+:sk)")
-    for (size_t j = 0; j < n; j++) {
+    double lane[8] = { 0 };
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        _Pragma("omp simd")
+        for (int q = 0; q < 8; q++) {
+            const float t = sigm(k * h[j + q]);
+            const float dz = dtau[j + q] * t * (1.0f - t);
+            lane[q] += (double)dz * h[j + q];
+            dtau[j + q] = k * dz;            /* now dL/dh */
+        }
+    }
+    for (int q = 0; j < n; j++, q++) {
         const float t = sigm(k * h[j]);
         const float dz = dtau[j] * t * (1.0f - t);
-        sk += (double)dz * h[j];
-        dtau[j] = k * dz;            /* now dL/dh */
+        lane[q] += (double)dz * h[j];
+        dtau[j] = k * dz;
     }
-    if (dk) *dk += (float)sk;
+    if (dk) *dk += (float)(((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7])));
 }
 
 void soma__ltc_map_backward(float *dI, float *dx, float *dW, float *db, float *dk, float *dtau,
