@@ -127,11 +127,11 @@ static mg_consts mg_prepare(const soma_surrogate *s)
     return c;
 }
 
-static inline float mg1(float x, const mg_consts *c)
+static inline __attribute__((always_inline)) float mg1(float x, const mg_consts *c)
 {
     const float dp = x - c->sig, dm = x + c->sig;
-    return c->c0 * expf(-(x * x) * c->i0) -
-           c->c1 * (expf(-(dp * dp) * c->i1) + expf(-(dm * dm) * c->i1));
+    return c->c0 * soma__exp_nonpos(-(x * x) * c->i0) -
+           c->c1 * (soma__exp_nonpos(-(dp * dp) * c->i1) + soma__exp_nonpos(-(dm * dm) * c->i1));
 }
 
 static inline float fast_sigmoid1(float x, float slope)
@@ -170,11 +170,13 @@ float soma_surrogate_grad(const soma_surrogate *s, float x)
     }
 }
 
+SOMA_SIMD_CLONES
 void soma__surrogate_grad_n(float *g, const float *x, size_t n, const soma_surrogate *s)
 {
     switch (s->kind) {
     case SOMA_SURR_MULTIGAUSS: {
         const mg_consts c = mg_prepare(s);
+        _Pragma("omp simd")
         for (size_t i = 0; i < n; i++) g[i] = mg1(x[i], &c);
         break;
     }
