@@ -213,6 +213,9 @@ if [ "$MODE" = full ] && [ -f data/nmnist/train1K.txt ]; then
     I="--data nmnist --rule ide --encoding frames --T 4 --batch 50 --train-limit 100 --test-limit 50 --quiet --metrics $T/i.jsonl"
     expect 0 "test accuracy" -- $SOMA train $I --net conv5x8s2p1-bn-10 --ide-fb-k 3 --binary-frames --epochs 1 --save $T/i.st
     expect 0 "confusion matrix" -- $SOMA eval --ckpt $T/i.st --data nmnist
+    # the rate gap on spike frames: the events binned again for each T
+    expect 0 "rms_gap" -- $SOMA eval --ckpt $T/i.st --data nmnist --batch 50 --ide-gap 4,8
+    expect 2 "the rate gap needs rule ide" -- $SOMA eval --ckpt $T/n.st --data nmnist --ide-gap 4
     expect 2 "does not match the data (2 x 34 x 34" -- $SOMA train $I --net 4624-100-10
     expect 2 "or rule ide, with --encoding frames" -- $SOMA train --data nmnist --rule ide --net 2312-10 --quiet --metrics $T/i.jsonl
 fi
