@@ -718,46 +718,53 @@ done:
     return st;
 }
 
+/* One build of an IDE checkpoint's net and test data at T (0: as trained)
+ * and the rate gap for Ts on its first test batch.  *frames: whether the
+ * data are spike frames; the first call (T = 0) only finds that out for
+ * frames, whose every T needs a build of its own. */
+static soma_status ide_gap_build(const char *checkpoint, const char *data, const char *data_dir,
+                                 int batch, int verify, int T, const int *Ts, int nT, double *gaps,
+                                 double *change, int *frames)
+{
+    soma_train_config c;
+    char rule_buf[32];
+    run r = { .c = &c };
+    soma_batch b;
+    soma_status st = eval_build(&r, &c, rule_buf, checkpoint, data, data_dir, batch, batch, verify, T);
+    if (st) goto done;
+    if (strcmp(rule_buf, "ide")) {
+        st = soma__fail(SOMA_ERR_ARG, "%s was trained with rule '%s': the rate gap needs rule ide",
+                        checkpoint, rule_buf);
+        goto done;
+    }
+    *frames = r.ide_frames;
+    if (*frames && T == 0) goto done;
+    soma_loader_start_epoch(r.ltest, 0);
+    if (!soma_loader_next(r.ltest, &b)) {
+        st = soma__fail(SOMA_ERR_ARG, "%s: the test split is empty", data);
+        goto done;
+    }
+    st = soma_ide_rate_gap(r.rule, &b, Ts, nT, gaps, change);
+done:
+    run_free(&r);
+    return st;
+}
+
 soma_status soma_evaluate_ide_gap(const char *checkpoint, const char *data, const char *data_dir,
                                   int batch, int verify, const int *Ts, int nT, double *gaps,
                                   double *fp_change)
 {
     if (batch <= 0) return soma__fail(SOMA_ERR_ARG, "--batch must be > 0, got %d", batch);
-    if (fp_change) *fp_change = 0;
+    double change = 0, worst = 0;
+    int frames = 0;
     /* static input: one build, every T; spike frames: one build per T, the
      * events binned into T frames each time */
-    for (int q = 0, frames = 0; q < nT; q++) {
-        soma_train_config c;
-        char rule_buf[32];
-        run r = { .c = &c };
-        soma_status st;
-        soma_batch b;
-        double change = 0;
-        if ((st = eval_build(&r, &c, rule_buf, checkpoint, data, data_dir, batch, batch, verify,
-                             frames ? Ts[q] : 0))) goto done;
-        if (strcmp(rule_buf, "ide")) {
-            st = soma__fail(SOMA_ERR_ARG, "%s was trained with rule '%s': the rate gap needs rule ide",
-                            checkpoint, rule_buf);
-            goto done;
-        }
-        if (r.ide_frames && !frames) {   /* built at the trained T: again at Ts[0] */
-            frames = 1;
-            run_free(&r);
-            q--;
-            continue;
-        }
-        soma_loader_start_epoch(r.ltest, 0);
-        if (!soma_loader_next(r.ltest, &b)) {
-            st = soma__fail(SOMA_ERR_ARG, "%s: the test split is empty", data);
-            goto done;
-        }
-        st = frames ? soma_ide_rate_gap(r.rule, &b, &Ts[q], 1, &gaps[q], &change)
-                    : soma_ide_rate_gap(r.rule, &b, Ts, nT, gaps, &change);
-        if (!st && fp_change && change > *fp_change) *fp_change = change;
-    done:
-        run_free(&r);
-        if (st) return st;
-        if (!frames) break;
+    soma_status st = ide_gap_build(checkpoint, data, data_dir, batch, verify, 0, Ts, nT, gaps, &worst, &frames);
+    for (int q = 0; !st && frames && q < nT; q++) {
+        st = ide_gap_build(checkpoint, data, data_dir, batch, verify, Ts[q], &Ts[q], 1, &gaps[q], &change,
+                           &frames);
+        if (change > worst) worst = change;
     }
-    return SOMA_OK;
+    if (fp_change) *fp_change = st ? 0 : worst;
+    return st;
 }
