@@ -862,6 +862,9 @@ typedef struct soma_net_options {
      * input_scale 1, multi-Gaussian surrogate, map_bn 0; alpha and rho are
      * unused (per element from the tau maps). */
     soma_cell_params ltc;
+    /* initial scale (gamma) of every bn / bnN layer (default 1, BatchNorm's;
+     * the FPTT authors' S-MNIST net starts at 0.1); beta starts at 0 */
+    float bn_gamma;
 } soma_net_options;
 
 void soma_net_options_default(soma_net_options *o);
@@ -1276,6 +1279,8 @@ typedef struct soma_train_config {
                                  with --warmup, the product */
     int      diag_every;      /* also log the rule's diagnostics every N training steps
                                  (rules ep, ide; 0 = with each epoch only) */
+    int      eval_every;      /* also evaluate on the test split (--test-limit) every N
+                                 training batches, mid-epoch (0 = at each epoch's end only) */
     const char *git;          /* commit recorded in the log, may be NULL */
     /* spiking nets (rule bptt, ...): used when spiking != 0 */
     int              spiking;
@@ -1284,6 +1289,7 @@ typedef struct soma_train_config {
     soma_cell_params readout_cell;
     int              binary_frames;   /* nmnist: 0/1 frames instead of event counts */
     soma_cell_params ltc;             /* cells of ltcN / rltcN layers and the ltc readout */
+    float            bn_gamma;        /* initial gamma of bn layers (soma_net_options.bn_gamma) */
     int              raw_pixels;      /* pixels in [0,1], no mean/std normalisation */
     int              autoencoder;     /* the target is the input (raw pixels), loss bce or
                                          mse, outputs = inputs; rule pc: pc_autoencoder */

@@ -81,6 +81,15 @@ expect 2 "--warmup-steps" -- $SOMA train $D --net 784-10 --warmup-steps -1
 expect 0 "test accuracy" -- $SOMA train $D --net 784-10 --epochs 1 --batch 32 --lr 0.05 --warmup-steps 40 --metrics $T/w.jsonl
 grep -q '"type":"epoch".*"lr":0.025,' "$T/w.jsonl" && ok || bad "warmup-steps: last lr is not 0.025: $(grep epoch "$T/w.jsonl")"
 expect 0 "confusion matrix" -- $SOMA eval --ckpt $T/a.st --data mnist --data-dir $T/d --no-verify
+# --eval-every: test records mid-epoch (steps 5, 10, 15 of 20), and the training unchanged by them
+expect 2 "--eval-every" -- $SOMA train $D --net 784-10 --eval-every -1
+expect 0 "test accuracy" -- $SOMA train $D --net 784-10 --epochs 1 --batch 32 --lr 0.05 --metrics $T/e0.jsonl
+expect 0 "test accuracy" -- $SOMA train $D --net 784-10 --epochs 1 --batch 32 --lr 0.05 --eval-every 5 --metrics $T/e5.jsonl
+[ "$(grep -c '"type":"eval"' "$T/e5.jsonl")" = 3 ] && grep -q '"type":"eval","epoch":1,"step":15,"train_loss"' "$T/e5.jsonl" \
+    && ok || bad "eval-every 5: not 3 eval records: $(cat "$T/e5.jsonl")"
+[ "$(grep '"type":"epoch"' "$T/e0.jsonl" | sed 's/.*"test_loss"/"test_loss"/; s/,"sign.*//')" = \
+  "$(grep '"type":"epoch"' "$T/e5.jsonl" | sed 's/.*"test_loss"/"test_loss"/; s/,"sign.*//')" ] \
+    && ok || bad "eval-every changed the training: $(grep epoch "$T/e0.jsonl" "$T/e5.jsonl")"
 if /usr/bin/python3 -c "import numpy" 2>/dev/null; then
     expect 0 "1.weight" -- /usr/bin/python3 tests/st_check.py "$T/a.st" --expect 1.weight:32x784 --expect 3.weight:10x32
 fi
@@ -153,6 +162,7 @@ case "$out" in *"1 maxpool"*"2 cell"*) ok;; *) bad "conv5x4m2 is not conv-pool-c
 out=$($SOMA train $D --net conv5x4-pool2-fc10 --neuron lif --rule bptt --T 2 --dry-run 2>&1)
 case "$out" in *"1 cell"*"2 maxpool"*) ok;; *) bad "conv5x4-pool2 is not conv-cell-pool: $out";; esac
 expect 2 "max pool size" -- $SOMA train $D --net conv5x4mz-fc10 --dry-run
+expect 2 "--bn-gamma" -- $SOMA train $D --net 784-bn-10 --bn-gamma inf --dry-run
 # autoencoders: the input is the target (BCE summed over the pixels), for bp and pc
 expect 2 "--autoencoder needs --loss bce or mse" -- $SOMA train $D --net 784-16-784 --autoencoder
 expect 2 "--loss bce needs targets" -- $SOMA train $D --net 784-16-784 --loss bce

@@ -589,6 +589,24 @@ static void test_bn_time(void)
         if (!ok) fprintf(stderr, "accepted bad spec %s\n", bads[k]);
         CHECK(ok);
     }
+    /* --bn-gamma: the initial scale of every bn layer (the S-MNIST net's 0.1), beta 0;
+     * not the tau maps' BN; non-finite refused */
+    o.bn_gamma = 0.1f;
+    if (CHECK(soma_net_new(&n, "16-rltc5-bn3-2", &o) == SOMA_OK)) {
+        int nb = 0, bad = 0;
+        for (int i = 0; i < n->n_layers; i++) {
+            const soma_layer *l = &n->layers[i];
+            if (l->kind != SOMA_LAYER_BATCHNORM) continue;
+            nb++;
+            for (int c = 0; c < l->out_c; c++)
+                bad += soma__param_value(n, l->w)[c] != 0.1f || soma__param_value(n, l->b)[c] != 0.0f;
+        }
+        CHECK(nb == 1 && bad == 0);
+        soma_net_free(n);
+    }
+    o.bn_gamma = NAN;
+    CHECK(soma_net_new(&n, "16-rltc5-bn3-2", &o) == SOMA_ERR_ARG && strstr(soma_last_error(), "--bn-gamma"));
+    o.bn_gamma = 1.0f;
     o.spiking = 0;
     CHECK(soma_net_new(&n, "16-8-bn4-3", &o) == SOMA_ERR_ARG);   /* bnN: temporal only */
     CHECK(strstr(soma_last_error(), "temporal") != NULL);

@@ -87,7 +87,7 @@ enum {
     O_NEURON, O_T, O_ENCODING, O_GAIN, O_READOUT, O_REDUCE, O_ALPHA, O_TAU, O_THRESHOLD,
     O_RESET, O_DETACH_RESET, O_RHO, O_BETA_A, O_SURROGATE, O_SLOPE, O_WIDTH, O_READOUT_ALPHA,
     O_TRUNC, O_ENC_SEED, O_BINARY_FRAMES, O_NO_NORMALIZE, O_LR_MIN, O_RHO_MAX,
-    O_LTC_NEURON, O_LTC_THRESHOLD, O_LTC_BETA_A, O_INIT_FROM, O_LTC_INIT, O_AUTOENCODER, O_DIAG_EVERY, O_WARMUP_STEPS,
+    O_LTC_NEURON, O_LTC_THRESHOLD, O_LTC_BETA_A, O_INIT_FROM, O_LTC_INIT, O_BN_GAMMA, O_AUTOENCODER, O_DIAG_EVERY, O_EVAL_EVERY, O_WARMUP_STEPS,
     O_LTC_MAP_BN,
     O_RULE_OPT = 1000   /* + index of soma_rule_option_key */
 };
@@ -120,8 +120,10 @@ static const struct option train_opts[] = {
     { "lr-min", 1, 0, O_LR_MIN }, { "rho-max", 1, 0, O_RHO_MAX },
     { "ltc-neuron", 1, 0, O_LTC_NEURON }, { "ltc-threshold", 1, 0, O_LTC_THRESHOLD },
     { "ltc-beta-a", 1, 0, O_LTC_BETA_A }, { "init-from", 1, 0, O_INIT_FROM }, { "ltc-init", 1, 0, O_LTC_INIT },
+    { "bn-gamma", 1, 0, O_BN_GAMMA },
     { "ltc-map-bn", 1, 0, O_LTC_MAP_BN },
     { "autoencoder", 0, 0, O_AUTOENCODER }, { "diag-every", 1, 0, O_DIAG_EVERY },
+    { "eval-every", 1, 0, O_EVAL_EVERY },
     { 0, 0, 0, 0 }
 };
 
@@ -177,6 +179,8 @@ static void train_help(void)
            "  --ltc-beta-a F       ltc adaptation strength (default 1.8)\n"
            "  --ltc-init NAME      ltc state at each sequence start: zero, or uniform\n"
            "                       (u ~ U[0,1), eta = b0, as the authors' S-MNIST code; default zero)\n"
+           "  --bn-gamma F         initial scale of every bn/bnN layer (default 1; the authors'\n"
+           "                       S-MNIST net 0.1)\n"
            "  --ltc-map-bn N       cltc cells: batchnorm inside the tau maps, sigmoid(BN(conv)) (the\n"
            "                       authors' conv cell): 0 off, 1 running statistics shared by all\n"
            "                       steps (BatchNorm2d), N > 1 one row per step as bnN (default 0)\n"
@@ -218,6 +222,8 @@ static void train_help(void)
            "  --metrics PATH       JSONL log (default runs/DATA-RULE-sSEED.jsonl)\n"
            "  --diag-every N       ep, ide: log the rule's diagnostics every N steps too\n"
            "                       (alignment, residuals, update angle; default: per epoch)\n"
+           "  --eval-every N       also evaluate on the test split (--test-limit) every N batches\n"
+           "                       (long epochs: S-MNIST; FPTT with W, not W-bar; default 0)\n"
            "  --dry-run            print the network and the memory plan, do not train\n"
            "  --quiet              no progress line\n");
 }
@@ -381,6 +387,7 @@ static int apply_train_option(train_cli *t, int code, const char *name, const ch
     case O_RESUME: c->resume = arg; break;
     case O_INIT_FROM: c->init_from = arg; break;
     case O_METRICS: c->metrics = arg; break;
+    case O_EVAL_EVERY: if (!parse_long(opt, arg, 0, INT_MAX, &v)) return EXIT_USAGE; c->eval_every = (int)v; break;
     case O_DIAG_EVERY: if (!parse_long(opt, arg, 0, INT_MAX, &v)) return EXIT_USAGE; c->diag_every = (int)v; break;
     case O_DRY_RUN: t->dry_run = 1; break;
     case O_NEURON: {
@@ -435,6 +442,7 @@ static int apply_train_option(train_cli *t, int code, const char *name, const ch
     case O_LTC_INIT:
         if ((st = soma_state_init_from_name(&c->ltc.init, arg))) return usage_error("%s: %s", opt, soma_last_error());
         break;
+    case O_BN_GAMMA: if (!parse_float(opt, arg, &f)) return EXIT_USAGE; c->bn_gamma = f; break;
     case O_LTC_MAP_BN: if (!parse_long(opt, arg, 0, 1 << 24, &v)) return EXIT_USAGE; c->ltc.map_bn = (int)v; break;
     case O_TRUNC: if (!parse_long(opt, arg, 0, INT_MAX, &v)) return EXIT_USAGE; c->rule_cfg.trunc = (int)v; break;
     case O_QUIET: t->quiet = 1; break;

@@ -34,6 +34,7 @@ void soma_net_options_default(soma_net_options *o)
     o->in_c = 1; o->in_h = 28; o->in_w = 28;
     o->act = SOMA_ACT_RELU;
     o->init = SOMA_INIT_TORCH;
+    o->bn_gamma = 1.0f;
     soma_cell_params_default(&o->cell, SOMA_NEURON_LIF);
     soma_cell_params_default(&o->readout_cell, SOMA_NEURON_LI);
     o->readout = SOMA_READOUT_LI;
@@ -308,7 +309,7 @@ static void init_params(soma_net *n, uint64_t seed)
         } else if (l->kind == SOMA_LAYER_BATCHNORM) {
             float *g = soma__param_value(n, l->w), *bb = soma__param_value(n, l->b);
             float *rv = n->buffers.value + n->buffers.p[l->run_var].offset;
-            for (int c = 0; c < l->out_c; c++) { g[c] = 1; bb[c] = 0; }
+            for (int c = 0; c < l->out_c; c++) { g[c] = n->bn_gamma; bb[c] = 0; }
             for (size_t c = 0; c < n->buffers.p[l->run_var].n; c++) rv[c] = 1;
         }
     }
@@ -324,6 +325,8 @@ soma_status soma_net_new(soma_net **out, const char *spec, const soma_net_option
                           o->in_c, o->in_h, o->in_w);
     if ((unsigned)o->act >= SOMA_ACT_COUNT) return soma__fail(SOMA_ERR_ARG, "unknown activation %d", (int)o->act);
     if ((unsigned)o->init >= SOMA_INIT_COUNT) return soma__fail(SOMA_ERR_ARG, "unknown init %d", (int)o->init);
+    if (!isfinite(o->bn_gamma))
+        return soma__fail(SOMA_ERR_ARG, "--bn-gamma must be finite, got %g", (double)o->bn_gamma);
     if ((unsigned)o->cell.init >= SOMA_STATE_COUNT || (unsigned)o->ltc.init >= SOMA_STATE_COUNT ||
         (unsigned)o->readout_cell.init >= SOMA_STATE_COUNT)
         return soma__fail(SOMA_ERR_ARG, "unknown initial cell state (valid: zero, uniform)");
@@ -362,6 +365,7 @@ soma_status soma_net_new(soma_net **out, const char *spec, const soma_net_option
     n->in_c = o->in_c; n->in_h = o->in_h; n->in_w = o->in_w;
     n->act = o->act;
     n->init = o->init;
+    n->bn_gamma = o->bn_gamma;
     n->spiking = o->spiking;
     n->opts = *o;
     n->slots = 1;

@@ -38,8 +38,8 @@
  * its softmax into Pest[c, p, :].  Pest (C x P x C, zero at first: the term
  * is then 0) is the net buffer "fptt.pest", so --resume carries it.
  *
- * Not implemented: per-time-step batchnorm statistics.  The stateless prefix is recomputed
- * at every step (static-input caching is off): its weights change between
+ * Per-time-step batchnorm statistics are the net's (bnN layers).  The
+ * stateless prefix is recomputed at every step (static-input caching is off): its weights change between
  * windows.
  *
  * Memory: the net keeps K steps (window K) and the encoded inputs of one

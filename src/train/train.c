@@ -34,6 +34,7 @@ void soma_train_config_default(soma_train_config *c)
     soma_net_options no;
     soma_net_options_default(&no);
     c->ltc = no.ltc;
+    c->bn_gamma = no.bn_gamma;
     c->rule_cfg.optim.lr = 0.05f;
     c->rule_cfg.optim.momentum = 0.9f;
     c->sched.kind = SOMA_SCHED_CONSTANT;
@@ -58,6 +59,7 @@ soma_status soma_train_config_check(const soma_train_config *c)
         return soma__fail(SOMA_ERR_ARG, "--lr must be > 0, got %g", c->sched.base_lr);
     if (c->train_limit < 0) return soma__fail(SOMA_ERR_ARG, "--train-limit must be >= 0, got %d", c->train_limit);
     if (c->test_limit < 0) return soma__fail(SOMA_ERR_ARG, "--test-limit must be >= 0, got %d", c->test_limit);
+    if (c->eval_every < 0) return soma__fail(SOMA_ERR_ARG, "--eval-every must be >= 0, got %d", c->eval_every);
     if (c->val < 0) return soma__fail(SOMA_ERR_ARG, "--val must be >= 0, got %d", c->val);
     if (c->threads < 0) return soma__fail(SOMA_ERR_ARG, "--threads must be >= 0, got %d", c->threads);
     if (!c->net && !c->resume) return soma__fail(SOMA_ERR_ARG, "--net is required (or --resume)");
@@ -222,6 +224,7 @@ static soma_status build(run *r)
     o.readout = c->readout;
     o.readout_cell = c->readout_cell;
     o.ltc = c->ltc;
+    o.bn_gamma = c->bn_gamma;
     int sample = o.in_c * o.in_h * o.in_w;
     if (r->spiking && (c->rule_cfg.encoding == SOMA_ENC_SEQUENTIAL ||
                        c->rule_cfg.encoding == SOMA_ENC_PERMUTED)) {
@@ -481,6 +484,26 @@ static void log_diag_record(FILE *f, run *r, int e, int64_t step, double train_l
     fflush(f);
 }
 
+/* A mid-epoch evaluation on the test split (--eval-every), with the
+ * weights as they are (FPTT: W, not W-bar; the swap is at the epoch's end),
+ * beside the running training figures so far. */
+static soma_status log_eval_record(FILE *f, run *r, int e, int64_t step, const soma_step_stats *ts)
+{
+    soma_step_stats tes;
+    soma_status st = evaluate_loader(r->rule, r->ltest, &tes, NULL, 0);
+    if (st) return st;
+    fprintf(f, "{\"type\":\"eval\",\"epoch\":%d,\"step\":%lld", e + 1, (long long)step);
+    if (ts->n) {
+        json_field(f, "train_loss", ts->loss / ts->n);
+        json_field(f, "train_acc", (double)ts->correct / ts->n);
+    }
+    json_field(f, "test_loss", tes.loss / tes.n);
+    json_field(f, "test_acc", (double)tes.correct / tes.n);
+    fputs("}\n", f);
+    fflush(f);
+    return SOMA_OK;
+}
+
 soma_status soma_train_plan(const soma_train_config *c, soma_mem_plan *plan, char *describe,
                             size_t describe_size)
 {
@@ -555,6 +578,9 @@ soma_status soma_train(const soma_train_config *c, soma_progress_fn progress, vo
             step++;
             if (c->diag_every > 0 && step % c->diag_every == 0 && step < steps)
                 log_diag_record(log, &r, e, step, ts.n ? ts.loss / ts.n : NAN);
+            if (c->eval_every > 0 && step % c->eval_every == 0 && step < steps &&
+                (st = log_eval_record(log, &r, e, step, &ts)))
+                goto done;
             double t = now_s();
             if (progress && (t - last_report > 0.1 || step == steps)) {
                 last_report = t;
