@@ -64,6 +64,26 @@ torch.set_default_dtype(torch.float64)
 MARGIN = 1e-4
 
 
+def adjoint_solve(c, a, W, g):
+    """beta_i = (I - J_i^T)^-1 g_i per sample, J_i the rate map's Jacobian at a (dense solve)."""
+    beta = torch.zeros_like(g)
+    for i in range(c.B):
+        J = c.jac_sample(a, W, i)
+        beta[i] = torch.linalg.solve(torch.eye(J.shape[0]) - J.t(), g[i])
+    return beta
+
+
+def add_vjp(c, out, z, beta, pp, a, W, g):
+    """out += beta^T dz/dtheta (z = f(a) on the parameters pp); the solve's largest residual."""
+    gf = torch.autograd.grad((z * beta).sum(), list(pp.values()), allow_unused=True)
+    for k, gr in zip(pp, gf):
+        if gr is not None:
+            out[k] = out[k] + gr
+    res = max(float((beta[i] - c.jac_sample(a, W, i).t() @ beta[i] - g[i]).norm())
+              for i in range(c.B))
+    return out, res
+
+
 def normalize(x):
     return x / max(float(x.norm()), 1e-12)
 
@@ -162,20 +182,11 @@ class Case:
         g = grads[0]
         out = {k: (gr if gr is not None else torch.zeros_like(p[k])) for k, gr in zip(p, grads[1:])}
         W = self.weff({k: t.detach() for k, t in self.p.items()}, u, v)
-        beta = torch.zeros_like(g)
-        for i in range(self.B):
-            J = self.jac_sample(a, W, i)
-            beta[i] = torch.linalg.solve(torch.eye(J.shape[0]) - J.t(), g[i])
+        beta = adjoint_solve(self, a, W, g)
         pp = {k: t.clone().requires_grad_(True) for k, t in self.p.items()}
         Wp = self.weff(pp, u, v)
         z = self.f(a.detach(), pp, Wp)
-        gf = torch.autograd.grad((z * beta).sum(), list(pp.values()), allow_unused=True)
-        for k, gr in zip(pp, gf):
-            if gr is not None:
-                out[k] = out[k] + gr
-        res = max(float((beta[i] - self.jac_sample(a, W, i).t() @ beta[i] - g[i]).norm())
-                  for i in range(self.B))
-        return out, res
+        return add_vjp(self, out, z, beta, pp, a, W, g)
 
     def jac_sample(self, a, W, i):
         x_all, m_all = self.x, self.mask
@@ -558,17 +569,8 @@ class MLConvCase(OperatorSN):
         Wp = self.weff(pp, u, v)
         z = self.fmap(a.detach(), pp, Wp, "batch", update=update)
         W = self.weff({k: t.detach() for k, t in self.p.items()}, u, v)
-        beta = torch.zeros_like(g)
-        for i in range(self.B):
-            J = self.jac_sample(a, W, i)
-            beta[i] = torch.linalg.solve(torch.eye(J.shape[0]) - J.t(), g[i])
-        gf = torch.autograd.grad((z * beta).sum(), list(pp.values()), allow_unused=True)
-        for k, gr in zip(pp, gf):
-            if gr is not None:
-                out[k] = out[k] + gr
-        res = max(float((beta[i] - self.jac_sample(a, W, i).t() @ beta[i] - g[i]).norm())
-                  for i in range(self.B))
-        return out, res
+        beta = adjoint_solve(self, a, W, g)
+        return add_vjp(self, out, z, beta, pp, a, W, g)
 
     def unrolled_grad(self, K, u, v):
         pp = {k: t.clone().requires_grad_(True) for k, t in self.p.items()}
