@@ -194,8 +194,11 @@ def bench_speed(argv):
     T = int(argv[3]) if len(argv) > 3 else 100
     B = int(argv[4]) if len(argv) > 4 else 32
     torch.set_num_threads(threads)
+    which = argv[5] if len(argv) > 5 else "both"   # as bench_fptt: fptt, bptt or both
+    if which not in ("fptt", "bptt", "both"):
+        sys.exit(f"torch_fptt.py speed: rule {which!r} is not fptt, bptt or both")
     x, y = data(B, T)
-    rules = ("fptt", "bptt")
+    rules = ("fptt", "bptt") if which == "both" else (which,)
     tr = {r: Trainer(r) for r in rules}
     times = {r: [] for r in rules}
     loss = {r: 0.0 for r in rules}
@@ -214,8 +217,9 @@ def bench_speed(argv):
               f"ms_per_sample={seq[r] * 1e3 / B:.3f} samples_per_s={B / seq[r]:.2f} "
               f"updates_per_seq={ups} ms_per_update={seq[r] * 1e3 / ups:.4f} loss={loss[r]:.4f} "
               f"torch={torch.__version__} clock={CLOCK_NAME}")
-    print(f"torch fptt-speed ratio=fptt/bptt batch={B} T={T} threads={threads} "
-          f"seq_ratio={seq['fptt'] / seq['bptt']:.3f} peak_rss_mib={peak_rss_mib():.1f}")
+    if which == "both":
+        print(f"torch fptt-speed ratio=fptt/bptt batch={B} T={T} threads={threads} "
+              f"seq_ratio={seq['fptt'] / seq['bptt']:.3f} peak_rss_mib={peak_rss_mib():.1f}")
 
 
 def bench_rss(argv):
@@ -246,7 +250,7 @@ def bench_rss(argv):
 def main():
     if len(sys.argv) < 3 or sys.argv[1] not in ("speed", "rss") or \
             (sys.argv[1] == "speed" and len(sys.argv) < 5):
-        print("usage: torch_fptt.py speed THREADS STEPS REPEATS [T] [BATCH]\n"
+        print("usage: torch_fptt.py speed THREADS STEPS REPEATS [T] [BATCH] [fptt|bptt|both]\n"
               "       torch_fptt.py rss T [fptt|bptt|both] [BATCH]", file=sys.stderr)
         sys.exit(2)
     if sys.argv[1] == "speed":
