@@ -1323,6 +1323,25 @@ static void event_paths(const char *spec, int c, int h, int w, int dropout)
     }
     e->ev_density = IDE_EVENT_DENSITY;
     e->event = 0;
+    /* a single dense layer at two threads: every sample on its own through
+     * all T steps (no per-step barrier), bit for bit one thread's all-event run */
+    if (H == 1 && !e->conv) {
+        e->event = 1;
+        soma__ide_simulate(r, x, B);
+        memcpy(u0, e->u[1], mH * sizeof(float));
+        memcpy(s0, e->s[1], mH * sizeof(float));
+        memcpy(a0, e->a, mH * sizeof(float));
+        e->event = 0;
+        soma_set_threads(2);
+        if (soma_get_threads() == 2) {
+            memset(e->a, 0, mH * sizeof(float));
+            soma__ide_simulate(r, x, B);
+            CHECK(e->gemm_products == 0 && e->ev_products == T - 1);
+            CHECK(!memcmp(e->u[1], u0, mH * sizeof(float)) && !memcmp(e->s[1], s0, mH * sizeof(float)) &&
+                  !memcmp(e->a, a0, mH * sizeof(float)));
+        }
+        soma_set_threads(1);
+    }
     e->drop_on = 0;
     (void)mixed;
     free(x);
@@ -1706,6 +1725,7 @@ int main(void)
     broyden_memory(14);
     for (int drop = 0; drop <= 1; drop++) {
         event_paths("16-40-30-bn-20-5", 16, 1, 1, drop);
+        event_paths("16-48-5", 16, 1, 1, drop);
         event_paths("conv3x4s2p1-bn-3", 1, 8, 8, drop);
         event_paths("conv3x4s2p1-bn-conv3x6s2p1-bn-conv3x5s1p1-3", 1, 8, 8, drop);
     }

@@ -1057,6 +1057,32 @@ static void frame_current(soma_rule *r, const float *x, int t, int B)
     if (e->drop_on) mul_into(e->fstep, e->drop[1], (size_t)B * e->n[1]);
 }
 
+/* One sample b of a single-layer dense net (H = 1), all T steps, every
+ * feedback product event-driven: what the batch loop below computes for it
+ * when every product takes the event path (the same calls on the same rows,
+ * so the same bits), with no step-by-step synchronisation between samples. */
+static void simulate_sample_dense(ide_state *e, const float *cur, size_t b, int T, float V, float lam)
+{
+    const int n = e->n[1];
+    const size_t o = b * (size_t)n;
+    float *u = e->u[1] + o, *sp = e->s[1] + o, *acc = e->acc + o;
+    const float *c = cur + o;
+    for (int t = 0; t < T; t++) {
+        if (t == 0) {
+            add_into(u, c, (size_t)n);
+        } else if (e->drop_on) {
+            float *cfb = e->cfb + o;
+            add_into(u, c, (size_t)n);
+            memset(cfb, 0, (size_t)n * sizeof(float));
+            gather_sample(cfb, NULL, sp, e->wt_fb, n, n, e->sidx + o);
+            add_masked(u, cfb, e->drop_fb + o, (size_t)n);
+        } else {
+            gather_sample(u, c, sp, e->wt_fb, n, n, e->sidx + o);
+        }
+        spike_step(u, sp, acc, (size_t)n, V, lam);
+    }
+}
+
 void soma__ide_simulate(soma_rule *r, const float *x, int B)
 {
     ide_state *e = r->state;
@@ -1079,7 +1105,27 @@ void soma__ide_simulate(soma_rule *r, const float *x, int B)
     int64_t cnt[IDE_MAXH + 1] = { 0 };   /* spikes of each layer in the last step */
     memset(e->wt_ok, 0, sizeof e->wt_ok);
     e->ev_products = e->gemm_products = 0;
-    for (int t = 0; t < c->T; t++) {
+    /* Several threads, a single dense layer, static input: each thread runs
+     * its samples through all T steps on the event path, with no parallel
+     * region or barrier per step (under the passive wait policy the CLI sets,
+     * each one wakes the other threads: most of a 2-thread step's time).  A
+     * sample's rows of W^T never cost more than its share of the batched
+     * GEMM's reads, which is why the spike count is not consulted here; one
+     * thread keeps the per-step choice below (so its runs are as before). */
+    int per_sample = H == 1 && !e->conv && !e->frames && e->event >= 0 && B > 1 && soma_get_threads() > 1;
+    if (per_sample) {
+        transpose(e->wt_fb, e->weff, n1, nH);
+        e->wt_ok[1] = 1;
+        const float *cur = e->fx;
+        #pragma omp parallel
+        {
+            size_t lo, hi;
+            soma__thread_range((size_t)B, &lo, &hi);
+            for (size_t b = lo; b < hi; b++) simulate_sample_dense(e, cur, b, c->T, V, lam);
+        }
+        e->ev_products = c->T - 1;
+    }
+    for (int t = 0; t < c->T && !per_sample; t++) {
         const float *cur = e->fx;   /* constant current, or frame t's */
         if (e->frames) {
             frame_current(r, x, t, B);
