@@ -1237,7 +1237,10 @@ static void event_paths(const char *spec, int c, int h, int w, int dropout)
     rc.ide_leak = 0.95f;
     rc.ide_dropout = dropout ? 0.2f : 0.0f;
     soma_rule *r;
-    if (!CHECK(soma_rule_new(&r, "ide", net, &rc, B) == SOMA_OK)) { soma_net_free(net); return; }
+    soma_set_threads(2);   /* conv workspaces for two threads (the per-sample path below) */
+    int made = soma_rule_new(&r, "ide", net, &rc, B) == SOMA_OK;
+    soma_set_threads(1);
+    if (!CHECK(made)) { soma_net_free(net); return; }
     ide_state *e = r->state;
     int H = e->H, n0 = e->n[0];
     /* F's bias spread so that some units fire at every step, some rarely; the
@@ -1323,9 +1326,9 @@ static void event_paths(const char *spec, int c, int h, int w, int dropout)
     }
     e->ev_density = IDE_EVENT_DENSITY;
     e->event = 0;
-    /* a single dense layer at two threads: every sample on its own through
-     * all T steps (no per-step barrier), bit for bit one thread's all-event run */
-    if (H == 1 && !e->conv) {
+    /* a single layer at two threads: every sample on its own through all T
+     * steps (no per-step barrier), bit for bit one thread's all-event run */
+    if (H == 1) {
         e->event = 1;
         soma__ide_simulate(r, x, B);
         memcpy(u0, e->u[1], mH * sizeof(float));

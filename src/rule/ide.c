@@ -1057,11 +1057,12 @@ static void frame_current(soma_rule *r, const float *x, int t, int B)
     if (e->drop_on) mul_into(e->fstep, e->drop[1], (size_t)B * e->n[1]);
 }
 
-/* One sample b of a single-layer dense net (H = 1), all T steps, every
- * feedback product event-driven: what the batch loop below computes for it
- * when every product takes the event path (the same calls on the same rows,
- * so the same bits), with no step-by-step synchronisation between samples. */
-static void simulate_sample_dense(ide_state *e, const float *cur, size_t b, int T, float V, float lam)
+/* One sample b of a single-layer net (H = 1, dense or conv), all T steps,
+ * every feedback product event-driven: what the batch loop below computes
+ * for it when every product takes the event path (the same calls on the
+ * same rows, so the same bits), with no step-by-step synchronisation between
+ * samples.  z: the calling thread's conv accumulator (conv forms). */
+static void simulate_sample(ide_state *e, const float *cur, size_t b, int T, float V, float lam, float *z)
 {
     const int n = e->n[1];
     const size_t o = b * (size_t)n;
@@ -1070,6 +1071,10 @@ static void simulate_sample_dense(ide_state *e, const float *cur, size_t b, int 
     for (int t = 0; t < T; t++) {
         if (t == 0) {
             add_into(u, c, (size_t)n);
+        } else if (e->conv) {
+            add_into(u, c, (size_t)n);
+            conv_scatter_sample(u, e->drop_on ? e->drop_fb + o : NULL, sp, e->wt_fb, &e->wcs,
+                                e->fbk == IDE_FB_CONVT, z);
         } else if (e->drop_on) {
             float *cfb = e->cfb + o;
             add_into(u, c, (size_t)n);
@@ -1105,23 +1110,28 @@ void soma__ide_simulate(soma_rule *r, const float *x, int B)
     int64_t cnt[IDE_MAXH + 1] = { 0 };   /* spikes of each layer in the last step */
     memset(e->wt_ok, 0, sizeof e->wt_ok);
     e->ev_products = e->gemm_products = 0;
-    /* Several threads, a single dense layer, static input: each thread runs
-     * its samples through all T steps on the event path, with no parallel
-     * region or barrier per step (under the passive wait policy the CLI sets,
-     * each one wakes the other threads: most of a 2-thread step's time).  A
-     * sample's rows of W^T never cost more than its share of the batched
-     * GEMM's reads, which is why the spike count is not consulted here; one
-     * thread keeps the per-step choice below (so its runs are as before). */
-    int per_sample = H == 1 && !e->conv && !e->frames && e->event >= 0 && B > 1 && soma_get_threads() > 1;
+    /* Several threads, a single layer, static input: each thread runs its
+     * samples through all T steps on the event path, with no parallel region
+     * or barrier per step (under the passive wait policy the CLI sets, each
+     * one wakes the other threads: most of a 2-thread step's time).  Dense:
+     * a sample's rows of W^T never cost more than its share of the batched
+     * GEMM's reads; conv: the scatter wins below ~0.35 of the units firing
+     * (docs/ide.md), and the trained nets fire at 0.1-0.2.  So the spike
+     * count is not consulted here; one thread keeps the per-step choice
+     * below (so its runs are as before). */
+    int per_sample = H == 1 && !e->frames && e->event >= 0 && B > 1 && soma_get_threads() > 1 &&
+                     (!e->conv || soma_get_threads() <= e->cws_threads);
     if (per_sample) {
-        transpose(e->wt_fb, e->weff, n1, nH);
+        if (e->conv) conv_layout(e->wt_fb, e->weff, &e->wcs, e->fbk == IDE_FB_CONVT);
+        else transpose(e->wt_fb, e->weff, n1, nH);
         e->wt_ok[1] = 1;
         const float *cur = e->fx;
         #pragma omp parallel
         {
             size_t lo, hi;
             soma__thread_range((size_t)B, &lo, &hi);
-            for (size_t b = lo; b < hi; b++) simulate_sample_dense(e, cur, b, c->T, V, lam);
+            float *z = e->conv ? e->zev + (size_t)thread_id() * e->nzev : NULL;
+            for (size_t b = lo; b < hi; b++) simulate_sample(e, cur, b, c->T, V, lam, z);
         }
         e->ev_products = c->T - 1;
     }
