@@ -400,8 +400,43 @@ static void test_conv_naive_threads(int B, int C, int H, int W, int O, int K, in
     free(dx1); free(dx3); free(dw1); free(dw3); free(db1); free(db3); free(ws);
 }
 
+/* im2col / col2im on every edge case of the padding and stride: the forward
+ * against the naive loops, and the dx path as the forward's adjoint,
+ * <conv(x'), r> = <x', dx(r)> in double, over small shapes where the taps
+ * fall off either side (pad up to the kernel size, inputs narrower than the
+ * kernel, strides 1-3). */
+static void test_conv_edges(void)
+{
+    int bad_f = 0, bad_a = 0, shapes = 0;
+    for (int k = 1; k <= 4; k++)
+        for (int st = 1; st <= 3; st++)
+            for (int pd = 0; pd <= k; pd++)
+                for (int w = 1; w <= 6; w++) {
+                    soma_conv_shape s;
+                    if (soma_conv_shape_init(&s, 2, 2, w + 1, w, 3, k, k, st, pd) != SOMA_OK) continue;
+                    shapes++;
+                    size_t nx = (size_t)2 * 2 * (w + 1) * w, ny = (size_t)2 * 3 * s.OH * s.OW, nw = (size_t)3 * 2 * k * k;
+                    float *x = frand_new(nx, -1, 1), *wt = frand_new(nw, -1, 1), *r = frand_new(ny, -1, 1);
+                    float *y = fnew(ny), *yn = fnew(ny), *dx = fnew(nx);
+                    float *ws = fnew(soma_conv2d_workspace(&s, max_threads()));
+                    soma_conv2d_forward(y, ws, x, wt, NULL, &s);
+                    soma_conv2d_forward_naive(yn, x, wt, NULL, &s);
+                    for (size_t i = 0; i < ny; i++) bad_f += fabsf(y[i] - yn[i]) > 1e-5f * (1 + fabsf(yn[i]));
+                    memset(dx, 0, nx * sizeof(float));
+                    soma_conv2d_backward(dx, NULL, NULL, ws, r, x, wt, &s);
+                    double lhs = 0, rhs = 0;
+                    for (size_t i = 0; i < ny; i++) lhs += (double)yn[i] * r[i];
+                    for (size_t i = 0; i < nx; i++) rhs += (double)x[i] * dx[i];
+                    bad_a += fabs(lhs - rhs) > 1e-5 * (1 + fabs(lhs));
+                    free(x); free(wt); free(r); free(y); free(yn); free(dx); free(ws);
+                }
+    if (bad_f || bad_a) fprintf(stderr, "conv edges: %d forward values, %d adjoint checks off\n", bad_f, bad_a);
+    CHECK(shapes > 200 && bad_f == 0 && bad_a == 0);
+}
+
 static void test_conv(void)
 {
+    test_conv_edges();
     test_conv_grad(2, 3, 5, 5, 4, 3, 3, 1, 0);   /* stride 1, no pad */
     test_conv_grad(2, 2, 7, 6, 3, 3, 3, 2, 1);   /* stride 2, pad 1, non-square input */
     test_conv_grad(3, 2, 6, 9, 2, 2, 3, 1, 1);   /* non-square kernel */

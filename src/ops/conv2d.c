@@ -88,50 +88,79 @@ static int is_pointwise(const soma_conv_shape *s)
 
 /* x(C,H,W) of one sample -> col(C*KH*KW, OH*OW), zeros where the window
  * hangs over the padding. */
-static void im2col(float *col, const float *x, const soma_conv_shape *s)
+/* The output columns ow of a kernel tap kw whose input column
+ * iw = ow stride - pad + kw falls inside [0, W): [*lo, *hi). */
+static void tap_columns(int kw, const soma_conv_shape *s, int *lo, int *hi)
 {
-    const int OH = s->OH, OW = s->OW, H = s->H, W = s->W;
+    const int st = s->stride, off = kw - s->pad;
+    int a = off >= 0 ? 0 : (-off + st - 1) / st;           /* first ow with iw >= 0 */
+    int b = s->W - 1 - off < 0 ? 0 : (s->W - 1 - off) / st + 1;   /* past the last iw < W */
+    *lo = a < s->OW ? a : s->OW;
+    *hi = b < s->OW ? b : s->OW;
+    if (*hi < *lo) *hi = *lo;
+}
+
+/* Branch-free inner loops over the valid columns (the padding ones are
+ * zero / dropped), so they vectorise; every value and sum is the one the
+ * per-column test gave. */
+SOMA_SIMD_CLONES
+static void im2col(float *restrict col, const float *restrict x, const soma_conv_shape *s)
+{
+    const int OH = s->OH, OW = s->OW, H = s->H, W = s->W, st = s->stride;
     const size_t P = (size_t)OH * OW;
     for (int c = 0; c < s->C; c++)
         for (int kh = 0; kh < s->KH; kh++)
             for (int kw = 0; kw < s->KW; kw++) {
                 float *dst = col + ((size_t)(c * s->KH + kh) * s->KW + kw) * P;
                 const float *xc = x + (size_t)c * H * W;
+                int lo, hi;
+                tap_columns(kw, s, &lo, &hi);
+                const int off = kw - s->pad;
                 for (int oh = 0; oh < OH; oh++) {
-                    int ih = oh * s->stride - s->pad + kh;
-                    float *d = dst + (size_t)oh * OW;
+                    int ih = oh * st - s->pad + kh;
+                    float *restrict d = dst + (size_t)oh * OW;
                     if (ih < 0 || ih >= H) {
                         for (int ow = 0; ow < OW; ow++) d[ow] = 0.0f;
                         continue;
                     }
-                    const float *xr = xc + (size_t)ih * W;
-                    for (int ow = 0; ow < OW; ow++) {
-                        int iw = ow * s->stride - s->pad + kw;
-                        d[ow] = (iw >= 0 && iw < W) ? xr[iw] : 0.0f;
+                    const float *restrict xr = xc + (size_t)ih * W;
+                    for (int ow = 0; ow < lo; ow++) d[ow] = 0.0f;
+                    if (st == 1) {
+                        _Pragma("omp simd")
+                        for (int ow = lo; ow < hi; ow++) d[ow] = xr[ow + off];
+                    } else {
+                        for (int ow = lo; ow < hi; ow++) d[ow] = xr[ow * st + off];
                     }
+                    for (int ow = hi; ow < OW; ow++) d[ow] = 0.0f;
                 }
             }
 }
 
 /* The adjoint of im2col: dx(C,H,W) += scatter of dcol(C*KH*KW, OH*OW).
  * Entries that fell on the padding are dropped. */
-static void col2im_add(float *dx, const float *dcol, const soma_conv_shape *s)
+SOMA_SIMD_CLONES
+static void col2im_add(float *restrict dx, const float *restrict dcol, const soma_conv_shape *s)
 {
-    const int OH = s->OH, OW = s->OW, H = s->H, W = s->W;
+    const int OH = s->OH, OW = s->OW, H = s->H, W = s->W, st = s->stride;
     const size_t P = (size_t)OH * OW;
     for (int c = 0; c < s->C; c++)
         for (int kh = 0; kh < s->KH; kh++)
             for (int kw = 0; kw < s->KW; kw++) {
                 const float *src = dcol + ((size_t)(c * s->KH + kh) * s->KW + kw) * P;
                 float *dxc = dx + (size_t)c * H * W;
+                int lo, hi;
+                tap_columns(kw, s, &lo, &hi);
+                const int off = kw - s->pad;
                 for (int oh = 0; oh < OH; oh++) {
-                    int ih = oh * s->stride - s->pad + kh;
+                    int ih = oh * st - s->pad + kh;
                     if (ih < 0 || ih >= H) continue;
-                    const float *sr = src + (size_t)oh * OW;
-                    float *dr = dxc + (size_t)ih * W;
-                    for (int ow = 0; ow < OW; ow++) {
-                        int iw = ow * s->stride - s->pad + kw;
-                        if (iw >= 0 && iw < W) dr[iw] += sr[ow];
+                    const float *restrict sr = src + (size_t)oh * OW;
+                    float *restrict dr = dxc + (size_t)ih * W;
+                    if (st == 1) {
+                        _Pragma("omp simd")
+                        for (int ow = lo; ow < hi; ow++) dr[ow + off] += sr[ow];
+                    } else {
+                        for (int ow = lo; ow < hi; ow++) dr[ow * st + off] += sr[ow];
                     }
                 }
             }
