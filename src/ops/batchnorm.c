@@ -26,6 +26,25 @@
 /* Below this many elements a parallel region costs more than it saves. */
 enum { PAR_MIN = 1 << 15 };
 
+/* One run of S values of a channel: h = (x - m) is, y = g h + bt (xhat
+ * keeps h when not NULL).  y may be x itself, element for element, which is
+ * what the simd pragma (no dependence between iterations) allows. */
+SOMA_SIMD_CLONES
+static void bn_affine_run(float *y, float *xhat, const float *x, int S, float m, float is, float g, float bt)
+{
+    if (xhat) {
+        _Pragma("omp simd")
+        for (int s = 0; s < S; s++) {
+            const float h = (x[s] - m) * is;
+            xhat[s] = h;
+            y[s] = g * h + bt;
+        }
+    } else {
+        _Pragma("omp simd")
+        for (int s = 0; s < S; s++) y[s] = g * ((x[s] - m) * is) + bt;
+    }
+}
+
 /* x(B,C,S) -> y(B,C,S).  cache receives mean(C), invstd(C) and xhat(B,C,S)
  * for the backward pass; cache, or any of its buffers, may be NULL when no
  * backward pass follows.  run_mean/run_var(C): updated in training (may
@@ -70,12 +89,7 @@ void soma_batchnorm_forward(float *y, soma_bn_cache *cache, float *run_mean,
         float *xhat = (cache && cache->xhat) ? cache->xhat + (size_t)c * S : NULL;
         float *yc = y + (size_t)c * S;
         for (int b = 0; b < B; b++)
-            for (int s = 0; s < S; s++) {
-                size_t at = b * cstride + s;
-                float h = (xc[at] - m) * is;
-                if (xhat) xhat[at] = h;
-                yc[at] = g * h + bt;
-            }
+            bn_affine_run(yc + b * cstride, xhat ? xhat + b * cstride : NULL, xc + b * cstride, S, m, is, g, bt);
     }
 }
 
