@@ -4,8 +4,9 @@
 usage: python3 scripts/plot_jsonl.py OUT.svg TITLE [--logy] [--ylabel TEXT] SERIES...
   SERIES  LABEL=FILE:FIELD   FIELD a dotted path into a record, list items by index:
           test_loss, test_acc, ep.align_cos.0, ide.rate_gap
-x is the epoch: "epoch" records at their epoch, "diag" records (soma train --diag-every N)
-at epoch - 1 + step / steps, steps taken from the log's epoch records.  Several files
+x is the epoch: "epoch" records at their epoch, "diag" and "eval" records (soma train
+--diag-every N, --eval-every N) at epoch - 1 + step / steps, steps taken from the log's
+epoch records.  Several files
 may be given for one series, joined with '+' (a run and its resumed continuation).
 Example:
   python3 scripts/plot_jsonl.py docs/figures/ep-align.svg "EP alignment" \\
@@ -47,7 +48,7 @@ def load(files, path):
             t = r.get("type")
             if t == "epoch":
                 x = float(r["epoch"])
-            elif t == "diag" and steps:
+            elif t in ("diag", "eval") and steps:
                 x = r["epoch"] - 1 + r["step"] / steps
             else:
                 continue
