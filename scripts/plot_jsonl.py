@@ -44,6 +44,10 @@ def load(files, path):
                 if line:
                     recs.append(json.loads(line))
         steps = next((r["steps"] for r in recs if r.get("type") == "epoch"), None)
+        if steps is None:   # a run stopped inside its first epoch: the batches of one
+            run = next((r for r in recs if r.get("type") == "run"), {})
+            if run.get("train_samples") and run.get("batch"):
+                steps = -(-run["train_samples"] // run["batch"])
         for r in recs:
             t = r.get("type")
             if t == "epoch":
