@@ -309,7 +309,7 @@ static void init_params(soma_net *n, uint64_t seed)
         } else if (l->kind == SOMA_LAYER_BATCHNORM) {
             float *g = soma__param_value(n, l->w), *bb = soma__param_value(n, l->b);
             float *rv = n->buffers.value + n->buffers.p[l->run_var].offset;
-            for (int c = 0; c < l->out_c; c++) { g[c] = n->bn_gamma; bb[c] = 0; }
+            for (int c = 0; c < l->out_c; c++) { g[c] = n->opts.bn_gamma; bb[c] = 0; }
             for (size_t c = 0; c < n->buffers.p[l->run_var].n; c++) rv[c] = 1;
         }
     }
@@ -365,7 +365,6 @@ soma_status soma_net_new(soma_net **out, const char *spec, const soma_net_option
     n->in_c = o->in_c; n->in_h = o->in_h; n->in_w = o->in_w;
     n->act = o->act;
     n->init = o->init;
-    n->bn_gamma = o->bn_gamma;
     n->spiking = o->spiking;
     n->opts = *o;
     n->slots = 1;

@@ -98,7 +98,6 @@ struct soma_net {
     int         in_c, in_h, in_w;
     soma_act    act;            /* hidden activation */
     soma_init   init;
-    float       bn_gamma;        /* initial gamma of bn layers */
     int         n_layers;
     soma_layer *layers;
     soma_store  params;

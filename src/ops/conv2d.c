@@ -86,8 +86,6 @@ static int is_pointwise(const soma_conv_shape *s)
     return s->KH == 1 && s->KW == 1 && s->stride == 1 && s->pad == 0;
 }
 
-/* x(C,H,W) of one sample -> col(C*KH*KW, OH*OW), zeros where the window
- * hangs over the padding. */
 /* The output columns ow of a kernel tap kw whose input column
  * iw = ow stride - pad + kw falls inside [0, W): [*lo, *hi). */
 static void tap_columns(int kw, const soma_conv_shape *s, int *lo, int *hi)
@@ -100,7 +98,8 @@ static void tap_columns(int kw, const soma_conv_shape *s, int *lo, int *hi)
     if (*hi < *lo) *hi = *lo;
 }
 
-/* Branch-free inner loops over the valid columns (the padding ones are
+/* x(C,H,W) of one sample -> col(C*KH*KW, OH*OW), zeros where the window
+ * hangs over the padding.  Branch-free inner loops over the valid columns (the padding ones are
  * zero / dropped), so they vectorise; every value and sum is the one the
  * per-column test gave. */
 SOMA_SIMD_CLONES

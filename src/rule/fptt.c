@@ -39,8 +39,8 @@
  * is then 0) is the net buffer "fptt.pest", so --resume carries it.
  *
  * Per-time-step batchnorm statistics are the net's (bnN layers).  The
- * stateless prefix is recomputed at every step (static-input caching is off): its weights change between
- * windows.
+ * stateless prefix is recomputed at every step (static-input caching is
+ * off): its weights change between windows.
  *
  * Memory: the net keeps K steps (window K) and the encoded inputs of one
  * window: O(K), independent of T.  Per parameter: W, grad, Wbar, lam and
