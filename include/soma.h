@@ -1098,6 +1098,8 @@ typedef struct soma_rule_config {
                                          (SOMA_ERR_NUMERIC, residual in the message) */
     int               ide_sn;         /* 1: spectral-norm reparameterisation of W (default 1) */
     float             ide_sn_c;       /* |alpha| clip c of W = alpha w / |w|_2, > 0 (default 1) */
+    int               ide_sn_kernel;  /* conv feedback: |w|_2 of the kernel reshaped to (O, C K K), the
+                                         authors' form, not the operator norm (default 0) */
     int               ide_fb_k;       /* conv forms: feedback kernel K (odd; single layer: a conv,
                                          stride 1, pad K/2; multi-layer: a transposed conv, stride
                                          h_1/h_H, pad (K-1)/2); 0 = F's kernel size (default 0) */

@@ -228,6 +228,41 @@ class OperatorSN:
         u = normalize(self.W_apply(w, v[None])[0])
         return u, v
 
+    def sn_matrix(self):
+        return self.op_matrix()
+
+
+class KernelSN:
+    """The authors' spectral norm of a conv feedback (notes 2.4): sigma of the kernel w
+    reshaped to (dim 0, rest), u of size dim 0, v of the rest; put before the case class
+    (it re-draws u, v in those sizes from its own generator)."""
+    sn_kernel = True
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        if self.sn:
+            wm = self.p["0.weight_fb"].reshape(self.p["0.weight_fb"].shape[0], -1)
+            g = torch.Generator().manual_seed(kw["seed"] + 17)
+            self.buf["0.weight_fb_u"] = normalize(torch.randn(wm.shape[0], generator=g))
+            self.buf["0.weight_fb_v"] = normalize(torch.randn(wm.shape[1], generator=g))
+
+    def sn_matrix(self):
+        return self.p["0.weight_fb"].reshape(self.p["0.weight_fb"].shape[0], -1)
+
+    def weff(self, p, u, v):
+        if not self.sn:
+            return p["0.weight_fb"]
+        w = p["0.weight_fb"]
+        sigma = u @ w.reshape(w.shape[0], -1) @ v
+        return p["0.weight_fb_g"].clamp(-self.c, self.c)[0] * w / sigma
+
+    def power_iter(self):
+        wm = self.sn_matrix()
+        u = self.buf["0.weight_fb_u"]
+        v = normalize(wm.t() @ u)
+        u = normalize(wm @ v)
+        return u, v
+
 
 class ConvCase(OperatorSN, Case):
     """Single feedback layer over a conv input map: spec convKxC[sS][pP]-bn-N.
@@ -588,6 +623,14 @@ class MLConvCase(OperatorSN):
         return "-".join(toks + [str(self.sizes[-1])])
 
 
+class KernelConvCase(KernelSN, ConvCase):
+    pass
+
+
+class KernelMLConvCase(KernelSN, MLConvCase):
+    pass
+
+
 def search_seed(case_args, cls, n, accept=None, fail=None):
     """The first seed from case_args["seed"] on (n tried) whose simulation stays MARGIN away
     from every threshold with rates not all equal, and that accept(c, W, a_T) takes (what it
@@ -649,6 +692,8 @@ def case_meta(c, spec, seed, margin, **more):
     """The metadata every case stores, then more (in its order)."""
     meta = {"spec": spec, "T": c.T, "leak": c.leak, "vth": c.V, "sn": int(c.sn), "sn_c": c.c,
             "seed": seed, "margin": "%.3g" % margin}
+    if getattr(c, "sn_kernel", False):
+        meta["sn_kernel"] = 1
     meta.update(more)
     return meta
 
@@ -663,7 +708,7 @@ def write_case(c, out_dir, t, meta, seed, margin, a_T, g_T, pre="", mid=""):
         sum(float(v_.norm()) for v_ in g_T.values())))
 
 
-def build_mlconv(case_args, out_dir):
+def build_mlconv(case_args, out_dir, cls=None):
     def accept(c, W, a_T):
         if float(((a_T > 0) & (a_T < 1)).double().mean()) < 0.3:
             return None
@@ -680,7 +725,7 @@ def build_mlconv(case_args, out_dir):
             return None   # the map does not contract here
         return F_rm, a
     c, seed, u, v, W, a_T, margin, _, (F_rm, a_star) = search_seed(
-        case_args, MLConvCase, 400, accept, fail="no seed for %s" % case_args["name"])
+        case_args, cls or MLConvCase, 400, accept, fail="no seed for %s" % case_args["name"])
     fa = c.f(a_T, c.p, W)
     exact = all(j is None for j in c.bnidx[1:])
     # gradients: the running statistics as they are after the batch's update (c.run)
@@ -700,7 +745,7 @@ def build_mlconv(case_args, out_dir):
         if "running" in k:
             t["after." + k] = v_
     if c.sn:
-        t["sigma_svd"] = torch.linalg.svdvals(c.op_matrix())[:1]
+        t["sigma_svd"] = torch.linalg.svdvals(c.sn_matrix())[:1]
     if c.drop > 0:
         for k, m in c.mask.items():
             t["mask.%s" % k] = m
@@ -753,7 +798,7 @@ def build_conv(case_args, out_dir, cls=ConvCase):
         rm, rv = c.running_after()
         t["after.1.running_mean"], t["after.1.running_var"] = rm, rv
     if c.sn:
-        t["sigma_svd"] = torch.linalg.svdvals(c.op_matrix())[:1]
+        t["sigma_svd"] = torch.linalg.svdvals(c.sn_matrix())[:1]
     spec = "conv%dx%ds%dp%d-%s%d" % (c.k, c.C, c.stride, c.pad, "bn-" if c.bn else "", c.sizes[-1])
     meta = case_meta(c, spec, seed, margin, fb_k=c.fb_k,
                      in_c=c.in_shape[0], in_h=c.in_shape[1], in_w=c.in_shape[2])
@@ -817,6 +862,16 @@ def main():
                                                        (5, 3, 1, 1, True)],
                                                fb_k=3, ncls=3, T=10, leak=1.0, sn=True, seed=600),
                                           out),
+        # the authors' spectral norm of the reshaped kernel (ide-sn-kernel) on the single-layer
+        # conv form and on the multi-layer one (transposed-conv feedback)
+        "conv_kn": lambda: build_conv(dict(name="conv_kn", in_shape=(1, 8, 8), C=4, k=3, stride=2,
+                                           pad=1, fb_k=3, ncls=3, T=10, leak=0.95, sn=True,
+                                           seed=700), out, cls=KernelConvCase),
+        "mlconv_kn": lambda: build_mlconv(dict(name="mlconv_kn", in_shape=(1, 8, 8),
+                                               layers=[(4, 3, 2, 1, True), (6, 3, 2, 1, False),
+                                                       (5, 3, 1, 1, False)],
+                                               fb_k=3, ncls=3, T=10, leak=0.95, sn=True, seed=800,
+                                               drop=0.2), out, cls=KernelMLConvCase),
     }
     for name in sys.argv[2:] or list(cases):   # optional case names after the directory
         cases[name]()

@@ -61,6 +61,7 @@ static void config_from_meta(soma_rule_config *rc, const soma_st *st)
     rc->ide_sn = atoi(soma_st_meta(st, "sn"));
     rc->ide_sn_c = strtof(soma_st_meta(st, "sn_c"), NULL);
     rc->ide_tol = 1e-7f;
+    if (soma_st_meta(st, "sn_kernel")) rc->ide_sn_kernel = atoi(soma_st_meta(st, "sn_kernel"));
     if (soma_st_meta(st, "fb_k")) rc->ide_fb_k = atoi(soma_st_meta(st, "fb_k"));
     if (soma_st_meta(st, "dropout")) rc->ide_dropout = strtof(soma_st_meta(st, "dropout"), NULL);
 }
@@ -1589,6 +1590,20 @@ static void bad_input(void)
             soma_rule_free(r);
             soma_net_free(net);
         }
+        /* a net trained with the operator norm (u, v of the 4x6x6 map) given to
+         * ide-sn-kernel (u of the 4 out channels): a shape error naming both */
+        if (CHECK(new_net_shape(&net, "conv3x4-3", 1, 8, 8))) {
+            soma_rule *r = NULL;
+            CHECK(soma_rule_new(&r, "ide", net, &rc, 4) == SOMA_OK);
+            soma_rule_free(r);
+            r = NULL;
+            rc.ide_sn_kernel = 1;
+            CHECK(soma_rule_new(&r, "ide", net, &rc, 4) == SOMA_ERR_SHAPE);
+            CHECK(strstr(soma_last_error(), "weight_fb_u") && strstr(soma_last_error(), "is 144") &&
+                  strstr(soma_last_error(), "need 4"));
+            soma_rule_free(r);
+            soma_net_free(net);
+        }
     }
     /* the multi-layer conv form: the messages name the layers, an existing
      * feedback tensor must be the transposed conv's (C_H, C_1, K, K) */
@@ -1723,6 +1738,8 @@ int main(void)
         golden_ev("spike", ev);
         golden_ev("mlconv", ev);
         golden_ev("mlconv_bn", ev);
+        golden_ev("conv_kn", ev);
+        golden_ev("mlconv_kn", ev);
     }
     broyden_memory(6);
     broyden_memory(14);
@@ -1737,6 +1754,8 @@ int main(void)
     golden("drop");
     golden("mlconv");
     golden("mlconv_bn");
+    golden("conv_kn");
+    golden("mlconv_kn");
     frames_equal_static("if");
     frames_equal_static("lif_ml");
     frames_equal_static("conv_bn");

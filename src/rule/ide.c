@@ -82,8 +82,10 @@
  * batch (u, v persistent buffers, no gradient through them); alpha starts
  * at sigma(w) (10 power iterations).  Predict reuses u, v unchanged.  Conv
  * forms: the power iteration runs on the operator (the conv or transposed
- * conv and its adjoint), so sigma is its operator norm (the authors': the
- * reshaped kernel's norm, which does not bound the operator).
+ * conv and its adjoint), so sigma is its operator norm; ide_sn_kernel takes
+ * instead the authors' sigma, the norm of the kernel reshaped to
+ * (O, C K K) (notes 2.4), which does not bound the operator: with it
+ * |alpha| <= c no longer guarantees the contraction of Theorems 1-2.
  * Every product goes through soma_gemm / soma_dense_* / soma_conv2d_*,
  * except the simulation's on sparse spikes: a product whose input spikes are
  * at most IDE_EVENT_DENSITY of its inputs sums the weights of the units that
@@ -106,6 +108,7 @@ void soma_ide_config_default(soma_rule_config *c)
     c->ide_strict = 0;
     c->ide_sn = 1;
     c->ide_sn_c = 1.0f;
+    c->ide_sn_kernel = 0;
     c->ide_fb_k = 0;
     c->ide_dropout = 0.0f;
 }
@@ -150,12 +153,16 @@ static int find_or_add(soma_net *n, int is_param, const char *name, int ndim, co
         int same = s->p[i].ndim == ndim;
         for (int d = 0; same && d < ndim; d++) same = s->p[i].shape[d] == shape[d];
         if (!same) {
-            char want[64] = "";
+            char want[64] = "", have[64] = "";
             for (int d = 0; d < ndim; d++)
                 snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", d ? "x" : "",
                          (long long)shape[d]);
-            return soma__fail(SOMA_ERR_SHAPE, "rule ide: tensor '%s' exists with another shape "
-                              "(the feedback matrix must be %s: last hidden layer -> first)", name, want);
+            for (int d = 0; d < s->p[i].ndim; d++)
+                snprintf(have + strlen(have), sizeof have - strlen(have), "%s%lld", d ? "x" : "",
+                         (long long)s->p[i].shape[d]);
+            return soma__fail(SOMA_ERR_SHAPE, "rule ide: tensor '%s' is %s, but this net and rule "
+                              "need %s (the feedback weight maps the last hidden layer to the first; "
+                              "the spectral norm's u, v follow ide-sn-kernel)", name, have, want);
         }
         return i;
     }
@@ -197,9 +204,9 @@ static soma_conv_shape one_sample(soma_conv_shape s)
  * kernel as in the authors' code (notes 2.4). */
 static void power_iter(ide_state *e, const float *w, float *u, float *v)
 {
-    int m = e->n[1], n = e->n[e->H];
+    int m = e->sn_m, n = e->sn_n;
     soma_conv_shape s = one_sample(e->wcs);
-    switch (e->fbk) {
+    switch (e->sn_mat ? IDE_FB_DENSE : e->fbk) {
     case IDE_FB_CONV:
         memset(v, 0, (size_t)n * sizeof(float));
         soma_conv2d_backward(v, NULL, NULL, e->cws, u, NULL, w, &s);
@@ -226,10 +233,10 @@ static void power_iter(ide_state *e, const float *w, float *u, float *v)
 /* sigma = u^T W v, in double (conv forms: W v into the scratch e->cfb) */
 static double sn_sigma(ide_state *e, const float *w, const float *u, const float *v)
 {
-    int m = e->n[1], n = e->n[e->H];
+    int m = e->sn_m, n = e->sn_n;
     double s = 0;
     soma_conv_shape cs = one_sample(e->wcs);
-    if (e->fbk != IDE_FB_DENSE) {
+    if (!e->sn_mat) {
         if (e->fbk == IDE_FB_CONV) {
             soma_conv2d_forward(e->cfb, e->cws, v, w, NULL, &cs);
         } else {
@@ -271,7 +278,7 @@ static void sn_backward(soma_rule *r)
 {
     ide_state *e = r->state;
     soma_net *net = r->net;
-    int m = e->n[1], n = e->n[e->H];
+    int m = e->sn_m, n = e->sn_n;
     const float *w = soma__param_value(net, e->fb);
     const float *u = soma__buffer_value(net, e->sn_u), *v = soma__buffer_value(net, e->sn_v);
     float *dw = soma__param_grad(net, e->fb);
@@ -280,7 +287,7 @@ static void sn_backward(soma_rule *r)
     double sig = e->sigma, gw = 0;
     for (size_t i = 0; i < e->wn; i++) gw += (double)e->gweff[i] * w[i];
     double k1 = gc / sig, k2 = gc * gw / (sig * sig);
-    if (e->fbk != IDE_FB_DENSE) {
+    if (!e->sn_mat) {
         soma_conv_shape s = one_sample(e->wcs);
         memset(e->dsig, 0, e->wn * sizeof(float));
         if (e->fbk == IDE_FB_CONV) soma_conv2d_backward(NULL, e->dsig, NULL, e->cws, u, v, w, &s);
@@ -483,6 +490,9 @@ static soma_status ide_init(soma_rule *r, int max_batch)
     int64_t shape[4] = { 0, 0, 0, 0 };
     int ndim = 0;
     if ((st = feedback_shape(e, c, max_batch, shape, &ndim))) return st;
+    e->sn_mat = !e->conv || c->ide_sn_kernel;
+    e->sn_m = e->sn_mat ? (int)shape[0] : n1;
+    e->sn_n = e->sn_mat ? (int)(e->wn / (size_t)shape[0]) : nH;
     soma_rng rng;
     soma_rng_seed(&rng, net->opts.seed ^ 0x49444546424bull);   /* "IDEFBK": its own stream */
     char name[48];
@@ -524,7 +534,7 @@ static soma_status ide_init(soma_rule *r, int max_batch)
     }
     int init_alpha = 0;
     if (c->ide_sn) {
-        int64_t one = 1, su = n1, sv = nH;
+        int64_t one = 1, su = e->sn_m, sv = e->sn_n;
         int cg, cu, cv;
         snprintf(name, sizeof name, "%d.weight_fb_g", first);
         if ((idx = find_or_add(net, 1, name, 1, &one, &cg)) < 0) return (soma_status)idx;
@@ -537,10 +547,10 @@ static soma_status ide_init(soma_rule *r, int max_batch)
         e->sn_v = idx;
         if (cu || cv) {
             float *u = soma__buffer_value(net, e->sn_u), *v = soma__buffer_value(net, e->sn_v);
-            for (int i = 0; i < n1; i++) u[i] = soma_rng_normal(&rng);
-            for (int j = 0; j < nH; j++) v[j] = soma_rng_normal(&rng);
-            normalize(u, n1);
-            normalize(v, nH);
+            for (int i = 0; i < e->sn_m; i++) u[i] = soma_rng_normal(&rng);
+            for (int j = 0; j < e->sn_n; j++) v[j] = soma_rng_normal(&rng);
+            normalize(u, e->sn_m);
+            normalize(v, e->sn_n);
         }
         init_alpha = cg;
     }

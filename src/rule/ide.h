@@ -35,8 +35,11 @@ typedef struct ide_state {
     int w[IDE_MAXH + 2], b[IDE_MAXH + 2]; /* param indices of layer k = 1..H+1
                                     (1: F, 2..H: S_k, H+1: the readout) */
     int fb;                      /* param index of the raw feedback weight */
-    int sn_g, sn_u, sn_v;        /* spectral norm: param "..._g" (1), buffers u (n[1]),
-                                    v (n[H]); -1 when off */
+    int sn_g, sn_u, sn_v;        /* spectral norm: param "..._g" (1), buffers u (sn_m),
+                                    v (sn_n); -1 when off */
+    int sn_m, sn_n;              /* the matrix whose norm sigma is: (n[1], n[H]) for the
+                                    operator, (O, C K K) for the reshaped kernel */
+    int sn_mat;                  /* 1: sigma of the matrix w (dense, or the reshaped kernel) */
     int mem;                     /* Broyden pairs per sample */
     /* conv forms (conv != 0): every hidden layer k is a conv map, cs[k]:
      * layer k-1's map (cs[1]: the input) -> layer k's (C_k, h_k, w_k) */

@@ -348,6 +348,7 @@ static const rule_opt rule_opts[] = {
     RO("ide-strict", OPT_BOOL, ide_strict, "ide: fail a batch whose solve ends above ide-tol (0)"),
     RO("ide-sn", OPT_BOOL, ide_sn, "ide: spectral-norm reparameterisation of W (1)"),
     RO("ide-sn-c", OPT_FLOAT, ide_sn_c, "ide: clip c of the spectral-norm scale alpha (1)"),
+    RO("ide-sn-kernel", OPT_BOOL, ide_sn_kernel, "ide: conv |W|_2 of the reshaped kernel, as the authors (0)"),
     RO("ide-fb-k", OPT_INT, ide_fb_k, "ide: conv feedback kernel size, odd, 0 = F's (0)"),
     RO("ide-dropout", OPT_FLOAT, ide_dropout, "ide: variational dropout rate in [0,1), one mask a batch (0)"),
 };
