@@ -488,6 +488,105 @@ static void test_conv_forward(int uniform)
     soma_net_free(n);
 }
 
+/* sbn / sbnN (the authors' SeparatedBatchNorm1d pair, notes/fptt.md 2.2):
+ * I_t = BN(W x_t + b) + BN_rec(R s_{t-1}), each with its own affine and
+ * running statistics; the output against the test's own double
+ * computation from the dense layer's two currents, in training (batch
+ * statistics) and evaluation (running ones); placement errors. */
+static void test_sbn(void)
+{
+    const int B = 4, D = 3, N = 5, T = 4, S = 3;
+    soma_net *n = make_net("3-rltc5-sbn3-2", D, SOMA_READOUT_LI, SOMA_NEURON_ALIF, 5);
+    if (!n) return;
+    if (!CHECK(n->n_layers == 5)) { soma_net_free(n); return; }
+    soma_layer *dl = &n->layers[0], *bl = &n->layers[1];
+    CHECK(dl->rec_sep == 1 && bl->bn_sep == 1 && bl->bn_steps == S && dl->rec_src == 2 && n->prefix == 0);
+    const char *names[] = { "1.rec.weight", "1.rec.bias", "1.rec.running_mean", "1.rec.running_var" };
+    for (int k = 0; k < 4; k++) CHECK(find_tensor(n, names[k]) >= 0);
+    /* affines apart, away from the init, so a mix-up shows */
+    float *g1 = soma__param_value(n, bl->w), *b1 = soma__param_value(n, bl->b);
+    float *g2 = soma__param_value(n, bl->w2), *b2 = soma__param_value(n, bl->b2);
+    for (int j = 0; j < N; j++) {
+        g1[j] = 0.6f + 0.1f * j; b1[j] = 0.02f * j;
+        g2[j] = 1.3f - 0.15f * j; b2[j] = -0.03f * j;
+    }
+    CHECK(soma_net_prepare_time(n, B, T) == SOMA_OK);
+    soma_rng rng;
+    soma_rng_seed(&rng, 9);
+    float x[4][12];
+    for (int t = 0; t < T; t++)
+        for (int k = 0; k < B * D; k++) x[t][k] = 2.0f * soma_rng_normal(&rng);
+    const float *rmean = n->buffers.value + n->buffers.p[bl->run_mean2].offset;
+    const float *rvar = n->buffers.value + n->buffers.p[bl->run_var2].offset;
+    for (int train = 1; train >= 0; train--) {
+        soma_net_set_train(n, train);
+        CHECK(soma_net_reset_state(n, B, NULL) == SOMA_OK);
+        double worst = 0;
+        int spiked = 0;
+        for (int t = 0; t < T; t++) {
+            /* R s_{t-1} and the rec running row before this step updates them */
+            int r = t < S ? t : S - 1;
+            double rm[5], rv[5], m1[5], v1[5];
+            const float *rm1 = n->buffers.value + n->buffers.p[bl->run_mean].offset + r * N;
+            const float *rv1 = n->buffers.value + n->buffers.p[bl->run_var].offset + r * N;
+            for (int j = 0; j < N; j++) { rm[j] = rmean[r * N + j]; rv[j] = rvar[r * N + j]; m1[j] = rm1[j]; v1[j] = rv1[j]; }
+            const float *out;
+            CHECK(soma_net_step(n, x[t], B, &out) == SOMA_OK);
+            int slot = soma__slot_of(n, t), ps = soma__slot_of(n, t - 1);
+            const float *sp = soma__slot(n, &n->layers[2], n->layers[2].out, ps);
+            const float *R = soma__param_value(n, dl->rec), *W = soma__param_value(n, dl->w);
+            const float *bw = soma__param_value(n, dl->b);
+            const float *y = soma__slot(n, bl, bl->out, slot);
+            double I[4][5], Q[4][5];
+            for (int bi = 0; bi < B; bi++)
+                for (int j = 0; j < N; j++) {
+                    double a = bw[j], q = 0;
+                    for (int k = 0; k < D; k++) a += (double)W[j * D + k] * x[t][bi * D + k];
+                    for (int k = 0; k < N; k++) { q += (double)R[j * N + k] * sp[bi * N + k]; spiked += sp[bi * N + k] != 0; }
+                    I[bi][j] = a; Q[bi][j] = q;
+                }
+            for (int j = 0; j < N; j++) {
+                double mi = 0, vi = 0, mq = 0, vq = 0;
+                if (train) {
+                    for (int bi = 0; bi < B; bi++) { mi += I[bi][j]; mq += Q[bi][j]; }
+                    mi /= B; mq /= B;
+                    for (int bi = 0; bi < B; bi++) {
+                        vi += (I[bi][j] - mi) * (I[bi][j] - mi);
+                        vq += (Q[bi][j] - mq) * (Q[bi][j] - mq);
+                    }
+                    vi /= B; vq /= B;
+                } else {
+                    mi = m1[j]; vi = v1[j]; mq = rm[j]; vq = rv[j];
+                }
+                for (int bi = 0; bi < B; bi++) {
+                    double want = g1[j] * (I[bi][j] - mi) / sqrt(vi + 1e-5) + b1[j] +
+                                  g2[j] * (Q[bi][j] - mq) / sqrt(vq + 1e-5) + b2[j];
+                    double e = fabs(y[bi * N + j] - want) / (1e-3 + fabs(want));
+                    if (e > worst) worst = e;
+                }
+            }
+        }
+        CHECK(spiked > 0);
+        if (!CHECK(worst < 1e-4)) fprintf(stderr, "sbn %s: worst relative error %.3g\n", train ? "train" : "eval", worst);
+    }
+    CHECK(rvar[0] != 1.0f && rvar[0] != rvar[N]);   /* the recurrent statistics moved, per step */
+    soma_net_free(n);
+    /* placement: after a recurrent dense only */
+    soma_net_options o;
+    soma_net_options_default(&o);
+    o.in_c = 3; o.in_h = o.in_w = 1;
+    o.spiking = 1;
+    o.readout = SOMA_READOUT_LI;
+    const char *bads[] = { "3-ltc5-sbn-2", "3-8-sbn-2", "3-sbn-2" };
+    for (size_t k = 0; k < sizeof bads / sizeof *bads; k++) {
+        n = NULL;
+        int ok = soma_net_new(&n, bads[k], &o) == SOMA_ERR_ARG && strstr(soma_last_error(), "sbn");
+        if (!ok) fprintf(stderr, "sbn accepted in %s (%s)\n", bads[k], soma_last_error());
+        CHECK(ok);
+        soma_net_free(n);
+    }
+}
+
 /* bn / bnN in temporal nets (notes/fptt.md 2.2): placement after ltc /
  * rltc / cltc tokens, the recurrent link, one affine, running statistics
  * per time step (train: updated from the step's batch; eval: used). */
@@ -1010,6 +1109,12 @@ int main(void)
     test_bn_time();
     fd_ltc("5-rltc8-bn4-3", SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 0, 6);
     fd_ltc("5-ltc6-bn-rltc7-bn3-3", SOMA_READOUT_LI, SOMA_NEURON_ALIF, 3, 3);
+    test_sbn();
+    /* a small step: batchnorm of a batch of 3 sparse recurrent currents is steep (small
+     * variances): 1e-2 leaves the linear range, 1e-4 drowns in float noise */
+    fd_ltc_chw("5-rltc8-sbn4-3", 5, 1, 1, SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 0, 6, 1e-3f);
+    fd_ltc_chw("5-ltc6-bn-rltc7-sbn3-3", 5, 1, 1, SOMA_READOUT_LI, SOMA_NEURON_ALIF, 3, 3, 3e-3f);
+    fd_ltc_chw("5-rltc8-sbn4-3", 5, 1, 1, SOMA_READOUT_LTC, SOMA_NEURON_LIF, 0, 6, 1e-3f);
     fd_ltc_chw("cltc3x3p1-bn2-4", 2, 4, 4, SOMA_READOUT_LTC, SOMA_NEURON_ALIF, 0, 4, 1e-2f);
     /* batchnorm inside the conv tau maps (--ltc-map-bn, notes/fptt.md 2.4) */
     test_map_bn_spec();

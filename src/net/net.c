@@ -243,6 +243,17 @@ static soma_status create_params(soma_net *n)
             l->run_mean = store_add(&n->buffers, &bcap, name, rd, l->bn_steps ? rs : cs);
             snprintf(name, sizeof name, "%d.running_var", i);
             l->run_var = store_add(&n->buffers, &bcap, name, rd, l->bn_steps ? rs : cs);
+            if (l->bn_sep) {   /* the recurrent current's own batchnorm */
+                snprintf(name, sizeof name, "%d.rec.weight", i);
+                l->w2 = store_add(&n->params, &pcap, name, 1, cs);
+                snprintf(name, sizeof name, "%d.rec.bias", i);
+                l->b2 = store_add(&n->params, &pcap, name, 1, cs);
+                snprintf(name, sizeof name, "%d.rec.running_mean", i);
+                l->run_mean2 = store_add(&n->buffers, &bcap, name, rd, l->bn_steps ? rs : cs);
+                snprintf(name, sizeof name, "%d.rec.running_var", i);
+                l->run_var2 = store_add(&n->buffers, &bcap, name, rd, l->bn_steps ? rs : cs);
+                if (l->w2 < 0 || l->b2 < 0 || l->run_mean2 < 0 || l->run_var2 < 0) return SOMA_ERR_NOMEM;
+            }
         } else {
             continue;
         }
@@ -307,10 +318,13 @@ static void init_params(soma_net *n, uint64_t seed)
                 soma__param_value(n, w3[m][2])[0] = 1.0f;
             }
         } else if (l->kind == SOMA_LAYER_BATCHNORM) {
-            float *g = soma__param_value(n, l->w), *bb = soma__param_value(n, l->b);
-            float *rv = n->buffers.value + n->buffers.p[l->run_var].offset;
-            for (int c = 0; c < l->out_c; c++) { g[c] = n->opts.bn_gamma; bb[c] = 0; }
-            for (size_t c = 0; c < n->buffers.p[l->run_var].n; c++) rv[c] = 1;
+            for (int m = 0; m < 1 + l->bn_sep; m++) {   /* sbn: the recurrent part's too */
+                float *g = soma__param_value(n, m ? l->w2 : l->w), *bb = soma__param_value(n, m ? l->b2 : l->b);
+                int v = m ? l->run_var2 : l->run_var;
+                float *rv = n->buffers.value + n->buffers.p[v].offset;
+                for (int c = 0; c < l->out_c; c++) { g[c] = n->opts.bn_gamma; bb[c] = 0; }
+                for (size_t c = 0; c < n->buffers.p[v].n; c++) rv[c] = 1;
+            }
         }
     }
 }
@@ -405,6 +419,13 @@ static void free_caches(soma_net *n)
         soma__free(l->bn.mean);
         soma__free(l->bn.invstd);
         soma__free_aligned(l->bn.xhat);
+        soma__free(l->bn2.mean);
+        soma__free(l->bn2.invstd);
+        soma__free_aligned(l->bn2.xhat);
+        memset(&l->bn2, 0, sizeof l->bn2);
+        soma__free_aligned(l->rout);
+        soma__free_aligned(l->grec);
+        l->rout = l->grec = NULL;
         soma__free_aligned(l->cu);
         soma__free_aligned(l->ca);
         soma__free_aligned(l->cv);
@@ -493,6 +514,15 @@ static soma_status prepare_slots(soma_net *n, int B, int slots)
             l->bn.xhat = plan_alloc(sz, &bytes);
             if (!l->bn.mean || !l->bn.invstd || !l->bn.xhat) goto nomem;
             bytes += 2 * (size_t)slots * l->out_c * sizeof(float);
+            if (l->bn_sep) {
+                l->bn2.mean = soma__malloc((size_t)slots * l->out_c * sizeof(float));
+                l->bn2.invstd = soma__malloc((size_t)slots * l->out_c * sizeof(float));
+                l->bn2.xhat = plan_alloc(sz, &bytes);
+                if (!l->bn2.mean || !l->bn2.invstd || !l->bn2.xhat) goto nomem;
+                bytes += 2 * (size_t)slots * l->out_c * sizeof(float);
+            }
+        } else if (l->kind == SOMA_LAYER_DENSE && l->rec_sep) {
+            if (!(l->rout = plan_alloc(sz, &bytes)) || !(l->grec = plan_alloc(one, &bytes))) goto nomem;
         } else if (l->kind == SOMA_LAYER_CONV) {
             soma_conv_shape cs;
             soma_conv_shape_init(&cs, B, l->in_c, l->in_h, l->in_w, l->out_c, l->k, l->k,
@@ -630,11 +660,12 @@ static soma__ltc_bn *map_bn(soma__ltc_bn *bn, soma_net *n, const soma_layer *l, 
 }
 
 /* A batchnorm layer's cache of one slot (slot 0: l->bn itself). */
-static void bn_cache(soma_bn_cache *bc, const soma_net *n, const soma_layer *l, int slot)
+static void bn_cache(soma_bn_cache *bc, const soma_net *n, const soma_layer *l, const soma_bn_cache *c,
+                     int slot)
 {
-    bc->mean = l->bn.mean + (size_t)slot * l->out_c;
-    bc->invstd = l->bn.invstd + (size_t)slot * l->out_c;
-    bc->xhat = soma__slot(n, l, l->bn.xhat, slot);
+    bc->mean = c->mean + (size_t)slot * l->out_c;
+    bc->invstd = c->invstd + (size_t)slot * l->out_c;
+    bc->xhat = soma__slot(n, l, c->xhat, slot);
 }
 
 static void pool_shape(soma_pool_shape *ps, const soma_layer *l, int B)
@@ -665,10 +696,11 @@ static soma_status layer_forward(soma_net *n, int i, const float *in, int slot, 
         soma_dense_forward(out, in, soma__param_value(n, l->w), soma__param_value(n, l->b),
                            B, (int)l->in_size, l->out_c);
         if (l->rec >= 0) {
-            /* + s_{t-1} R^T: the cell this layer feeds, one step back */
+            /* + s_{t-1} R^T: the cell this layer feeds, one step back (sbn: apart, in rout) */
             const soma_layer *src = &n->layers[l->rec_src];
+            float *ro = l->rec_sep ? soma__slot(n, l, l->rout, slot) : out;
             soma_gemm(0, 1, B, l->out_c, l->out_c, 1.0f, soma__slot(n, src, src->out, prev),
-                      l->out_c, soma__param_value(n, l->rec), l->out_c, 1.0f, out, l->out_c);
+                      l->out_c, soma__param_value(n, l->rec), l->out_c, l->rec_sep ? 0.0f : 1.0f, ro, l->out_c);
         }
         break;
     case SOMA_LAYER_CONV: {
@@ -712,12 +744,22 @@ static soma_status layer_forward(soma_net *n, int i, const float *in, int slot, 
         float *rm = n->buffers.value + n->buffers.p[l->run_mean].offset + row;
         float *rv = n->buffers.value + n->buffers.p[l->run_var].offset + row;
         soma_bn_cache bc;
-        bn_cache(&bc, n, l, slot);
+        bn_cache(&bc, n, l, &l->bn, slot);
         if (n->train && B < 2 && l->out_h * l->out_w == 1)
             return soma__fail(SOMA_ERR_ARG, "batchnorm in training needs more than 1 value per channel (batch %d)", B);
         soma_batchnorm_forward(out, &bc, rm, rv, in, soma__param_value(n, l->w),
                                soma__param_value(n, l->b), B, l->out_c, l->out_h * l->out_w,
                                l->eps, l->momentum, n->train);
+        if (l->bn_sep) {   /* + BN_rec(R s_{t-1}) of the dense layer before */
+            const soma_layer *dl = &n->layers[i - 1];
+            float *rec = dl->grec;   /* scratch here: backward refills it */
+            bn_cache(&bc, n, l, &l->bn2, slot);
+            soma_batchnorm_forward(rec, &bc, n->buffers.value + n->buffers.p[l->run_mean2].offset + row,
+                                   n->buffers.value + n->buffers.p[l->run_var2].offset + row,
+                                   soma__slot(n, dl, dl->rout, slot), soma__param_value(n, l->w2),
+                                   soma__param_value(n, l->b2), B, l->out_c, 1, l->eps, l->momentum, n->train);
+            for (size_t k = 0; k < count; k++) out[k] += rec[k];
+        }
         break;
     }
     case SOMA_LAYER_CELL: {
@@ -790,11 +832,13 @@ static soma_status layer_backward(soma_net *n, int i, float *d, const float *dy,
         if (l->rec >= 0) {
             const soma_layer *src = &n->layers[l->rec_src];
             const float *sp = soma__slot(n, src, src->out, prev);
-            /* dR += dy^T s_{t-1};  dL/ds_{t-1} += dy R  (into the cell's previous-step carry) */
-            soma_gemm(1, 0, l->out_c, l->out_c, B, 1.0f, dy, l->out_c, sp, l->out_c, 1.0f,
+            /* dR += dy^T s_{t-1};  dL/ds_{t-1} += dy R  (into the cell's previous-step carry);
+             * sbn: dy of R s_{t-1} is the batchnorm's, in grec */
+            const float *dr = l->rec_sep ? l->grec : dy;
+            soma_gemm(1, 0, l->out_c, l->out_c, B, 1.0f, dr, l->out_c, sp, l->out_c, 1.0f,
                       soma__param_grad(n, l->rec), l->out_c);
             if (!n->no_carry)
-                soma_gemm(0, 0, B, l->out_c, l->out_c, 1.0f, dy, l->out_c, soma__param_value(n, l->rec),
+                soma_gemm(0, 0, B, l->out_c, l->out_c, 1.0f, dr, l->out_c, soma__param_value(n, l->rec),
                           l->out_c, 1.0f, src->gs[!cur], l->out_c);
         }
         break;
@@ -830,9 +874,16 @@ static soma_status layer_backward(soma_net *n, int i, float *d, const float *dy,
         break;
     case SOMA_LAYER_BATCHNORM: {
         soma_bn_cache bc;
-        bn_cache(&bc, n, l, slot);
+        bn_cache(&bc, n, l, &l->bn, slot);
         soma_batchnorm_backward(d, soma__param_grad(n, l->w), soma__param_grad(n, l->b), dy, &bc,
                                 soma__param_value(n, l->w), B, l->out_c, l->out_h * l->out_w, n->train);
+        if (l->bn_sep) {   /* the sum's other term: dL/d(R s_{t-1}) for the dense layer before */
+            const soma_layer *dl = &n->layers[i - 1];
+            bn_cache(&bc, n, l, &l->bn2, slot);
+            memset(dl->grec, 0, (size_t)B * l->out_c * sizeof(float));
+            soma_batchnorm_backward(dl->grec, soma__param_grad(n, l->w2), soma__param_grad(n, l->b2), dy,
+                                    &bc, soma__param_value(n, l->w2), B, l->out_c, 1, n->train);
+        }
         break;
     }
     case SOMA_LAYER_CELL: {
@@ -1258,6 +1309,7 @@ void soma_net_describe(const soma_net *n, char *buf, size_t size)
         if (l->w >= 0) np += n->params.p[l->w].n;
         if (l->b >= 0) np += n->params.p[l->b].n;
         if (l->rec >= 0) np += n->params.p[l->rec].n;
+        if (l->w2 >= 0) np += n->params.p[l->w2].n + n->params.p[l->b2].n;
         const int lt[10] = { l->tm_w, l->tm_b, l->tm_k, l->ta_w, l->ta_b, l->ta_k,
                              l->mbn_w[0], l->mbn_b[0], l->mbn_w[1], l->mbn_b[1] };
         for (int k = 0; k < 10; k++)

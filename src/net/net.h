@@ -62,6 +62,15 @@ typedef struct soma_layer {
     int bn_steps;              /* BATCHNORM in a temporal net (bnN): running statistics per
                                 * time step, rows (N, C), step t >= N uses row N - 1;
                                 * 0: one row shared by all steps */
+    /* BATCHNORM sbn / sbnN after a recurrent dense (the authors'
+     * SeparatedBatchNorm1d pair, notes/fptt.md 2.2): out = BN(W x + b) +
+     * BN_rec(R s_{t-1}), each with its own affine and running statistics
+     * ("<i>.rec.weight" ...); the dense layer before it (rec_sep) keeps
+     * R s_{t-1} apart in rout.  -1 / 0 when absent. */
+    int bn_sep, w2, b2, run_mean2, run_var2;
+    soma_bn_cache bn2;
+    int rec_sep;               /* DENSE with rec: R s_{t-1} into rout, not into out */
+    float *rout, *grec;        /* DENSE rec_sep: R s_{t-1} per slot; dL/d(rout) of this step */
     soma_cell_params cell;     /* CELL */
     /* CELL with liquid time constants (ltcN, rltcN, the LTC readout): the
      * rates are tau = sigmoid(k (W [I_t, x_{t-1}] + b)) (ltc.h); tau_m

@@ -36,6 +36,7 @@ static soma_layer *push(spec_builder *b, soma_layer_kind kind)
     memset(l, 0, sizeof *l);
     l->kind = kind;
     l->w = l->b = l->run_mean = l->run_var = l->rec = l->rec_src = -1;
+    l->w2 = l->b2 = l->run_mean2 = l->run_var2 = -1;
     l->tm_w = l->tm_b = l->tm_k = l->ta_w = l->ta_b = l->ta_k = -1;
     for (int m = 0; m < 2; m++) l->mbn_w[m] = l->mbn_b[m] = l->mbn_rm[m] = l->mbn_rv[m] = -1;
     l->in_c = b->c; l->in_h = b->h; l->in_w = b->w;
@@ -160,7 +161,7 @@ static void link_rec(spec_builder *b)
  * net also after an ltcN / rltcN / cltcKxC token, where it normalises the
  * token's linear output (inserted right after its dense/conv, before the
  * pool and the cell, as notes/fptt.md 2.2 / 2.4). */
-static soma_status add_bn(spec_builder *b, const char *tok, int pos, int steps)
+static soma_status add_bn(spec_builder *b, const char *tok, int pos, int steps, int sep)
 {
     int at = b->n;   /* insert position */
     if (b->o->spiking && b->n >= 2 && b->layers[b->n - 1].kind == SOMA_LAYER_CELL && b->layers[b->n - 1].ltc &&
@@ -173,12 +174,17 @@ static soma_status add_bn(spec_builder *b, const char *tok, int pos, int steps)
         return bad(tok, pos, "bn must directly follow a conv or dense layer");
     }
     if (steps && !b->o->spiking) return bad(tok, pos, "per-time-step statistics (bnN) need a temporal net");
+    if (sep && !(b->layers[at - 1].kind == SOMA_LAYER_DENSE && b->layers[at - 1].rec))
+        return bad(tok, pos, "sbn normalises a recurrent layer's input and recurrent currents apart: "
+                   "it must follow rltcN or rN");
+    if (sep) b->layers[at - 1].rec_sep = 1;
     soma_layer *l = push(b, SOMA_LAYER_BATCHNORM);
     if (!l) return SOMA_ERR_NOMEM;
     soma_layer nl = *l;
     const soma_layer *ll = &b->layers[at - 1];
     nl.eps = 1e-5f; nl.momentum = 0.1f;
     nl.bn_steps = steps;
+    nl.bn_sep = sep;
     nl.in_c = nl.out_c = ll->out_c; nl.in_h = nl.out_h = ll->out_h; nl.in_w = nl.out_w = ll->out_w;
     nl.in_size = nl.out_size = ll->out_size;
     if (at == b->n - 1) {
@@ -329,7 +335,9 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
             }
             continue;
         }
-        int bn_steps = 0, is_bn = !strcmp(t, "bn") || (!strncmp(t, "bn", 2) && parse_int(t + 2, &bn_steps));
+        int bn_sep = t[0] == 's', bn_steps = 0;
+        const char *bt = t + bn_sep;
+        int is_bn = !strcmp(bt, "bn") || (!strncmp(bt, "bn", 2) && parse_int(bt + 2, &bn_steps));
         if (pending_act && !is_bn) {
             if ((st = add_act(&b, act))) break;
             pending_act = 0;
@@ -371,7 +379,7 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
         } else if (!strncmp(t, "avgpool", 7)) st = parse_pool(&b, t, i + 1, 1, 0);
         else if (!strncmp(t, "pool", 4)) st = parse_pool(&b, t, i + 1, 0, 0);
         else if (is_bn) {
-            st = add_bn(&b, t, i + 1, bn_steps);
+            st = add_bn(&b, t, i + 1, bn_steps, bn_sep);
             continue;
         } else if (!strncmp(t, "drop", 4)) {
             char *end;
@@ -387,7 +395,7 @@ soma_status soma__spec_parse(soma_layer **layers, int *n_layers, const char *spe
             set_out(&b, l, b.c, b.h, b.w);
             continue;
         } else {
-            st = bad(t, i + 1, "unknown layer (expected N, fcN, rN, ltcN, rltcN, convKxC, cltcKxC, poolK, avgpoolK, bn, bnN, dropP)");
+            st = bad(t, i + 1, "unknown layer (expected N, fcN, rN, ltcN, rltcN, convKxC, cltcKxC, poolK, avgpoolK, bn, bnN, sbn, sbnN, dropP)");
             break;
         }
         if (!st && (is_rec || parse_int(t, &v) || !strncmp(t, "fc", 2) || !strncmp(t, "conv", 4)) &&
