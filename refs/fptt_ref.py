@@ -66,6 +66,12 @@ Robustness: min |v - theta| >= 1e-3 over both cells, steps and modes, the
 max-pool windows' top two differ by >= 1e-3, hidden spike rate 10-60 %, and a
 float32 rerun gives the same spikes.
 
+sbn (fptt_sbn.safetensors): net "4-rltc6-sbn3-3", batch 4, T = 4, K = 1:
+  I = BN(x W0^T + b0) + BN_rec(s_{t-1} R^T), each with its own affine (1.weight,
+  1.bias; 1.rec.weight, 1.rec.bias) and per-step running rows (3, 6) (1.running_*,
+  1.rec.running_*, drawn), training batch statistics; the cell and readout are
+  layers 2-4.  The tensors above plus run<p>.<buffer> after step p.
+
 Run with Debian's interpreter:  /usr/bin/python3 refs/fptt_ref.py tests/fixtures
 """
 import math
@@ -373,6 +379,137 @@ def mb_build(steps, seed0):
     raise SystemExit("no seed satisfied the robustness checks")
 
 
+# ---- sbn: the input and recurrent currents batch-normalised apart (notes 2.2) --
+
+SB_SPEC, SB_B, SB_STEPS = "4-rltc6-sbn3-3", 4, 3
+SB_PARAMS = ["0.weight", "0.bias", "0.weight_rec", "1.weight", "1.bias", "1.rec.weight", "1.rec.bias",
+             "2.tau_m.weight", "2.tau_m.bias", "2.tau_m.k", "2.tau_adp.weight", "2.tau_adp.bias",
+             "2.tau_adp.k", "3.weight", "3.bias", "4.tau_m.weight", "4.tau_m.bias", "4.tau_m.k"]
+SB_BUFS = ["1.running_mean", "1.running_var", "1.rec.running_mean", "1.rec.running_var"]
+
+
+def sb_draw(seed, T):
+    """The plain net's draw renamed to the sbn layer list, the two affines and the
+    per-step running statistics drawn (rows (3, 6))."""
+    p0, x, y = draw(seed, T)
+    g = torch.Generator().manual_seed(seed + 77)
+    ren = {"1.": "2.", "2.": "3.", "3.": "4."}
+    p = {}
+    for k, v in p0.items():
+        p[ren.get(k[:2], k[:2]) + k[2:] if k[:2] in ren else k] = v
+    for q in ("1.", "1.rec."):
+        p[q + "weight"] = 0.8 + 0.4 * torch.rand(N, generator=g)
+        p[q + "bias"] = 0.3 + 0.2 * torch.randn(N, generator=g)
+    buf = {}
+    for q in ("1.", "1.rec."):
+        buf[q + "running_mean"] = 0.2 * torch.randn(SB_STEPS, N, generator=g)
+        buf[q + "running_var"] = 0.5 + torch.rand(SB_STEPS, N, generator=g)
+    x = torch.randn(SB_B, T, D, generator=g)
+    y = torch.randint(0, C, (SB_B,), generator=g)
+    return p, buf, x, y
+
+
+def sb_bn(h, p, q, run, t):
+    """Training batchnorm of h (B, N) with the batch statistics; running row min(t, 2) updated."""
+    r = min(t, SB_STEPS - 1)
+    mu, var = h.mean(0), h.var(0, unbiased=False)
+    with torch.no_grad():
+        n = h.shape[0]
+        run[q + "running_mean"][r] = (1 - 0.1) * run[q + "running_mean"][r] + 0.1 * mu
+        run[q + "running_var"][r] = (1 - 0.1) * run[q + "running_var"][r] + 0.1 * var * n / (n - 1)
+    return p[q + "weight"] * (h - mu) / torch.sqrt(var + 1e-5) + p[q + "bias"]
+
+
+def sb_step(p, xt, st, rec, run, t):
+    u, eta, s, o = st
+    I = sb_bn(xt @ p["0.weight"].T + p["0.bias"], p, "1.", run, t) + \
+        sb_bn(s @ p["0.weight_rec"].T, p, "1.rec.", run, t)
+    tm = torch.sigmoid(p["2.tau_m.k"] * (torch.cat([I, u], 1) @ p["2.tau_m.weight"].T + p["2.tau_m.bias"]))
+    ta = torch.sigmoid(p["2.tau_adp.k"] * (torch.cat([I, eta], 1) @ p["2.tau_adp.weight"].T
+                                           + p["2.tau_adp.bias"]))
+    eta = ta * eta + (1 - ta) * s
+    th = B0 + BETA_A * eta
+    v = tm * I + (1 - tm) * u
+    rec.append((v - th).detach())
+    s = Spike.apply(v - th)
+    u = v * (1 - s)
+    z = s @ p["3.weight"].T + p["3.bias"]
+    to = torch.sigmoid(p["4.tau_m.k"] * (torch.cat([z, o], 1) @ p["4.tau_m.weight"].T + p["4.tau_m.bias"]))
+    o = to * z + (1 - to) * o
+    return (u, eta, s, o)
+
+
+def sb_fptt(p0, buf0, x, y, T, dtype=torch.float32):
+    """T FPTT steps (K = 1) of the sbn net, as fptt() above."""
+    params = {k: v.clone().to(dtype).requires_grad_(True) for k, v in p0.items()}
+    run = {k: v.clone().to(dtype) for k, v in buf0.items()}
+    plist = [params[k] for k in SB_PARAMS]
+    wbar = {k: v.detach().clone() for k, v in params.items()}
+    lam = {k: torch.zeros_like(v) for k, v in params.items()}
+    opt = torch.optim.SGD(plist, lr=LR)
+    x = x.to(dtype)
+    z = torch.zeros(SB_B, N, dtype=dtype)
+    st = (z, z.clone(), z.clone(), torch.zeros(SB_B, C, dtype=dtype))
+    rec, out = [], []
+    for w in range(T):
+        st = tuple(a.detach() for a in st)
+        st = sb_step(params, x[:, w], st, rec, run, w)
+        ce = F.cross_entropy(st[3], y)
+        reg = sum(-(params[k] * lam[k]).sum() + ALPHA / 2 * ((params[k] - wbar[k]) ** 2).sum()
+                  for k in SB_PARAMS)
+        loss = (w + 1) / T * ce + reg
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(plist, CLIP)
+        opt.step()
+        with torch.no_grad():
+            for k in SB_PARAMS:
+                lam[k] = lam[k] - ALPHA * (params[k] - wbar[k])
+                wbar[k] = (1 - BETA) * wbar[k] + BETA * params[k] - (BETA / ALPHA) * lam[k]
+        out.append(dict(w={k: v.detach().clone() for k, v in params.items()},
+                        wbar={k: v.clone() for k, v in wbar.items()},
+                        lam={k: v.clone() for k, v in lam.items()},
+                        run={k: v.clone() for k, v in run.items()},
+                        u=st[0].detach().clone(), eta=st[1].detach().clone(), loss=ce.detach().clone()))
+    return out, rec
+
+
+def sb_build(T, seed0):
+    for seed in range(seed0, seed0 + 2000):
+        p, buf, x, y = sb_draw(seed, T)
+        out, rec = sb_fptt(p, buf, x, y, T)
+        v = torch.stack(rec)
+        if v.abs().min().item() < MARGIN:
+            continue
+        rate = (v > 0).float().mean().item()
+        if not (0.10 <= rate <= 0.60):
+            continue
+        _, rec64 = sb_fptt(p, buf, x, y, T, torch.float64)
+        if not torch.equal(torch.stack(rec64) > 0, v > 0):
+            continue
+        t = {"x": x.numpy(), "y": y.numpy().astype(np.int32)}
+        for k in SB_PARAMS:
+            t["init." + k] = p[k].numpy()
+        for k in SB_BUFS:
+            t["init." + k] = buf[k].numpy()
+        for w, o in enumerate(out):
+            for k in SB_PARAMS:
+                t["w%d.%s" % (w, k)] = o["w"][k].numpy()
+                t["wbar%d.%s" % (w, k)] = o["wbar"][k].numpy()
+                t["lam%d.%s" % (w, k)] = o["lam"][k].numpy()
+            for k in SB_BUFS:
+                t["run%d.%s" % (w, k)] = o["run"][k].numpy()
+            t["u%d" % w] = o["u"].numpy()
+            t["eta%d" % w] = o["eta"].numpy()
+            t["loss%d" % w] = o["loss"].reshape(1).numpy()
+        meta = dict(spec=SB_SPEC, T=T, K=1, alpha=ALPHA, beta=BETA, lr=LR, clip=CLIP, seed=seed,
+                    spike_rate=round(rate, 3), cell=2)
+        print("sbn T=%d: seed %d, spike rate %.2f, min margin %.2e, losses %s" % (
+            T, seed, rate, v.abs().min().item(), [round(o["loss"].item(), 5) for o in out]))
+        return t, meta
+    raise SystemExit("no seed satisfied the robustness checks")
+
+
 def main():
     outdir = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
     torch.set_default_dtype(torch.float32)
@@ -382,6 +519,8 @@ def main():
     for (steps, name, seed0) in [(1, "ltc_map_bn", 3000), (3, "ltc_map_bn_steps", 4000)]:
         t, meta = mb_build(steps, seed0)
         fixture.write(os.path.join(outdir, name + ".safetensors"), t, meta)
+    t, meta = sb_build(4, 5000)   # 4 steps: step 3 reuses running row 2
+    fixture.write(os.path.join(outdir, "fptt_sbn.safetensors"), t, meta)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ static void golden(const char *path)
         return;
     }
     soma_batch b = { .n = B, .c = T * D, .h = 1, .w = 1, .x = (float *)x, .y = (int32_t *)y };
-    const soma_layer *l = &n->layers[1];
+    const char *cell = soma_st_meta(st, "cell");   /* the LTC cell's layer (1, or 2 after an sbn) */
+    const soma_layer *l = &n->layers[cell ? atoi(cell) : 1];
     for (int p = 0; p < T / K; p++) {
         double loss;
         if (!CHECK(soma__fptt_window(r, &b, p, 0.1f, NULL, &loss) == SOMA_OK)) {
@@ -135,6 +136,19 @@ static void golden(const char *path)
         compare_params(n, st, pre, "fptt.wbar.", label);
         snprintf(pre, sizeof pre, "lam%d.", p);
         compare_params(n, st, pre, "fptt.lam.", label);
+        /* batchnorm running statistics, where the fixture has them (sbn) */
+        for (int i = 0; i < soma_net_tensor_count(n); i++) {
+            const char *name;
+            float *v = soma_net_tensor(n, i, &name, NULL, NULL, NULL);
+            char key[96];
+            snprintf(key, sizeof key, "run%d.%s", p, name);
+            if (!strstr(name, "running") || !soma_st_find(st, key)) continue;
+            size_t cnt;
+            const float *want = fx(st, key, &cnt);
+            char rl[192];
+            snprintf(rl, sizeof rl, "%s %s", label, key);
+            if (want) check_close_f(rl, v, want, cnt, 1e-5, 1e-7);
+        }
     }
     soma_rule_free(r);
     soma_net_free(n);
@@ -650,6 +664,7 @@ int main(void)
     tiny_trace();
     golden("tests/fixtures/fptt_k1.safetensors");
     golden("tests/fixtures/fptt_k3.safetensors");
+    golden("tests/fixtures/fptt_sbn.safetensors");
     fptt_equals_bptt();
     memory_plan();
     bad_input();
