@@ -198,36 +198,54 @@ def fptt(p0, x, y, T, K, dtype=torch.float32):
     return out, rec
 
 
-def build(T, K, seed0):
+def search(seed0, run):
+    """The first seed from seed0 whose float32 run (run(seed, dtype) -> out, rec) keeps every
+    |v - theta| >= MARGIN, spikes on 10-60 % and gives the float64 run's spikes."""
     for seed in range(seed0, seed0 + 2000):
-        p, x, y = draw(seed, T)
-        out, rec = fptt(p, x, y, T, K)
+        out, rec = run(seed, torch.float32)
         v = torch.stack(rec)
         if v.abs().min().item() < MARGIN:
             continue
         rate = (v > 0).float().mean().item()
         if not (0.10 <= rate <= 0.60):
             continue
-        _, rec64 = fptt(p, x, y, T, K, torch.float64)
-        if not torch.equal(torch.stack(rec64) > 0, v > 0):
-            continue
-        t = {"x": x.numpy(), "y": y.numpy().astype(np.int32)}
-        for k in NAMES:
-            t["init." + k] = p[k].numpy()
-        for w, o in enumerate(out):
-            for k in NAMES:
-                t["w%d.%s" % (w, k)] = o["w"][k].numpy()
-                t["wbar%d.%s" % (w, k)] = o["wbar"][k].numpy()
-                t["lam%d.%s" % (w, k)] = o["lam"][k].numpy()
-            t["u%d" % w] = o["u"].numpy()
-            t["eta%d" % w] = o["eta"].numpy()
-            t["loss%d" % w] = o["loss"].reshape(1).numpy()
-        meta = dict(spec="4-rltc6-3", T=T, K=K, alpha=ALPHA, beta=BETA, lr=LR, clip=CLIP, seed=seed,
-                    spike_rate=round(rate, 3))
-        print("T=%d K=%d: seed %d, spike rate %.2f, min margin %.2e, losses %s" % (
-            T, K, seed, rate, v.abs().min().item(), [round(o["loss"].item(), 5) for o in out]))
-        return t, meta
+        _, rec64 = run(seed, torch.float64)
+        if torch.equal(torch.stack(rec64) > 0, v > 0):
+            return seed, out, rate, v.abs().min().item()
     raise SystemExit("no seed satisfied the robustness checks")
+
+
+def records(t, out, names, bufs=()):
+    """Adds to t the tensors of every window: w, wbar, lam per parameter, run per buffer,
+    u, eta, loss."""
+    for w, o in enumerate(out):
+        for k in names:
+            t["w%d.%s" % (w, k)] = o["w"][k].numpy()
+            t["wbar%d.%s" % (w, k)] = o["wbar"][k].numpy()
+            t["lam%d.%s" % (w, k)] = o["lam"][k].numpy()
+        for k in bufs:
+            t["run%d.%s" % (w, k)] = o["run"][k].numpy()
+        t["u%d" % w] = o["u"].numpy()
+        t["eta%d" % w] = o["eta"].numpy()
+        t["loss%d" % w] = o["loss"].reshape(1).numpy()
+    return t
+
+
+def build(T, K, seed0):
+    def run(seed, dtype):
+        p, x, y = draw(seed, T)
+        return fptt(p, x, y, T, K, dtype)
+    seed, out, rate, margin = search(seed0, run)
+    p, x, y = draw(seed, T)
+    t = {"x": x.numpy(), "y": y.numpy().astype(np.int32)}
+    for k in NAMES:
+        t["init." + k] = p[k].numpy()
+    records(t, out, NAMES)
+    meta = dict(spec="4-rltc6-3", T=T, K=K, alpha=ALPHA, beta=BETA, lr=LR, clip=CLIP, seed=seed,
+                spike_rate=round(rate, 3))
+    print("T=%d K=%d: seed %d, spike rate %.2f, min margin %.2e, losses %s" % (
+        T, K, seed, rate, margin, [round(o["loss"].item(), 5) for o in out]))
+    return t, meta
 
 
 # ---- conv LTC cells with batchnorm inside the tau maps (notes 2.4) ----------
@@ -475,39 +493,22 @@ def sb_fptt(p0, buf0, x, y, T, dtype=torch.float32):
 
 
 def sb_build(T, seed0):
-    for seed in range(seed0, seed0 + 2000):
+    def run(seed, dtype):
         p, buf, x, y = sb_draw(seed, T)
-        out, rec = sb_fptt(p, buf, x, y, T)
-        v = torch.stack(rec)
-        if v.abs().min().item() < MARGIN:
-            continue
-        rate = (v > 0).float().mean().item()
-        if not (0.10 <= rate <= 0.60):
-            continue
-        _, rec64 = sb_fptt(p, buf, x, y, T, torch.float64)
-        if not torch.equal(torch.stack(rec64) > 0, v > 0):
-            continue
-        t = {"x": x.numpy(), "y": y.numpy().astype(np.int32)}
-        for k in SB_PARAMS:
-            t["init." + k] = p[k].numpy()
-        for k in SB_BUFS:
-            t["init." + k] = buf[k].numpy()
-        for w, o in enumerate(out):
-            for k in SB_PARAMS:
-                t["w%d.%s" % (w, k)] = o["w"][k].numpy()
-                t["wbar%d.%s" % (w, k)] = o["wbar"][k].numpy()
-                t["lam%d.%s" % (w, k)] = o["lam"][k].numpy()
-            for k in SB_BUFS:
-                t["run%d.%s" % (w, k)] = o["run"][k].numpy()
-            t["u%d" % w] = o["u"].numpy()
-            t["eta%d" % w] = o["eta"].numpy()
-            t["loss%d" % w] = o["loss"].reshape(1).numpy()
-        meta = dict(spec=SB_SPEC, T=T, K=1, alpha=ALPHA, beta=BETA, lr=LR, clip=CLIP, seed=seed,
-                    spike_rate=round(rate, 3), cell=2)
-        print("sbn T=%d: seed %d, spike rate %.2f, min margin %.2e, losses %s" % (
-            T, seed, rate, v.abs().min().item(), [round(o["loss"].item(), 5) for o in out]))
-        return t, meta
-    raise SystemExit("no seed satisfied the robustness checks")
+        return sb_fptt(p, buf, x, y, T, dtype)
+    seed, out, rate, margin = search(seed0, run)
+    p, buf, x, y = sb_draw(seed, T)
+    t = {"x": x.numpy(), "y": y.numpy().astype(np.int32)}
+    for k in SB_PARAMS:
+        t["init." + k] = p[k].numpy()
+    for k in SB_BUFS:
+        t["init." + k] = buf[k].numpy()
+    records(t, out, SB_PARAMS, SB_BUFS)
+    meta = dict(spec=SB_SPEC, T=T, K=1, alpha=ALPHA, beta=BETA, lr=LR, clip=CLIP, seed=seed,
+                spike_rate=round(rate, 3), cell=2)
+    print("sbn T=%d: seed %d, spike rate %.2f, min margin %.2e, losses %s" % (
+        T, seed, rate, margin, [round(o["loss"].item(), 5) for o in out]))
+    return t, meta
 
 
 def main():

@@ -232,27 +232,24 @@ static soma_status create_params(soma_net *n)
             }
             continue;
         } else if (l->kind == SOMA_LAYER_BATCHNORM) {
-            /* one affine; running statistics per time step with bnN */
+            /* one affine; running statistics per time step with bnN; sbn: the
+             * recurrent current's own, "<i>.rec.*" */
             int64_t cs[1] = { l->out_c }, rs[2] = { l->bn_steps, l->out_c };
             int rd = l->bn_steps ? 2 : 1;
-            snprintf(name, sizeof name, "%d.weight", i);
-            l->w = store_add(&n->params, &pcap, name, 1, cs);
-            snprintf(name, sizeof name, "%d.bias", i);
-            l->b = store_add(&n->params, &pcap, name, 1, cs);
-            snprintf(name, sizeof name, "%d.running_mean", i);
-            l->run_mean = store_add(&n->buffers, &bcap, name, rd, l->bn_steps ? rs : cs);
-            snprintf(name, sizeof name, "%d.running_var", i);
-            l->run_var = store_add(&n->buffers, &bcap, name, rd, l->bn_steps ? rs : cs);
-            if (l->bn_sep) {   /* the recurrent current's own batchnorm */
-                snprintf(name, sizeof name, "%d.rec.weight", i);
-                l->w2 = store_add(&n->params, &pcap, name, 1, cs);
-                snprintf(name, sizeof name, "%d.rec.bias", i);
-                l->b2 = store_add(&n->params, &pcap, name, 1, cs);
-                snprintf(name, sizeof name, "%d.rec.running_mean", i);
-                l->run_mean2 = store_add(&n->buffers, &bcap, name, rd, l->bn_steps ? rs : cs);
-                snprintf(name, sizeof name, "%d.rec.running_var", i);
-                l->run_var2 = store_add(&n->buffers, &bcap, name, rd, l->bn_steps ? rs : cs);
-                if (l->w2 < 0 || l->b2 < 0 || l->run_mean2 < 0 || l->run_var2 < 0) return SOMA_ERR_NOMEM;
+            for (int m = 0; m < 1 + l->bn_sep; m++) {
+                const char *q = m ? "rec." : "";
+                int ix[4];
+                const char *nm[4] = { "weight", "bias", "running_mean", "running_var" };
+                for (int k = 0; k < 4; k++) {
+                    snprintf(name, sizeof name, "%d.%s%s", i, q, nm[k]);
+                    ix[k] = k < 2 ? store_add(&n->params, &pcap, name, 1, cs)
+                                  : store_add(&n->buffers, &bcap, name, rd, l->bn_steps ? rs : cs);
+                }
+                *(m ? &l->w2 : &l->w) = ix[0];
+                *(m ? &l->b2 : &l->b) = ix[1];
+                *(m ? &l->run_mean2 : &l->run_mean) = ix[2];
+                *(m ? &l->run_var2 : &l->run_var) = ix[3];
+                if (m && (ix[0] < 0 || ix[1] < 0 || ix[2] < 0 || ix[3] < 0)) return SOMA_ERR_NOMEM;
             }
         } else {
             continue;
