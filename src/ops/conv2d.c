@@ -91,8 +91,14 @@ static int is_pointwise(const soma_conv_shape *s)
 static void tap_columns(int kw, const soma_conv_shape *s, int *lo, int *hi)
 {
     const int st = s->stride, off = kw - s->pad;
-    int a = off >= 0 ? 0 : (-off + st - 1) / st;           /* first ow with iw >= 0 */
-    int b = s->W - 1 - off < 0 ? 0 : (s->W - 1 - off) / st + 1;   /* past the last iw < W */
+    int a, b;
+    if (st == 1) {   /* no divisions: this runs C*KH*KW times per sample (profiled: 8 % of IDE) */
+        a = off >= 0 ? 0 : -off;
+        b = s->W - off < 0 ? 0 : s->W - off;
+    } else {
+        a = off >= 0 ? 0 : (-off + st - 1) / st;             /* first ow with iw >= 0 */
+        b = s->W - 1 - off < 0 ? 0 : (s->W - 1 - off) / st + 1;   /* past the last iw < W */
+    }
     *lo = a < s->OW ? a : s->OW;
     *hi = b < s->OW ? b : s->OW;
     if (*hi < *lo) *hi = *lo;
