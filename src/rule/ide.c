@@ -821,19 +821,25 @@ static int thread_id(void)
 
 /* The kernel w (O, C, KH, KW) of the conv s laid out for spike_conv:
  * transposed == 0 (the conv itself, input channel c -> every output
- * channel): wt (C, KH, KW, O); transposed != 0 (its dx path, the transposed
- * conv, output channel o -> every input channel): wt (O, KH, KW, C). */
+ * channel): wt (C, KH, KW, O), with kw reversed at stride 1 (reversed_kw);
+ * transposed != 0 (its dx path, the transposed conv, output channel o ->
+ * every input channel): wt (O, KH, KW, C).  Either way, for one spike and one
+ * kernel row, the taps it reaches along an output row are then one contiguous
+ * run of wt matching one of the accumulator (conv_scatter_sample). */
+static int reversed_kw(const soma_conv_shape *s, int transposed) { return !transposed && s->stride == 1; }
+
 static void conv_layout(float *restrict wt, const float *restrict w, const soma_conv_shape *s,
                         int transposed)
 {
-    int O = s->O, C = s->C, KK = s->KH * s->KW;
+    const int O = s->O, C = s->C, KH = s->KH, KW = s->KW, rev = reversed_kw(s, transposed);
     for (int o = 0; o < O; o++)
         for (int c = 0; c < C; c++)
-            for (int q = 0; q < KK; q++) {
-                float v = w[((size_t)o * C + c) * KK + q];
-                if (transposed) wt[((size_t)o * KK + q) * C + c] = v;
-                else wt[((size_t)c * KK + q) * O + o] = v;
-            }
+            for (int kh = 0; kh < KH; kh++)
+                for (int kw = 0; kw < KW; kw++) {
+                    float v = w[(((size_t)o * C + c) * KH + kh) * KW + kw];
+                    if (transposed) wt[(((size_t)o * KH + kh) * KW + kw) * C + c] = v;
+                    else wt[(((size_t)c * KH + kh) * KW + (rev ? KW - 1 - kw : kw)) * O + o] = v;
+                }
 }
 
 /* y += mask (conv of the spikes in), every entry of `in` 0 or 1, no bias,
@@ -868,6 +874,24 @@ static void conv_scatter_sample(float *restrict yb, const float *restrict mb, co
                 int dx0 = transposed ? 0 : (xi + pd) % st, dxs = transposed ? 1 : st;
                 int yo0 = transposed ? yi * st - pd : (yi + pd) / st;
                 int xo0 = transposed ? xi * st - pd : (xi + pd) / st, dir = transposed ? 1 : -1;
+                if (transposed || st == 1) {
+                    /* xo rises with the layout's tap index r (transposed: xo = xo0 + r;
+                     * reversed stride 1: r = KW-1-dx, xo = xo0 - (KW-1) + r): the taps of a
+                     * kernel row are one run, r in [r0, r1), added in one loop.  Each
+                     * output entry gets the same terms in the same order as tap by tap. */
+                    const int base = transposed ? xo0 : xo0 - (KW - 1);
+                    const int r0 = base < 0 ? -base : 0, r1 = wo - base < KW ? wo - base : KW;
+                    if (r1 <= r0) continue;
+                    const size_t len = (size_t)(r1 - r0) * co;
+                    for (int dy = dy0, yo = yo0; dy < KH; dy += dys, yo += dir) {
+                        if (yo < 0 || yo >= ho) continue;
+                        float *restrict zr = z + ((size_t)yo * wo + base + r0) * co;
+                        const float *restrict wr = wt + (((size_t)c * KH + dy) * KW + r0) * co;
+                        _Pragma("omp simd")
+                        for (size_t j = 0; j < len; j++) zr[j] += wr[j];
+                    }
+                    continue;
+                }
                 for (int dy = dy0, yo = yo0; dy < KH; dy += dys, yo += dir) {
                     if (yo < 0 || yo >= ho) continue;
                     for (int dx = dx0, xo = xo0; dx < KW; dx += dxs, xo += dir) {
