@@ -248,6 +248,8 @@ def bench_rss(argv):
 
 
 def main():
+    # soma's CLI and bench_fptt flush denormals to zero: the same here
+    torch.set_flush_denormal(True)
     if len(sys.argv) < 3 or sys.argv[1] not in ("speed", "rss") or \
             (sys.argv[1] == "speed" and len(sys.argv) < 5):
         print("usage: torch_fptt.py speed THREADS STEPS REPEATS [T] [BATCH] [fptt|bptt|both]\n"

@@ -84,6 +84,15 @@ void     soma_rng_shuffle_u32(soma_rng *r, uint32_t *a, size_t n); /* Fisher-Yat
 int soma_set_threads(int n);
 int soma_get_threads(void);
 
+/* on != 0: flush denormal floats to zero (results and inputs) in SSE/AVX
+ * arithmetic, for the calling thread and the current OpenMP team; threads
+ * created later inherit it.  Why: surrogate gradients and decaying traces
+ * leave denormals, which some x86 CPUs compute ~100x slower (FPTT training
+ * 2.7x slower on an Intel Xeon, docs/results.md session 7).  on == 0 restores
+ * IEEE denormals.  Process-wide state, so a library never sets it by itself:
+ * the CLI does.  Returns 1 when set, 0 where unsupported (not x86). */
+int soma_flush_denormals(int on);
+
 /* ======================================================================== */
 /* Arena: a bump allocator over one block; reset frees everything at once.  */
 /* ======================================================================== */

@@ -17,6 +17,7 @@
  * the shape validators.
  */
 #include "check.h"
+#include <float.h>
 #include <stdint.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -1138,9 +1139,31 @@ static void test_shapes(void)
     CHECK(rejects(soma_pool_shape_init(&p, 1, 0, 5, 5, 2, 2)));    /* C */
 }
 
+/* soma_flush_denormals: a product below FLT_MIN becomes 0 with it, stays a
+ * denormal without it, in this thread and in the OpenMP workers. */
+static void test_denormals(void)
+{
+    volatile float tiny = 1e-30f, scale = 1e-10f;
+    int set = soma_flush_denormals(1);
+#if defined(__x86_64__) || defined(__i386__)
+    CHECK(set == 1);
+    CHECK(tiny * scale == 0.0f);
+    int zero_in_all = 1;
+#pragma omp parallel num_threads(2) reduction(&& : zero_in_all)
+    zero_in_all = zero_in_all && (tiny * scale == 0.0f);
+    CHECK(zero_in_all);
+    soma_flush_denormals(0);
+    CHECK(tiny * scale > 0.0f && tiny * scale < FLT_MIN);
+#else
+    CHECK(set == 0);
+#endif
+    soma_flush_denormals(0);
+}
+
 int main(void)
 {
     soma_rng_seed(&rng, 20240601);
+    test_denormals();
     test_shapes();
     test_gemm();
     test_dense();

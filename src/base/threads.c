@@ -6,6 +6,10 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#define SOMA_HAVE_MXCSR 1
+#endif
 
 void openblas_set_num_threads(int n); /* provided by OpenBLAS */
 
@@ -34,5 +38,31 @@ int soma_get_threads(void)
     return omp_get_max_threads();
 #else
     return current_threads;
+#endif
+}
+
+#ifdef SOMA_HAVE_MXCSR
+static void set_mxcsr_ftz(int on)
+{
+    const unsigned ftz_daz = 0x8040u;   /* MXCSR bit 15 flush-to-zero, bit 6 denormals-are-zero */
+    unsigned m = _mm_getcsr();
+    _mm_setcsr(on ? (m | ftz_daz) : (m & ~ftz_daz));
+}
+#endif
+
+int soma_flush_denormals(int on)
+{
+#ifdef SOMA_HAVE_MXCSR
+    set_mxcsr_ftz(on);
+#ifdef _OPENMP
+    /* the workers of the current team too; threads made later inherit the
+     * creating thread's floating-point environment */
+#pragma omp parallel
+    set_mxcsr_ftz(on);
+#endif
+    return 1;
+#else
+    (void)on;
+    return 0;
 #endif
 }
