@@ -297,8 +297,8 @@ static int usage(const char *argv0)
 int main(int argc, char **argv)
 {
     if (argc < 3) return usage(argv[0]);
-    /* as the CLI; torch_fptt.py sets torch.set_flush_denormal(True) to match */
-    soma_flush_denormals(1);
+    /* as the CLI (SOMA_DENORMALS=1 keeps them); torch_fptt.py does the same */
+    soma_flush_denormals(-1);
     const char *mode = argv[1];
     if (!strcmp(mode, "rss") || !strcmp(mode, "rss-adding")) {
         int adding = !strcmp(mode, "rss-adding");

@@ -40,6 +40,7 @@ usage: /usr/bin/python3 bench/torch_fptt.py speed THREADS STEPS REPEATS [T] [BAT
          process for clean peaks.
 """
 import math
+import os
 import sys
 
 import torch
@@ -248,8 +249,8 @@ def bench_rss(argv):
 
 
 def main():
-    # soma's CLI and bench_fptt flush denormals to zero: the same here
-    torch.set_flush_denormal(True)
+    # soma's CLI and bench_fptt flush denormals to zero unless SOMA_DENORMALS=1: the same here
+    torch.set_flush_denormal(os.environ.get("SOMA_DENORMALS") != "1")
     if len(sys.argv) < 3 or sys.argv[1] not in ("speed", "rss") or \
             (sys.argv[1] == "speed" and len(sys.argv) < 5):
         print("usage: torch_fptt.py speed THREADS STEPS REPEATS [T] [BATCH] [fptt|bptt|both]\n"

@@ -89,7 +89,7 @@ int soma_get_threads(void);
  * created later inherit it.  Why: surrogate gradients and decaying traces
  * leave denormals, which some x86 CPUs compute ~100x slower (FPTT training
  * 2.7x slower on an Intel Xeon, docs/results.md session 7).  on == 0 restores
- * IEEE denormals.  Process-wide state, so a library never sets it by itself:
+ * IEEE denormals; on < 0 flushes unless the environment has SOMA_DENORMALS=1.  Process-wide state, so a library never sets it by itself:
  * the CLI does.  Returns 1 when set, 0 where unsupported (not x86). */
 int soma_flush_denormals(int on);
 

@@ -18,6 +18,7 @@
  */
 #include "check.h"
 #include <float.h>
+#include <stdlib.h>
 #include <stdint.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -1154,10 +1155,17 @@ static void test_denormals(void)
     CHECK(zero_in_all);
     soma_flush_denormals(0);
     CHECK(tiny * scale > 0.0f && tiny * scale < FLT_MIN);
+    /* on < 0: the environment's SOMA_DENORMALS=1 keeps them, anything else flushes */
+    setenv("SOMA_DENORMALS", "1", 1);
+    soma_flush_denormals(-1);
+    CHECK(tiny * scale > 0.0f);
+    unsetenv("SOMA_DENORMALS");
+    soma_flush_denormals(-1);
+    CHECK(tiny * scale == 0.0f);
+    soma_flush_denormals(0);
 #else
     CHECK(set == 0);
 #endif
-    soma_flush_denormals(0);
 }
 
 int main(void)

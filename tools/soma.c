@@ -753,9 +753,7 @@ int main(int argc, char **argv)
      * so the setting takes effect by running this program again once. */
     if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0)
         execv("/proc/self/exe", argv); /* on failure: carry on as we are */
-    /* denormals flushed to zero unless SOMA_DENORMALS=1 (soma_flush_denormals) */
-    const char *dn = getenv("SOMA_DENORMALS");
-    soma_flush_denormals(!(dn && !strcmp(dn, "1")));
+    soma_flush_denormals(-1);   /* flushed to zero unless SOMA_DENORMALS=1 */
     if (argc < 2) { main_help(); return EXIT_USAGE; }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) { main_help(); return 0; }

@@ -3,6 +3,7 @@
  */
 #include "../soma_internal.h"
 #include <stdlib.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -52,6 +53,10 @@ static void set_mxcsr_ftz(int on)
 
 int soma_flush_denormals(int on)
 {
+    if (on < 0) {   /* as SOMA_THREADS for soma_set_threads: the environment decides */
+        const char *e = getenv("SOMA_DENORMALS");
+        on = !(e && !strcmp(e, "1"));
+    }
 #ifdef SOMA_HAVE_MXCSR
     set_mxcsr_ftz(on);
 #ifdef _OPENMP

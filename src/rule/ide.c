@@ -871,7 +871,6 @@ static void conv_scatter_sample(float *restrict yb, const float *restrict mb, co
                  * else yo st + dy - pd = yi, i.e. dy = (yi + pd) mod st, + st,
                  * ..., with yo = (yi + pd) / st, - 1, ... */
                 int dy0 = transposed ? 0 : (yi + pd) % st, dys = transposed ? 1 : st;
-                int dx0 = transposed ? 0 : (xi + pd) % st, dxs = transposed ? 1 : st;
                 int yo0 = transposed ? yi * st - pd : (yi + pd) / st;
                 int xo0 = transposed ? xi * st - pd : (xi + pd) / st, dir = transposed ? 1 : -1;
                 if (transposed || st == 1) {
@@ -892,9 +891,11 @@ static void conv_scatter_sample(float *restrict yb, const float *restrict mb, co
                     }
                     continue;
                 }
+                /* stride > 1 forward: every st-th tap, xo falling */
+                const int dx0 = (xi + pd) % st;
                 for (int dy = dy0, yo = yo0; dy < KH; dy += dys, yo += dir) {
                     if (yo < 0 || yo >= ho) continue;
-                    for (int dx = dx0, xo = xo0; dx < KW; dx += dxs, xo += dir) {
+                    for (int dx = dx0, xo = xo0; dx < KW; dx += st, xo--) {
                         if (xo < 0 || xo >= wo) continue;
                         float *restrict zr = z + ((size_t)yo * wo + xo) * co;
                         const float *restrict wr = wt + (((size_t)c * KH + dy) * KW + dx) * co;
