@@ -347,6 +347,9 @@ typedef enum soma_init {
     SOMA_INIT_XAVIER_NORMAL, /* N(0, 2/(fan_in+fan_out)) */
     SOMA_INIT_KAIMING_UNIFORM, /* U(-a, a), a = sqrt(6/fan_in) (ReLU gain) */
     SOMA_INIT_KAIMING_NORMAL,  /* N(0, 2/fan_in) */
+    SOMA_INIT_UNIT,          /* U(-1, 1), then each output unit's fan_in weights scaled to unit
+                                L2 norm, biases 0 (the IDE authors'); a net's last dense/conv
+                                layer (its readout) keeps torch, as their nn.Linear classifier */
     SOMA_INIT_COUNT
 } soma_init;
 const char *soma_init_name(soma_init i);

@@ -174,8 +174,41 @@ static void fused_vs_stored(soma_optim_kind kind, int B, const char *spec)
     soma_net_free(a); soma_net_free(b);
 }
 
+/* init "unit": hidden weights unit rows, biases 0; the readout PyTorch's default */
+static void init_unit(void)
+{
+    soma_net_options o;
+    soma_net_options_default(&o);
+    o.in_c = 12; o.in_h = 1; o.in_w = 1;
+    o.init = SOMA_INIT_UNIT;
+    soma_net *net;
+    if (!CHECK(soma_net_new(&net, "12-20-16-4", &o) == SOMA_OK)) return;
+    const float *v = soma_net_param_values(net);
+    CHECK(soma_net_param_floats(net) == 240 + 20 + 320 + 16 + 64 + 4);
+    const int rows[2] = { 20, 16 }, cols[2] = { 12, 20 };
+    double worst = 0, bias = 0;
+    for (int l = 0; l < 2; l++) {
+        for (int r = 0; r < rows[l]; r++) {
+            double q = 0;
+            for (int j = 0; j < cols[l]; j++) q += (double)v[r * cols[l] + j] * v[r * cols[l] + j];
+            if (fabs(q - 1) > worst) worst = fabs(q - 1);
+        }
+        v += rows[l] * cols[l];
+        for (int r = 0; r < rows[l]; r++) bias += fabs(v[r]);
+        v += rows[l];
+    }
+    CHECK(worst < 1e-5 && bias == 0);
+    double mx = 0, bmx = 0;   /* readout: U(-1/4, 1/4) weights and biases */
+    for (int j = 0; j < 64; j++) mx = fmax(mx, fabs(v[j]));
+    for (int j = 0; j < 4; j++) bmx = fmax(bmx, fabs(v[64 + j]));
+    if (!CHECK(mx <= 0.25f && mx > 0.15 && bmx > 0 && bmx <= 0.25f))
+        fprintf(stderr, "  init unit: worst %g bias %g readout max %g / %g\n", worst, bias, mx, bmx);
+    soma_net_free(net);
+}
+
 int main(void)
 {
+    init_unit();
     fused_vs_stored(SOMA_OPTIM_SGD, 1, "12-20-16-4");
     fused_vs_stored(SOMA_OPTIM_ADAM, 1, "12-20-16-4");
     fused_vs_stored(SOMA_OPTIM_ADAMAX, 1, "12-20-drop0.3-16-4");

@@ -1069,6 +1069,7 @@ static void test_init(void)
         case SOMA_INIT_XAVIER_UNIFORM: bound = sqrt(6.0 / (fi + fo)); var = bound * bound / 3; break;
         case SOMA_INIT_XAVIER_NORMAL: var = 2.0 / (fi + fo); break;
         case SOMA_INIT_KAIMING_UNIFORM: bound = sqrt(6.0 / fi); var = bound * bound / 3; break;
+        case SOMA_INIT_UNIT: var = 1.0 / fi; break;   /* fi squares sum to 1 */
         default: var = 2.0 / fi; break;
         }
         soma_rng r1, r2;
@@ -1093,6 +1094,15 @@ static void test_init(void)
             fprintf(stderr, "  init %s: mean %g var %g, want 0 and %g\n",
                     soma_init_name((soma_init)k), mean, v, var);
         if (bound > 0) CHECK(mx <= bound * (1 + 1e-6) && mx > 0.99 * bound);
+        if (k == SOMA_INIT_UNIT) {   /* every run of fi values a unit vector; the last, short one too */
+            double worst = 0;
+            for (size_t r = 0; r < n; r += fi) {
+                double q = 0;
+                for (size_t j = r; j < n && j < r + fi; j++) q += (double)w[j] * w[j];
+                if (fabs(q - 1) > worst) worst = fabs(q - 1);
+            }
+            if (!CHECK(n % fi != 0 && worst < 1e-5)) fprintf(stderr, "  init unit: |norm^2 - 1| %g\n", worst);
+        }
 
         soma_init back;
         CHECK(soma_init_from_name(&back, soma_init_name((soma_init)k)) == SOMA_OK &&

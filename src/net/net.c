@@ -265,26 +265,32 @@ static soma_status create_params(soma_net *n)
 
 /* Initialises parameters: weights by the chosen scheme, biases as PyTorch's
  * default (U(-1/sqrt(fan_in), +1/sqrt(fan_in))) for every scheme except the
- * non-torch ones, which start biases at 0 as is customary with them. */
+ * non-torch ones, which start biases at 0 as is customary with them.  The
+ * "unit" scheme (the IDE authors') keeps the readout at PyTorch's default,
+ * as their classifier is a plain nn.Linear. */
 static void init_params(soma_net *n, uint64_t seed)
 {
     soma_rng rng;
     soma_rng_seed(&rng, seed);
+    int readout = -1;   /* the last dense/conv layer: "unit" leaves it to torch */
+    for (int i = 0; i < n->n_layers; i++)
+        if (n->layers[i].kind == SOMA_LAYER_DENSE || n->layers[i].kind == SOMA_LAYER_CONV) readout = i;
     for (int i = 0; i < n->n_layers; i++) {
         soma_layer *l = &n->layers[i];
         if (l->kind == SOMA_LAYER_DENSE || l->kind == SOMA_LAYER_CONV) {
             int k2 = l->kind == SOMA_LAYER_CONV ? l->k * l->k : 1;
             int fan_in = (int)(l->kind == SOMA_LAYER_CONV ? (size_t)l->in_c * k2 : l->in_size);
             int fan_out = l->out_c * k2;
+            soma_init kind = n->init == SOMA_INIT_UNIT && i == readout ? SOMA_INIT_TORCH : n->init;
             soma_param *w = &n->params.p[l->w], *b = &n->params.p[l->b];
-            soma_init_fill(n->params.value + w->offset, w->n, fan_in, fan_out, n->init, &rng);
+            soma_init_fill(n->params.value + w->offset, w->n, fan_in, fan_out, kind, &rng);
             float *bv = n->params.value + b->offset;
             float bound = 1.0f / sqrtf((float)fan_in);
             for (size_t j = 0; j < b->n; j++)
-                bv[j] = n->init == SOMA_INIT_TORCH ? (2.0f * soma_rng_uniform(&rng) - 1.0f) * bound : 0.0f;
+                bv[j] = kind == SOMA_INIT_TORCH ? (2.0f * soma_rng_uniform(&rng) - 1.0f) * bound : 0.0f;
             if (l->rec >= 0) /* recurrent weights: same scheme, fan = units */
                 soma_init_fill(soma__param_value(n, l->rec), n->params.p[l->rec].n, l->out_c,
-                               l->out_c, n->init, &rng);
+                               l->out_c, kind, &rng);
         } else if (l->kind == SOMA_LAYER_CELL && l->ltc) {
             /* as the authors' code: Xavier-normal W (fans 2N in, N out), b = 0, k = 1;
              * conv maps: PyTorch's Conv2d default (the net's init scheme, as conv layers) */
