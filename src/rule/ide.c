@@ -662,6 +662,11 @@ static soma_status ide_init(soma_rule *r, int max_batch)
     }
     if (e->conv) {
         e->zev = p; p += nzev;
+        /* per thread, the spike lists of conv_scatter_sample: C H + 1 row
+         * offsets and C H W column indices of the input, both <= maxh */
+        e->nsidx = (2 * (size_t)maxh + 2) * (size_t)e->cws_threads;
+        e->sidx = soma__malloc_aligned(e->nsidx * sizeof(int));
+        if (!e->sidx) return SOMA_ERR_NOMEM;
     } else {
         e->nsidx = B * (size_t)maxh;
         e->sidx = soma__malloc_aligned(e->nsidx * sizeof(int));
@@ -855,55 +860,88 @@ static void conv_layout(float *restrict wt, const float *restrict w, const soma_
 SOMA_SIMD_CLONES
 static void conv_scatter_sample(float *restrict yb, const float *restrict mb, const float *restrict sb,
                                 const float *restrict wt, const soma_conv_shape *s, int transposed,
-                                float *restrict z)
+                                float *restrict z, int *restrict lists)
 {
     const int KH = s->KH, KW = s->KW, st = s->stride, pd = s->pad;
     const int ci = transposed ? s->O : s->C, hi = transposed ? s->OH : s->H, wi = transposed ? s->OW : s->W;
     const int co = transposed ? s->C : s->O, ho = transposed ? s->H : s->OH, wo = transposed ? s->W : s->OW;
     const size_t P = (size_t)ho * wo, nout = (size_t)co * P;
     memset(z, 0, nout * sizeof(float));
-    for (int c = 0; c < ci; c++)
-        for (int yi = 0; yi < hi; yi++)
-            for (int xi = 0; xi < wi; xi++) {
-                if (sb[((size_t)c * hi + yi) * wi + xi] == 0.0f) continue;
-                /* the kernel taps (dy, dx) and output positions (yo, xo) the
-                 * spike reaches: transposed, yo = yi st + dy - pd for every dy;
-                 * else yo st + dy - pd = yi, i.e. dy = (yi + pd) mod st, + st,
-                 * ..., with yo = (yi + pd) / st, - 1, ... */
-                int dy0 = transposed ? 0 : (yi + pd) % st, dys = transposed ? 1 : st;
-                int yo0 = transposed ? yi * st - pd : (yi + pd) / st;
-                int xo0 = transposed ? xi * st - pd : (xi + pd) / st, dir = transposed ? 1 : -1;
-                if (transposed || st == 1) {
-                    /* xo rises with the layout's tap index r (transposed: xo = xo0 + r;
-                     * reversed stride 1: r = KW-1-dx, xo = xo0 - (KW-1) + r): the taps of a
-                     * kernel row are one run, r in [r0, r1), added in one loop.  Each
-                     * output entry gets the same terms in the same order as tap by tap. */
-                    const int base = transposed ? xo0 : xo0 - (KW - 1);
-                    const int r0 = base < 0 ? -base : 0, r1 = wo - base < KW ? wo - base : KW;
-                    if (r1 <= r0) continue;
-                    const size_t len = (size_t)(r1 - r0) * co;
-                    for (int dy = dy0, yo = yo0; dy < KH; dy += dys, yo += dir) {
-                        if (yo < 0 || yo >= ho) continue;
-                        float *restrict zr = z + ((size_t)yo * wo + base + r0) * co;
-                        const float *restrict wr = wt + (((size_t)c * KH + dy) * KW + r0) * co;
+    if (transposed || st == 1) {
+        /* One output row at a time, so its accumulator row (wo co floats)
+         * stays in L1 while the kernel rows stream from L2: spike by spike,
+         * the whole accumulator (64 x 14 x 14 floats for F64C5) would go
+         * through L2 twice per spike.  Along the row, xo rises with the
+         * layout's tap index r (transposed: xo = xi st - pd + r; reversed
+         * stride 1: r = KW-1-dx, xo = xi + pd - (KW-1) + r), so the taps of
+         * a kernel row are one run, r in [r0, r1), added in one loop.  For
+         * each output entry the terms come in the order (c, yi, xi), as a
+         * spike-by-spike scatter adds them: the same float sums. */
+        /* the spikes of each input row (c, yi) as a list of xi, written
+         * without a branch (each output row reads up to KH input rows, so a
+         * test per input entry there would mispredict KH times as often) */
+        int *restrict off = lists, *restrict xs = lists + (size_t)ci * hi + 1;
+        int nsp = 0;
+        for (size_t r = 0; r < (size_t)ci * hi; r++) {
+            const float *restrict srow = sb + r * wi;
+            off[r] = nsp;
+            for (int xi = 0; xi < wi; xi++) { xs[nsp] = xi; nsp += srow[xi] != 0.0f; }
+        }
+        off[(size_t)ci * hi] = nsp;
+        for (int yo = 0; yo < ho; yo++) {
+            int ylo, yhi;   /* the input rows reaching yo, with dy in [0, KH) */
+            if (transposed) {   /* dy = yo + pd - yi st */
+                int num = yo + pd - KH + 1;
+                ylo = num <= 0 ? 0 : (num + st - 1) / st;
+                yhi = (yo + pd) / st;
+            } else {            /* dy = yi + pd - yo */
+                ylo = yo - pd;
+                yhi = yo - pd + KH - 1;
+            }
+            if (ylo < 0) ylo = 0;
+            if (yhi > hi - 1) yhi = hi - 1;
+            float *restrict zrow = z + (size_t)yo * wo * co;
+            for (int c = 0; c < ci; c++)
+                for (int yi = ylo; yi <= yhi; yi++) {
+                    const int dy = transposed ? yo + pd - yi * st : yi + pd - yo;
+                    const size_t r = (size_t)c * hi + yi;
+                    const float *restrict wdy = wt + ((size_t)c * KH + dy) * KW * co;
+                    for (int q = off[r]; q < off[r + 1]; q++) {
+                        const int xi = xs[q];
+                        const int base = transposed ? xi * st - pd : xi + pd - (KW - 1);
+                        const int r0 = base < 0 ? -base : 0, r1 = wo - base < KW ? wo - base : KW;
+                        if (r1 <= r0) continue;
+                        const size_t len = (size_t)(r1 - r0) * co;
+                        float *restrict zr = zrow + (size_t)(base + r0) * co;
+                        const float *restrict wr = wdy + (size_t)r0 * co;
                         _Pragma("omp simd")
                         for (size_t j = 0; j < len; j++) zr[j] += wr[j];
                     }
-                    continue;
                 }
-                /* stride > 1 forward: every st-th tap, xo falling */
-                const int dx0 = (xi + pd) % st;
-                for (int dy = dy0, yo = yo0; dy < KH; dy += dys, yo += dir) {
-                    if (yo < 0 || yo >= ho) continue;
-                    for (int dx = dx0, xo = xo0; dx < KW; dx += st, xo--) {
-                        if (xo < 0 || xo >= wo) continue;
-                        float *restrict zr = z + ((size_t)yo * wo + xo) * co;
-                        const float *restrict wr = wt + (((size_t)c * KH + dy) * KW + dx) * co;
-                        _Pragma("omp simd")
-                        for (int o = 0; o < co; o++) zr[o] += wr[o];
+        }
+    } else {
+        /* stride > 1 forward (spike frames into F): spike by spike, every
+         * st-th tap.  The taps (dy, dx) and output positions (yo, xo) a
+         * spike reaches: yo st + dy - pd = yi, i.e. dy = (yi + pd) mod st,
+         * + st, ..., with yo = (yi + pd) / st, - 1, ... (xo likewise) */
+        for (int c = 0; c < ci; c++)
+            for (int yi = 0; yi < hi; yi++)
+                for (int xi = 0; xi < wi; xi++) {
+                    if (sb[((size_t)c * hi + yi) * wi + xi] == 0.0f) continue;
+                    const int dy0 = (yi + pd) % st, yo0 = (yi + pd) / st;
+                    const int dx0 = (xi + pd) % st, xo0 = (xi + pd) / st;
+                    for (int dy = dy0, yo = yo0; dy < KH; dy += st, yo--) {
+                        if (yo < 0 || yo >= ho) continue;
+                        for (int dx = dx0, xo = xo0; dx < KW; dx += st, xo--) {
+                            if (xo < 0 || xo >= wo) continue;
+                            float *restrict zr = z + ((size_t)yo * wo + xo) * co;
+                            const float *restrict wr = wt + (((size_t)c * KH + dy) * KW + dx) * co;
+                            _Pragma("omp simd")
+                            for (int o = 0; o < co; o++) zr[o] += wr[o];
+                        }
                     }
                 }
-            }
+    }
     for (int o = 0; o < co; o++) {
         float *yr = yb + (size_t)o * P;
         if (mb)
@@ -913,8 +951,14 @@ static void conv_scatter_sample(float *restrict yb, const float *restrict mb, co
     }
 }
 
+/* the calling thread's spike lists (conv forms; thread tid of cws_threads) */
+static int *scatter_lists(ide_state *e, int tid)
+{
+    return e->sidx + (size_t)tid * (2 * e->nzev + 2);
+}
+
 static void spike_conv(float *y, const float *mask, const float *in, const float *wt,
-                       const soma_conv_shape *s, int transposed, int B, float *zev, size_t nzev)
+                       const soma_conv_shape *s, int transposed, int B, ide_state *e)
 {
     const size_t nin = transposed ? (size_t)s->O * s->OH * s->OW : (size_t)s->C * s->H * s->W;
     const size_t nout = transposed ? (size_t)s->C * s->H * s->W : (size_t)s->O * s->OH * s->OW;
@@ -922,10 +966,11 @@ static void spike_conv(float *y, const float *mask, const float *in, const float
     {
         size_t lo, hi_b;
         soma__thread_range((size_t)B, &lo, &hi_b);
-        float *z = zev + (size_t)thread_id() * nzev;
+        float *z = e->zev + (size_t)thread_id() * e->nzev;
+        int *lists = scatter_lists(e, thread_id());
         for (size_t b = lo; b < hi_b; b++)
             conv_scatter_sample(y + b * nout, mask ? mask + b * nout : NULL, in + b * nin, wt, s,
-                                transposed, z);
+                                transposed, z, lists);
     }
 }
 
@@ -1109,7 +1154,7 @@ static void simulate_sample(ide_state *e, const float *cur, size_t b, int T, flo
         } else if (e->conv) {
             add_into(u, c, (size_t)n);
             conv_scatter_sample(u, e->drop_on ? e->drop_fb + o : NULL, sp, e->wt_fb, &e->wcs,
-                                e->fbk == IDE_FB_CONVT, z);
+                                e->fbk == IDE_FB_CONVT, z, scatter_lists(e, thread_id()));
         } else if (e->drop_on) {
             float *cfb = e->cfb + o;
             add_into(u, c, (size_t)n);
@@ -1184,7 +1229,7 @@ void soma__ide_simulate(soma_rule *r, const float *x, int B)
             }
             add_into(e->u[1], cur, m1);
             spike_conv(e->u[1], e->drop_on ? e->drop_fb : NULL, e->s[H], e->wt_fb, &e->wcs,
-                       e->fbk == IDE_FB_CONVT, B, e->zev, e->nzev);
+                       e->fbk == IDE_FB_CONVT, B, e);
             e->ev_products++;
         } else if (t > 0 && use_events(e, cnt[H], B, nH)) {
             if (!e->wt_ok[1]) { transpose(e->wt_fb, e->weff, n1, nH); e->wt_ok[1] = 1; }
@@ -1227,7 +1272,7 @@ void soma__ide_simulate(soma_rule *r, const float *x, int B)
                 if (ev && e->conv) {   /* lin_map's conv + bias, event-driven */
                     int O = e->cs[k].O, P = e->cs[k].OH * e->cs[k].OW;
                     memset(e->d0, 0, mk * sizeof(float));
-                    spike_conv(e->d0, NULL, e->s[k - 1], e->wt[k], &e->cs[k], 0, B, e->zev, e->nzev);
+                    spike_conv(e->d0, NULL, e->s[k - 1], e->wt[k], &e->cs[k], 0, B, e);
                     for (int i = 0; i < B; i++)
                         for (int o = 0; o < O; o++) {
                             float *d = e->d0 + ((size_t)i * O + o) * P;

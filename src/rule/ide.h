@@ -109,7 +109,8 @@ typedef struct ide_state {
                                     channel it adds into last (spike_conv) */
     float *wt[IDE_MAXH + 1];     /* k >= 2: S_k^T (n[k-1], n[k]), or S_k's kernel so */
     int wt_ok[IDE_MAXH + 1];     /* transposes formed in this simulation (index 1: W's) */
-    int *sidx;                   /* dense forms: (B, max n[k]) spike index lists */
+    int *sidx;                   /* dense forms: (B, max n[k]) spike index lists; conv forms:
+                                    per thread, the spike scatter's row lists */
     size_t nsidx;                /* ints of sidx */
     float *zev;                  /* conv forms: channel-last accumulators, one map of
                                     max n[k] floats per thread (cws_threads) */
