@@ -67,6 +67,9 @@
  * T, lr, momentum, weight_decay, data, loss, residual, iters, rate_gap and
  * split_replica.  Exit 1 if the replica is not exact.
  *
+ * IDE_NET=f64c5 (environment): the same on F64C5 (configs/ide-f64c5-mnist.ini's
+ * net and rule keys, MNIST); default f400.
+ *
  * usage: bench_ide THREADS STEPS REPEATS [T...]   (default T: 5 30 100;
  *                                                  one line per T;
  *                                                  BENCH_CLOCK=cpu: CPU time)
@@ -78,7 +81,10 @@
 #define BENCH_NAME "bench_ide"
 #include "bench_util.h"   /* after rule/ide.h: see there */
 
-#define SPEC "784-400-bn-10"
+/* IDE_NET=f400 (default) or f64c5 (configs/ide-f64c5-mnist.ini's net and
+ * rule keys on MNIST: conv F 1->64 5x5 stride 2 + batchnorm, 64->64 5x5
+ * conv feedback, its operator norm bounded at c = 1, readout 12544->10) */
+static const char *SPEC = "784-400-bn-10";
 #define BATCH 128
 #define WARMUP 1
 #define MAX_T 16
@@ -86,7 +92,8 @@
 #define MOMENTUM 0.9f
 #define WEIGHT_DECAY 5e-4f
 /* configs/ide-f400-fashion.ini's rule keys (T apart) */
-#define RULE_OPTS "ide-vth=2 ide-leak=0.95 ide-max-iter=30 ide-sn=1 ide-sn-c=1"
+static const char *RULE_OPTS = "ide-vth=2 ide-leak=0.95 ide-max-iter=30 ide-sn=1 ide-sn-c=1";
+static int conv_net;   /* IDE_NET=f64c5 */
 
 typedef struct variant {
     int T;
@@ -109,6 +116,7 @@ static const char *data_name = "fashion";
 /* Fashion-MNIST, or MNIST when data/fashion cannot be opened. */
 static int open_data(soma_dataset **train)
 {
+    if (conv_net) { data_name = "mnist"; return open_mnist(train, NULL); }
     if (soma_dataset_open(train, NULL, "fashion", "data/fashion", 0) == SOMA_OK) return 0;
     fprintf(stderr, "bench_ide: fashion: %s; using MNIST\n", soma_last_error());
     data_name = "mnist";
@@ -440,6 +448,15 @@ int main(int argc, char **argv)
     if (threads <= 0) { fprintf(stderr, "bench_ide: THREADS must be > 0\n"); return 2; }
     for (int i = 0; i < (mode ? 1 : nT); i++)
         if (Ts[i] <= 0) { fprintf(stderr, "bench_ide: T must be > 0\n"); return 2; }
+    const char *net = getenv("IDE_NET");
+    if (net && !strcmp(net, "f64c5")) {
+        conv_net = 1;
+        SPEC = "conv5x64s2p2-bn-10";
+        RULE_OPTS = "ide-vth=2 ide-leak=0.95 ide-max-iter=30 ide-sn=1 ide-sn-c=1 ide-fb-k=5";
+    } else if (net && strcmp(net, "f400")) {
+        fprintf(stderr, "bench_ide: IDE_NET must be f400 or f64c5, got '%s'\n", net);
+        return 2;
+    }
     soma_dataset *train;
     if (open_data(&train)) return 1;
     int rc = mode == 1 ? check_dump(argv[2], Ts[0], train)

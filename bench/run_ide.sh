@@ -12,8 +12,10 @@
 # bit-identical to soma_rule_train_batch (run alone when torch is missing; IDE_CHECK=0 skips).
 # The targets: backward flat in T, memory flat in T (the ratios max/min over T below, ~1),
 # and soma >= 2x faster than PyTorch (speedup = torch/soma iteration time).
+# IDE_NET=f64c5: the same on F64C5 (configs/ide-f64c5-mnist.ini's conv net on MNIST, both
+# sides; the --check is F400's, skipped: the conv forms are checked by tests/test_ide.c).
 # usage: sh bench/run_ide.sh [BUILD]   (REPEATS default 5, IDE_STEPS default 3,
-#        IDE_TS default "5 30 100", IDE_CHECK_T default 5, IDE_CHECK, from the environment)
+#        IDE_TS default "5 30 100", IDE_CHECK_T default 5, IDE_CHECK, IDE_NET, from the environment)
 BUILD=${1:-build/rel}
 REPEATS=${REPEATS:-5}
 STEPS=${IDE_STEPS:-3}
@@ -23,7 +25,12 @@ PART=ide
 . "$(dirname "$0")/common.sh"
 out=$(mktemp)
 trap 'rm -f "$out" "$out.s" "$out.st"' EXIT
-echo "ide: F400 784-400-bn-10, batch 128, LIF 0.95, Broyden 30; T = $TS; $STEPS iterations x $REPEATS repeats"
+case ${IDE_NET:-f400} in
+f400) echo "ide: F400 784-400-bn-10, batch 128, LIF 0.95, Broyden 30; T = $TS; $STEPS iterations x $REPEATS repeats" ;;
+f64c5) echo "ide: F64C5 conv5x64s2p2-bn-10 (MNIST), batch 128, LIF 0.95, Broyden 30; T = $TS; $STEPS iterations x $REPEATS repeats"
+       IDE_CHECK=0 ;;
+*) echo "ide: IDE_NET must be f400 or f64c5, got '$IDE_NET'" >&2; exit 2 ;;
+esac
 if [ "${IDE_CHECK:-1}" != 0 ]; then
     if [ $have_torch = 1 ]; then
         OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \

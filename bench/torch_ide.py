@@ -88,6 +88,19 @@ from bench_common import CPU_CLOCK, Shuffle, clock, load_mnist, peak_rss_mib, re
 
 NET = "784-400-bn-10"
 N0, N1, C = 784, 400, 10
+# IDE_NET=f64c5: configs/ide-f64c5-mnist.ini's net on MNIST, as bench_ide.c with the same
+# variable: F = conv 1 -> 64, 5x5, stride 2, pad 2 (+ bias) + BatchNorm2d -> 64x14x14,
+# feedback W = conv 64 -> 64, 5x5, pad 2, no bias, under the spectral norm of the conv
+# *operator* (soma's: sigma = u^T W v after one power iteration v = W^T u / |.|,
+# u = W v / |.| through the conv and its transpose, u and v maps of 64x14x14), readout
+# linear 12544 -> 10.  The rest (simulation, map, Broyden, SGD) as F400.
+IDE_NET = os.environ.get("IDE_NET", "f400")
+CONV = IDE_NET == "f64c5"
+if IDE_NET not in ("f400", "f64c5"):
+    sys.exit(f"torch_ide.py: IDE_NET must be f400 or f64c5, got '{IDE_NET}'")
+CH, HW, K = 64, 14, 5
+if CONV:
+    NET = "conv5x64s2p2-bn-10"
 B = 128
 VTH, LEAK = 2.0, 0.95
 MAX_ITER, TOL, MEM = 30, 1e-6, 27
@@ -160,6 +173,60 @@ def weight(P, Bf, power_iter=True):
     return P["g"].clamp(-SN_C, SN_C) * w / sigma
 
 
+def init_state_conv(seed=0, dtype=torch.float32):
+    """(params, buffers) of F64C5, soma's init schemes (torch's Conv2d / Linear
+    defaults for F and the readout; W U(-1, 1) with unit-norm filters; alpha =
+    the operator norm from 10 power iterations)."""
+    torch.manual_seed(seed)
+    fc, out = torch.nn.Conv2d(1, CH, K, stride=2, padding=K // 2), torch.nn.Linear(CH * HW * HW, C)
+    w = torch.empty(CH, CH, K, K).uniform_(-1.0, 1.0)
+    w /= w.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    u = F.normalize(torch.randn(CH * HW * HW), dim=0)
+    v = F.normalize(torch.randn(CH * HW * HW), dim=0)
+    for _ in range(10):
+        u, v = conv_power_iter(w, u, v)
+    P = dict(fc_w=fc.weight.data, fc_b=fc.bias.data, bn_w=torch.ones(CH), bn_b=torch.zeros(CH),
+             w=w, g=conv_sigma(w, u, v).reshape(1), out_w=out.weight.data, out_b=out.bias.data)
+    Bf = dict(u=u, v=v, rm=torch.zeros(CH), rv=torch.ones(CH))
+    return ({k: t.to(dtype).clone().requires_grad_() for k, t in P.items()},
+            {k: t.to(dtype).clone() for k, t in Bf.items()})
+
+
+def conv_power_iter(w, u, v):
+    with torch.no_grad():
+        v = F.normalize(F.conv_transpose2d(u.view(1, CH, HW, HW), w, padding=K // 2).flatten(), dim=0, eps=1e-12)
+        u = F.normalize(F.conv2d(v.view(1, CH, HW, HW), w, padding=K // 2).flatten(), dim=0, eps=1e-12)
+    return u, v
+
+
+def conv_sigma(w, u, v):
+    return torch.dot(u, F.conv2d(v.view(1, CH, HW, HW), w, padding=K // 2).flatten())
+
+
+def weight_conv(P, Bf, power_iter=True):
+    """W_eff = clamp(alpha, -c, c) w / sigma, sigma the conv operator's norm estimate."""
+    w = P["w"]
+    if power_iter:
+        u, v = conv_power_iter(w, Bf["u"], Bf["v"])
+        Bf["u"].copy_(u)
+        Bf["v"].copy_(v)
+    return P["g"].clamp(-SN_C, SN_C) * w / conv_sigma(w, Bf["u"], Bf["v"])
+
+
+def input_map_conv(P, Bf, x):
+    """F x (B, 64, 14, 14) with its batchnorm in training mode."""
+    h = F.conv2d(x.view(-1, 1, 28, 28), P["fc_w"], P["fc_b"], stride=2, padding=K // 2)
+    return F.batch_norm(h, Bf["rm"], Bf["rv"], P["bn_w"], P["bn_b"], training=True,
+                        momentum=BN_MOM, eps=BN_EPS)
+
+
+def feedback(s, weff):
+    """W_eff s: rows of s (dense) or its maps through the 'same' conv."""
+    if weff.dim() == 4:
+        return F.conv2d(s, weff, padding=weff.shape[-1] // 2)
+    return torch.mm(s, weff.t())
+
+
 def input_map(P, Bf, x):
     """F x with its batchnorm in training mode (the running statistics updated once)."""
     h = torch.addmm(P["fc_b"], x, P["fc_w"].t())
@@ -174,15 +241,18 @@ def simulate(fx, weff, T, lam=LEAK, vth=VTH, leak_first=False, margin=False):
     control, the leak applied before the reset."""
     u = torch.zeros_like(fx)
     acc = torch.zeros_like(fx)
-    wt = weff.t()
+    wt = weff.t() if weff.dim() == 2 else None
     s = None
     mn = torch.full((fx.shape[0],), math.inf, dtype=fx.dtype) if margin else None
     for t in range(T):
         u += fx
         if t > 0:
-            u.addmm_(s, wt)
+            if weff.dim() == 4:
+                u += feedback(s, weff)
+            else:
+                u.addmm_(s, wt)
         if margin:
-            mn = torch.minimum(mn, (u - vth).abs().min(dim=1).values)
+            mn = torch.minimum(mn, (u - vth).abs().flatten(1).min(dim=1).values)
         s = (u >= vth).to(fx.dtype)
         if leak_first:
             u.mul_(lam).sub_(s, alpha=vth)
@@ -263,22 +333,23 @@ def implicit_backward(P, fx, weff, a, y, solve=True):
     """f(a_T), the readout and loss.backward() with the implicit solve in the
     hook; the parameters' .grad hold the gradient.  (loss, info)."""
     a_in = a.detach().requires_grad_()
-    z1 = ((torch.mm(a_in, weff.t()) + fx) / VTH).clamp(0.0, 1.0)   # f(a_T)
+    z1 = ((feedback(a_in, weff) + fx) / VTH).clamp(0.0, 1.0)   # f(a_T)
     z = Replace.apply(z1, a)
     info = {}
 
     def hook(g):
         if solve:
-            def JT(v):
-                return torch.autograd.grad(z1, a_in, v, retain_graph=True)[0]
-            beta, res, iters = broyden(JT, g)
+            def JT(v):   # on (B, D) rows: the maps flattened (conv)
+                return torch.autograd.grad(z1, a_in, v.view_as(z1), retain_graph=True)[0].flatten(1)
+            beta, res, iters = broyden(JT, g.flatten(1))
+            beta = beta.view_as(g)
         else:
             beta, res, iters = g, float("nan"), 0
         info.update(beta=beta, res=res, iters=iters)
         return beta
 
     z.register_hook(hook)
-    logits = torch.addmm(P["out_b"], z, P["out_w"].t())
+    logits = torch.addmm(P["out_b"], z.flatten(1), P["out_w"].t())
     loss = F.cross_entropy(logits, y)
     loss.backward(inputs=list(P.values()))
     info["gap"] = (z1.detach() - a).pow(2).mean().sqrt().item()
@@ -292,7 +363,8 @@ class Run:
         self.T, self.x, self.y = T, x, y
         self.mean, self.std = stats
         self.batches = Shuffle(x.shape[0], B, torch.Generator().manual_seed(0))
-        self.P, self.Bf = init_state()
+        self.P, self.Bf = (init_state_conv if CONV else init_state)()
+        self.weight, self.input_map = (weight_conv, input_map_conv) if CONV else (weight, input_map)
         self.opt = torch.optim.SGD(list(self.P.values()), lr=LR, momentum=MOMENTUM, weight_decay=WD)
         self.total, self.sim, self.bwd, self.upd = [], [], [], []
         self.reset()
@@ -305,8 +377,8 @@ class Run:
         xb = self.x[idx].float().div_(255.0).sub_(self.mean).div_(self.std)   # as soma's loader
         yb = self.y[idx]
         t0 = clock()
-        weff = weight(self.P, self.Bf, True)
-        fx = input_map(self.P, self.Bf, xb)
+        weff = self.weight(self.P, self.Bf, True)
+        fx = self.input_map(self.P, self.Bf, xb)
         a = simulate(fx.detach(), weff.detach(), self.T)
         t1 = clock()
         self.loss, info = implicit_backward(self.P, fx, weff, a, yb)
@@ -327,7 +399,11 @@ def bench(argv):
     threads, steps, repeats = (int(a) for a in argv[:3])
     Ts = [int(a) for a in argv[3:]] or [5, 30, 100]
     torch.set_num_threads(threads)
-    x, y, data = load_data()
+    if CONV:
+        x, y = load_mnist()
+        data = "mnist"
+    else:
+        x, y, data = load_data()
     runs = [Run(T, x, y, DATA_STATS[data]) for T in Ts]
     for r in runs:   # warm-up
         for _ in range(WARMUP):
@@ -395,6 +471,9 @@ def from_dump(ten, keys, prefix_p, prefix_b, dtype):
 
 
 def check(argv):
+    if CONV:
+        sys.exit("torch_ide.py --check: F400 only (IDE_NET=f400); the conv forms are checked by "
+                 "tests/test_ide.c against refs/ide_ref.py")
     build = argv[0] if argv else "build/rel"
     T = int(argv[1]) if len(argv) > 1 else 5
     exe = os.path.join(build, "bench", "bench_ide")
