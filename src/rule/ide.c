@@ -660,18 +660,16 @@ static soma_status ide_init(soma_rule *r, int max_batch)
         e->wt[k] = p;
         p += e->conv ? conv_wn(&e->cs[k]) : (size_t)e->n[k - 1] * e->n[k];
     }
+    /* spike index lists: dense forms (B, maxh); conv forms, per thread, those
+     * of conv_scatter_sample: C H + 1 row offsets and C H W column indices */
     if (e->conv) {
         e->zev = p; p += nzev;
-        /* per thread, the spike lists of conv_scatter_sample: C H + 1 row
-         * offsets and C H W column indices of the input, both <= maxh */
         e->nsidx = (2 * (size_t)maxh + 2) * (size_t)e->cws_threads;
-        e->sidx = soma__malloc_aligned(e->nsidx * sizeof(int));
-        if (!e->sidx) return SOMA_ERR_NOMEM;
     } else {
         e->nsidx = B * (size_t)maxh;
-        e->sidx = soma__malloc_aligned(e->nsidx * sizeof(int));
-        if (!e->sidx) return SOMA_ERR_NOMEM;
     }
+    e->sidx = soma__malloc_aligned(e->nsidx * sizeof(int));
+    if (!e->sidx) return SOMA_ERR_NOMEM;
     if (init_alpha) {   /* alpha = sigma(W): 10 power iterations (from u, v, which they refine) */
         const float *w = soma__param_value(net, e->fb);
         float *u = soma__buffer_value(net, e->sn_u), *v = soma__buffer_value(net, e->sn_v);
