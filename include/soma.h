@@ -1282,6 +1282,8 @@ typedef struct soma_train_config {
     int      test_limit;      /* evaluate on the first N test samples (0 = all) */
     int      val;             /* hold out the last N training samples as validation */
     int      augment;         /* crop + flip (CIFAR) */
+    int      shift;           /* random translation by up to N pixels: a crop of the
+                                 image padded by N, no flip (digits); 0 = off */
     int      verify;          /* verify dataset checksums before loading */
     const char *save;         /* checkpoint path written after every epoch, NULL = none */
     const char *resume;       /* checkpoint to continue from, NULL = fresh */

@@ -88,7 +88,7 @@ enum {
     O_RESET, O_DETACH_RESET, O_RHO, O_BETA_A, O_SURROGATE, O_SLOPE, O_WIDTH, O_READOUT_ALPHA,
     O_TRUNC, O_ENC_SEED, O_BINARY_FRAMES, O_NO_NORMALIZE, O_LR_MIN, O_RHO_MAX,
     O_LTC_NEURON, O_LTC_THRESHOLD, O_LTC_BETA_A, O_INIT_FROM, O_LTC_INIT, O_BN_GAMMA, O_AUTOENCODER, O_DIAG_EVERY, O_EVAL_EVERY, O_WARMUP_STEPS,
-    O_LTC_MAP_BN,
+    O_LTC_MAP_BN, O_SHIFT,
     O_RULE_OPT = 1000   /* + index of soma_rule_option_key */
 };
 
@@ -105,7 +105,7 @@ static const struct option train_opts[] = {
     { "min-lr", 1, 0, O_MIN_LR }, { "clip", 1, 0, O_CLIP }, { "epochs", 1, 0, O_EPOCHS },
     { "batch", 1, 0, O_BATCH }, { "seed", 1, 0, O_SEED }, { "threads", 1, 0, O_THREADS },
     { "train-limit", 1, 0, O_TRAIN_LIMIT }, { "test-limit", 1, 0, O_TEST_LIMIT },
-    { "val", 1, 0, O_VAL }, { "augment", 0, 0, O_AUGMENT }, { "no-verify", 0, 0, O_NO_VERIFY },
+    { "val", 1, 0, O_VAL }, { "augment", 0, 0, O_AUGMENT }, { "shift", 1, 0, O_SHIFT }, { "no-verify", 0, 0, O_NO_VERIFY },
     { "save", 1, 0, O_SAVE }, { "resume", 1, 0, O_RESUME }, { "metrics", 1, 0, O_METRICS },
     { "dry-run", 0, 0, O_DRY_RUN }, { "config", 1, 0, O_CONFIG }, { "quiet", 0, 0, O_QUIET },
     { "help", 0, 0, O_HELP },
@@ -141,6 +141,7 @@ static void train_help(void)
            "  --test-limit N       evaluate on the first N test samples (default 0 = all)\n"
            "  --val N              hold out the last N training samples for validation (0)\n"
            "  --augment            random crop (pad 4) and horizontal flip (CIFAR)\n"
+           "  --shift N            random translation by up to N pixels, no flip (digits; 0)\n"
            "  --no-verify          skip the SHA-256 check of the data files\n"
            "network:\n"
            "  --net SPEC           e.g. 784-512-512-10 or conv5x32-pool2-conv5x64-pool2-fc512-fc10\n"
@@ -382,6 +383,7 @@ static int apply_train_option(train_cli *t, int code, const char *name, const ch
     case O_TEST_LIMIT: if (!parse_long(opt, arg, 0, INT_MAX, &v)) return EXIT_USAGE; c->test_limit = (int)v; break;
     case O_VAL: if (!parse_long(opt, arg, 0, INT_MAX, &v)) return EXIT_USAGE; c->val = (int)v; break;
     case O_AUGMENT: c->augment = 1; break;
+    case O_SHIFT: if (!parse_long(opt, arg, 0, 8, &v)) return EXIT_USAGE; c->shift = (int)v; break;
     case O_NO_VERIFY: c->verify = 0; break;
     case O_SAVE: c->save = arg; break;
     case O_RESUME: c->resume = arg; break;

@@ -61,6 +61,8 @@ soma_status soma_train_config_check(const soma_train_config *c)
     if (c->test_limit < 0) return soma__fail(SOMA_ERR_ARG, "--test-limit must be >= 0, got %d", c->test_limit);
     if (c->eval_every < 0) return soma__fail(SOMA_ERR_ARG, "--eval-every must be >= 0, got %d", c->eval_every);
     if (c->val < 0) return soma__fail(SOMA_ERR_ARG, "--val must be >= 0, got %d", c->val);
+    if (c->shift < 0 || c->shift > 8) return soma__fail(SOMA_ERR_ARG, "--shift must be in [0, 8], got %d", c->shift);
+    if (c->shift && c->augment) return soma__fail(SOMA_ERR_ARG, "--shift and --augment exclude each other (--augment crops with pad 4)");
     if (c->threads < 0) return soma__fail(SOMA_ERR_ARG, "--threads must be >= 0, got %d", c->threads);
     if (!c->net && !c->resume) return soma__fail(SOMA_ERR_ARG, "--net is required (or --resume)");
     if (!c->data || !*c->data) return soma__fail(SOMA_ERR_ARG, "--data is required");
@@ -305,7 +307,7 @@ static soma_status build(run *r)
     /* autoencoders reconstruct pixels in [0,1] (BCE targets) */
     int raw = poisson || c->raw_pixels || c->autoencoder || !strcmp(c->rule, "ep");
     soma_loader_config lc = { .batch = c->batch, .seed = c->seed, .shuffle = 1,
-                              .normalize = !raw, .crop_pad = c->augment ? 4 : 0, .hflip = c->augment,
+                              .normalize = !raw, .crop_pad = c->augment ? 4 : c->shift, .hflip = c->augment,
                               .target_is_input = c->autoencoder };
     if (r->regression && !c->autoencoder) { /* the adding task: generated */
         if ((st = soma_loader_new_adding(&r->ltrain, c->rule_cfg.T, r->train->n, c->batch, c->seed, 0)) ||
