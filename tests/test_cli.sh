@@ -120,6 +120,12 @@ expect 1 "NaN" -- $SOMA train $D --net 784-32-10 --epochs 2 --batch 32 --lr 1e30
 cmp -s "$T/a.st" "$T/good.st" && ok || bad "checkpoint changed although training diverged"
 grep -q '"type":"error"' "$T/m.jsonl" && ok || bad "NaN not recorded in the metrics log"
 
+# --- --shift: random translation of digits ----------------------------------
+expect 2 "--shift" -- $SOMA train $D --net 784-10 --shift 9
+expect 2 "exclude each other" -- $SOMA train $D --net 784-10 --shift 2 --augment
+$SOMA train $D --net 784-24-10 --epochs 1 --batch 32 --shift 2 --metrics $T/sh.jsonl >/dev/null 2>&1 &&
+    grep -q '"shift":2' "$T/sh.jsonl" && ok || bad "--shift 2 run failed or not recorded"
+
 # --- spiking nets and BPTT ---------------------------------------------------
 S="$D --neuron lif --rule bptt --batch 32"
 expect 2 "--T" -- $SOMA train $S --net 784-32-10 --T 0

@@ -403,9 +403,10 @@ static FILE *open_metrics(const soma_train_config *c, const run *r)
     fprintf(f, ",\"weight_decay\":");
     json_num(f, c->rule_cfg.optim.weight_decay);
     fprintf(f, ",\"epochs\":%d,\"batch\":%d,\"seed\":%llu,\"threads\":%d,\"train_samples\":%d,"
-            "\"test_samples\":%d,\"val_samples\":%d,\"start_epoch\":%d,\"params\":%zu}\n",
+            "\"test_samples\":%d,\"val_samples\":%d,\"augment\":%d,\"shift\":%d,\"start_epoch\":%d,"
+            "\"params\":%zu}\n",
             c->epochs, c->batch, (unsigned long long)c->seed, soma_get_threads(), r->train->n,
-            r->test->n, r->val ? r->val->n : 0, r->start_epoch, soma_net_param_floats(r->net));
+            r->test->n, r->val ? r->val->n : 0, c->augment, c->shift, r->start_epoch, soma_net_param_floats(r->net));
     fflush(f);
     return f;
 }
