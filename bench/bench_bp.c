@@ -23,6 +23,7 @@ typedef struct { int m, n, k, ta, tb; } gemm_shape;
 
 int main(int argc, char **argv)
 {
+    soma_exec_tuned(argv);   /* as the CLI: OMP_WAIT_POLICY, OPENBLAS_CORETYPE */
     if (argc < 4) {
         fprintf(stderr, "usage: %s BATCH THREADS STEPS [REPEATS]\n", argv[0]);
         return 2;

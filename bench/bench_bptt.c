@@ -166,6 +166,7 @@ static int usage(const char *argv0)
 
 int main(int argc, char **argv)
 {
+    soma_exec_tuned(argv);   /* as the CLI: OMP_WAIT_POLICY, OPENBLAS_CORETYPE */
     if (argc < 3) return usage(argv[0]);
     const char *mode = argv[1];
     if (!strcmp(mode, "mlp") || !strcmp(mode, "smnist")) {

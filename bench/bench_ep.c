@@ -366,6 +366,7 @@ static int usage(const char *argv0)
 
 int main(int argc, char **argv)
 {
+    soma_exec_tuned(argv);   /* as the CLI: OMP_WAIT_POLICY, OPENBLAS_CORETYPE */
     if (argc < 4) return usage(argv[0]);
     int check = !strcmp(argv[1], "check");
     int free_steps = argc > 4 ? atoi(argv[4]) : 0, nudge_steps = argc > 5 ? atoi(argv[5]) : 0;

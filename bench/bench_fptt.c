@@ -296,6 +296,7 @@ static int usage(const char *argv0)
 
 int main(int argc, char **argv)
 {
+    soma_exec_tuned(argv);   /* as the CLI: OMP_WAIT_POLICY, OPENBLAS_CORETYPE */
     if (argc < 3) return usage(argv[0]);
     /* as the CLI (SOMA_DENORMALS=1 keeps them); torch_fptt.py does the same */
     soma_flush_denormals(-1);

@@ -422,6 +422,7 @@ static int usage(const char *argv0)
 
 int main(int argc, char **argv)
 {
+    soma_exec_tuned(argv);   /* as the CLI: OMP_WAIT_POLICY, OPENBLAS_CORETYPE */
     if (argc < 3) return usage(argv[0]);
     int mode = !strcmp(argv[1], "check") ? 1 : !strcmp(argv[1], "rss") ? 2 : 0;
     int Ts[MAX_T] = { 5, 30, 100 }, nT = 3, threads = 1, steps = 0, repeats = 0;

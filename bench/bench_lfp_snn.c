@@ -196,6 +196,7 @@ static int usage(const char *argv0)
 
 int main(int argc, char **argv)
 {
+    soma_exec_tuned(argv);   /* as the CLI: OMP_WAIT_POLICY, OPENBLAS_CORETYPE */
     if (argc < 3) return usage(argv[0]);
     int check = !strcmp(argv[1], "check");
     int threads = 1, steps = 0, repeats = 3, B = 128, warm = 0;

@@ -83,6 +83,7 @@ static variant *find(variant *v, int nv, const char *name)
 
 int main(int argc, char **argv)
 {
+    soma_exec_tuned(argv);   /* as the CLI: OMP_WAIT_POLICY, OPENBLAS_CORETYPE */
     if (argc < 4) {
         fprintf(stderr, "usage: %s THREADS STEPS REPEATS [NET]\n", argv[0]);
         return 2;

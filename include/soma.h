@@ -93,6 +93,22 @@ int soma_get_threads(void);
  * the CLI does.  Returns 1 when set, 0 where unsupported (not x86). */
 int soma_flush_denormals(int on);
 
+/* The OpenBLAS kernel set in use (its core name, e.g. "SkylakeX"). */
+const char *soma_blas_core(void);
+/* Where OpenBLAS did not know this CPU and fell back to its SSE3 kernels
+ * ("Prescott"): the OPENBLAS_CORETYPE value of the widest kernel set the CPU
+ * runs ("SkylakeX", "Haswell", "Sandybridge"); NULL otherwise.  OpenBLAS
+ * reads that variable when it loads, so a program sets it and runs itself
+ * again (soma_exec_tuned); a library never does it by itself. */
+const char *soma_blas_core_better(void);
+/* For programs, first thing in main: sets OMP_WAIT_POLICY=PASSIVE (spinning
+ * OpenMP threads on shared cores cost 20-40x) and OPENBLAS_CORETYPE to
+ * soma_blas_core_better(), each only where the environment does not set it,
+ * and if it set one, executes the program again (/proc/self/exe, argv) so
+ * that the runtimes read them.  Returns when nothing needed setting or the
+ * exec failed.  The CLI and the benchmarks call it. */
+void soma_exec_tuned(char **argv);
+
 /* ======================================================================== */
 /* Arena: a bump allocator over one block; reset frees everything at once.  */
 /* ======================================================================== */

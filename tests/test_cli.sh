@@ -120,6 +120,15 @@ expect 1 "NaN" -- $SOMA train $D --net 784-32-10 --epochs 2 --batch 32 --lr 1e30
 cmp -s "$T/a.st" "$T/good.st" && ok || bad "checkpoint changed although training diverged"
 grep -q '"type":"error"' "$T/m.jsonl" && ok || bad "NaN not recorded in the metrics log"
 
+# --- OpenBLAS kernels: an explicit OPENBLAS_CORETYPE is honoured; without it an AVX
+# CPU never runs OpenBLAS's SSE3 fallback (soma_exec_tuned)
+v=$(OPENBLAS_CORETYPE=Prescott $SOMA version | sed -n 's/^openblas //p')
+[ "$v" = Prescott ] && ok || bad "OPENBLAS_CORETYPE=Prescott not honoured: '$v'"
+if grep -qw avx /proc/cpuinfo 2>/dev/null; then
+    v=$(env -u OPENBLAS_CORETYPE $SOMA version | sed -n 's/^openblas //p')
+    [ -n "$v" ] && [ "$v" != Prescott ] && ok || bad "SSE3 OpenBLAS kernels on an AVX CPU: '$v'"
+fi
+
 # --- --shift: random translation of digits ----------------------------------
 expect 2 "--shift" -- $SOMA train $D --net 784-10 --shift 9
 expect 2 "exclude each other" -- $SOMA train $D --net 784-10 --shift 2 --augment

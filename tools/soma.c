@@ -742,24 +742,23 @@ static void main_help(void)
            "  version  print the version\n\n"
            "Environment: SOMA_THREADS (default threads), SOMA_DENORMALS=1 keeps IEEE\n"
            "denormal floats (default: flushed to zero, much faster on some x86 CPUs).\n"
+           "OMP_WAIT_POLICY (default PASSIVE) and OPENBLAS_CORETYPE (default: OpenBLAS's\n"
+           "choice, or the widest kernels the CPU runs where OpenBLAS does not know it;\n"
+           "'soma version' prints the one in use) are honoured when set.\n"
            "Exit codes: 0 ok, 1 runtime error, 2 usage error.\n", soma_version());
 }
 
 int main(int argc, char **argv)
 {
-    /* A time step is many short parallel regions.  OpenMP threads that spin
-     * between them starve each other when the cores are shared (another job,
-     * two soma runs): measured 20-40x slower.  Sleeping waits cost a few
-     * percent on an idle machine.  An explicit OMP_WAIT_POLICY wins.  The
-     * OpenMP runtime reads its environment when it is loaded, before main,
-     * so the setting takes effect by running this program again once. */
-    if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0)
-        execv("/proc/self/exe", argv); /* on failure: carry on as we are */
+    soma_exec_tuned(argv);      /* OMP_WAIT_POLICY, OPENBLAS_CORETYPE (include/soma.h) */
     soma_flush_denormals(-1);   /* flushed to zero unless SOMA_DENORMALS=1 */
     if (argc < 2) { main_help(); return EXIT_USAGE; }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) { main_help(); return 0; }
-    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) { printf("soma %s (%s)\n", soma_version(), SOMA_GIT); return 0; }
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("soma %s (%s)\nopenblas %s\n", soma_version(), SOMA_GIT, soma_blas_core());
+        return 0;
+    }
     if (!strcmp(cmd, "train")) { prog = "soma train"; return cmd_train(argc - 1, argv + 1); }
     if (!strcmp(cmd, "eval")) { prog = "soma eval"; return cmd_eval(argc - 1, argv + 1); }
     if (!strcmp(cmd, "info")) { prog = "soma info"; return cmd_info(argc - 1, argv + 1); }

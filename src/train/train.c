@@ -402,6 +402,8 @@ static FILE *open_metrics(const soma_train_config *c, const run *r)
     json_num(f, c->rule_cfg.optim.momentum);
     fprintf(f, ",\"weight_decay\":");
     json_num(f, c->rule_cfg.optim.weight_decay);
+    fprintf(f, ",\"blas\":");
+    json_str(f, soma_blas_core());
     fprintf(f, ",\"epochs\":%d,\"batch\":%d,\"seed\":%llu,\"threads\":%d,\"train_samples\":%d,"
             "\"test_samples\":%d,\"val_samples\":%d,\"augment\":%d,\"shift\":%d,\"start_epoch\":%d,"
             "\"params\":%zu}\n",
