@@ -51,6 +51,15 @@ void soma_exec_tuned(char **argv)
     const char *core = getenv("OPENBLAS_CORETYPE") ? NULL : soma_blas_core_better();
     if (core && setenv("OPENBLAS_CORETYPE", core, 1) == 0) again = 1;
     /* both are read when the runtimes load, before main: run again once,
-     * now with them set (so no loop); on failure carry on as we are */
-    if (again) execv("/proc/self/exe", argv);
+     * now with them set (so no loop); on failure carry on as we are.  By
+     * the file's own path where it still has one, so that the process keeps
+     * its name (exec of /proc/self/exe names it "exe" in ps and top). */
+    if (!again) return;
+    char path[4096];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+    if (n > 0) {
+        path[n] = '\0';
+        execv(path, argv);
+    }
+    execv("/proc/self/exe", argv);
 }
