@@ -104,8 +104,8 @@ const char *soma_blas_core_better(void);
 /* For programs, first thing in main: sets OMP_WAIT_POLICY=PASSIVE (spinning
  * OpenMP threads on shared cores cost 20-40x) and OPENBLAS_CORETYPE to
  * soma_blas_core_better(), each only where the environment does not set it,
- * and if it set one, executes the program again (/proc/self/exe, argv) so
- * that the runtimes read them.  Returns when nothing needed setting or the
+ * and if it set one, executes the program again (its own file, same argv)
+ * so that the runtimes read them.  Returns when nothing needed setting or the
  * exec failed.  The CLI and the benchmarks call it. */
 void soma_exec_tuned(char **argv);
 
